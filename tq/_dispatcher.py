@@ -1,0 +1,380 @@
+"""The Dispatcher: a registry of task classes and the way tasks are added."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import os
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol, TypeVar
+
+from google.protobuf.message import Message
+
+from tq import _metrics, _request, clock
+from tq._errors import ConfigError, PayloadTooLarge, SubmitError, TransactionError, ValidationError
+from tq._reminder import Reminder, encode_payload, fresh_until
+from tq._submitter import Submission, Submitter, current_submitter
+from tq._task import Task, deduplicated_task_id
+from tq._taskclass import DEFAULT_ROUTING_PREFIX, CustomPayload, Handler, Kind, TaskClass
+from tq.txn._store import PendingTask, Transaction, current_transaction
+
+log = logging.getLogger("tq")
+
+H = TypeVar("H", bound=Handler)
+_NAMESPACE_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_")
+MAX_BATCH = 1000
+
+
+class Sweeper(Protocol):
+    """What `Dispatcher.sweep` delegates to (see the `sweeper` package)."""
+
+    def sweep(self, dispatcher: Dispatcher) -> None: ...
+
+    async def sweep_async(self, dispatcher: Dispatcher) -> None: ...
+
+
+class Dispatcher:
+    """A registry of task classes, and the way tasks are added and pushed back.
+
+    Args:
+      cloud_project, cloud_region: where short queue names live.
+      default_target_host: host pushes go to, for classes without their own
+        `target_host` (e.g. "app.example.com"); required unless on App Engine.
+      push_as: service account Cloud Tasks signs push OIDC tokens as; pushes
+        carry no token when None.
+      push_audience: the token audience; default `https://<target host>`.
+        The push endpoint checks the same value (see `tq.asgi`).
+      authorized_pushers: more service accounts (besides `push_as`) whose
+        tokens the push endpoint accepts.
+      namespace: prefixes deduplication keys, so several deployments can
+        share queues; "" or a letter or "_" then up to 49 of [A-Za-z0-9_].
+      app_engine: build App Engine requests instead of HTTP ones, and trust
+        X-AppEngine-* headers on pushes.
+      submitter: where tasks go when no `use_submitter()` is in effect;
+        default: a `CloudTasksSubmitter` made on first use.
+      sweeper: what `sweep()` runs (see the `sweeper` package).
+      random_bytes: the source of reminder IDs (default `os.urandom`).
+    """
+
+    def __init__(
+        self,
+        *,
+        cloud_project: str | None = None,
+        cloud_region: str | None = None,
+        default_target_host: str | None = None,
+        push_as: str | None = None,
+        push_audience: str | None = None,
+        authorized_pushers: Sequence[str] = (),
+        namespace: str = "",
+        app_engine: bool = False,
+        submitter: Submitter | None = None,
+        sweeper: Sweeper | None = None,
+        random_bytes: Callable[[int], bytes] = os.urandom,
+    ) -> None:
+        self.cloud_project: str | None = None
+        self.cloud_region: str | None = None
+        self.default_target_host: str | None = None
+        self.push_as: str | None = None
+        self.push_audience: str | None = None
+        self.authorized_pushers: tuple[str, ...] = ()
+        self.namespace = ""
+        self.app_engine = False
+        self._classes: dict[str, TaskClass] = {}
+        self._by_type: dict[str, TaskClass] = {}
+        self._lock = threading.Lock()
+        self._submitter = submitter
+        self.sweeper = sweeper
+        self.random_bytes = random_bytes
+        self.configure(
+            cloud_project=cloud_project,
+            cloud_region=cloud_region,
+            default_target_host=default_target_host,
+            push_as=push_as,
+            push_audience=push_audience,
+            authorized_pushers=authorized_pushers,
+            namespace=namespace,
+            app_engine=app_engine,
+        )
+
+    def configure(self, **options: Any) -> None:
+        """Changes dispatcher options (same names as the constructor's).
+
+        Meant for start-up, e.g. of the process-wide `tq.default`.
+        """
+        allowed = {
+            "cloud_project", "cloud_region", "default_target_host", "push_as",
+            "push_audience", "authorized_pushers", "namespace", "app_engine",
+            "submitter", "sweeper", "random_bytes",
+        }  # fmt: skip
+        unknown = set(options) - allowed
+        if unknown:
+            raise ConfigError(f"unknown dispatcher options: {sorted(unknown)}")
+        for k, v in options.items():
+            if k == "submitter":
+                self._submitter = v
+            else:
+                setattr(self, k, v)
+        ns = self.namespace
+        if ns and (
+            len(ns) > 50 or not (ns[0].isalpha() or ns[0] == "_") or set(ns) - _NAMESPACE_CHARS
+        ):
+            raise ConfigError(
+                f"namespace {ns!r} is invalid: use '' or a letter or '_' followed by up "
+                "to 49 letters, digits or '_'"
+            )
+        self.authorized_pushers = tuple(self.authorized_pushers)
+        self._target = _request.Target(
+            cloud_project=self.cloud_project,
+            cloud_region=self.cloud_region,
+            default_target_host=self.default_target_host,
+            push_as=self.push_as,
+            push_audience=self.push_audience,
+            app_engine=self.app_engine,
+        )
+
+    # Registration.
+
+    def register_task_class(self, cls: TaskClass) -> TaskClass:
+        """Adds a task class. Raises ConfigError if it is invalid or clashes."""
+        cls.validate()
+        with self._lock:
+            if cls.id in self._classes:
+                raise ConfigError(f"task class {cls.id!r} is registered already; IDs are unique")
+            clash = self._by_type.get(cls.type_name)
+            if clash is not None:
+                raise ConfigError(
+                    f"task class {cls.id!r}: prototype {cls.type_name} is used by class "
+                    f"{clash.id!r} already; each payload type belongs to one class"
+                )
+            self._classes[cls.id] = cls
+            self._by_type[cls.type_name] = cls
+        return cls
+
+    def task_class(
+        self,
+        *,
+        id: str,
+        prototype: type[Message],
+        kind: Kind,
+        queue: str,
+        routing_prefix: str = DEFAULT_ROUTING_PREFIX,
+        target_host: str | None = None,
+        custom: Callable[[Message], CustomPayload | None] | None = None,
+        quiet: bool = False,
+        quiet_on_error: bool = False,
+        dispatch_deadline_s: float | None = None,
+    ) -> Callable[[H], H]:
+        """Decorator: registers a task class with the decorated handler."""
+        cls = self.register_task_class(
+            TaskClass(
+                id=id, prototype=prototype, kind=kind, queue=queue,
+                routing_prefix=routing_prefix, target_host=target_host, custom=custom,
+                quiet=quiet, quiet_on_error=quiet_on_error,
+                dispatch_deadline_s=dispatch_deadline_s,
+            )
+        )  # fmt: skip
+
+        def decorate(handler: H) -> H:
+            self.attach_handler(cls.id, handler)
+            return handler
+
+        return decorate
+
+    def attach_handler(self, class_id: str, handler: Handler) -> None:
+        """Sets the handler of a registered class; a class takes one handler, once."""
+        if not callable(handler):
+            raise ConfigError(f"task class {class_id!r}: handler must be callable")
+        with self._lock:
+            cls = self._classes.get(class_id)
+            if cls is None:
+                raise ConfigError(f"no task class {class_id!r}; register it first")
+            if cls.handler is not None:
+                raise ConfigError(f"task class {class_id!r} has a handler already")
+            cls.handler = handler
+
+    def task_class_by_id(self, class_id: str) -> TaskClass | None:
+        return self._classes.get(class_id)
+
+    def task_class_for(self, payload: Message | type[Message]) -> TaskClass | None:
+        """The class registered for the payload's protobuf type, if any."""
+        return self._by_type.get(payload.DESCRIPTOR.full_name)
+
+    def task_classes(self) -> list[TaskClass]:
+        return sorted(self._classes.values(), key=lambda c: c.id)
+
+    # Adding tasks.
+
+    def add_task(self, *tasks: Task) -> None:
+        """Adds tasks from sync code.
+
+        Inside a transaction made ambient by a store helper (`tq.txn.sql`,
+        `tq.txn.spanner`) TRANSACTIONAL and FOLLOWS_CONTEXT tasks are written
+        as reminders and submitted after the commit; otherwise tasks are
+        submitted now. All tasks are validated before anything is written or
+        submitted. Raises ValidationError, PayloadTooLarge, TransactionError,
+        ConfigError, or SubmitError (a non-transactional submit failed; tasks
+        before it in the call may have been created).
+        """
+        plan = self._plan(tasks)
+        if isinstance(plan, _TxnPlan):
+            for p in plan.pending:
+                plan.txn.save_reminder(p)
+            return
+        for sub, submitter in plan:
+            _submit_now(submitter, sub)
+
+    async def add_task_async(self, *tasks: Task) -> None:
+        """Adds tasks from async code; same semantics as `add_task`."""
+        plan = self._plan(tasks)
+        if isinstance(plan, _TxnPlan):
+            for p in plan.pending:
+                plan.txn.save_reminder(p)
+            return
+        results = await asyncio.gather(
+            *(_submit_now_async(submitter, sub) for sub, submitter in plan),
+            return_exceptions=True,
+        )
+        for r in results:
+            if isinstance(r, BaseException):
+                raise r
+
+    def sweep(self) -> None:
+        """Resubmits stale reminders once, with the configured sweeper."""
+        self._require_sweeper().sweep(self)
+
+    async def sweep_async(self) -> None:
+        await self._require_sweeper().sweep_async(self)
+
+    def _require_sweeper(self) -> Sweeper:
+        if self.sweeper is None:
+            raise ConfigError(
+                "no sweeper configured: pass sweeper=sweeper.InProcSweeper() (or a "
+                "DistributedSweeper) to the Dispatcher"
+            )
+        return self.sweeper
+
+    def submitter(self) -> Submitter:
+        """The submitter of the current context, else the dispatcher's own."""
+        s = current_submitter() or self._submitter
+        if s is None:
+            if not self.cloud_project:
+                raise ConfigError(
+                    "no submitter: set cloud_project (to submit to Cloud Tasks), pass "
+                    "submitter=..., or wrap the code in tq.use_submitter(...)"
+                )
+            from tq._cloudtasks import CloudTasksSubmitter
+
+            s = self._submitter = CloudTasksSubmitter()
+        return s
+
+    def _plan(self, tasks: Sequence[Task]) -> _TxnPlan | list[tuple[Submission, Submitter]]:
+        if not tasks:
+            return []
+        if len(tasks) > MAX_BATCH:
+            raise ValidationError(f"add_task takes at most {MAX_BATCH} tasks per call")
+        txn = current_transaction()
+        now = clock.now()
+        submitter = self.submitter()
+        subs: list[Submission] = []
+        transactional: list[bool] = []
+        for task in tasks:
+            if not isinstance(task, Task):
+                raise ValidationError(f"add_task takes tq.Task objects, got {task!r}")
+            task.validate()
+            cls = self.task_class_for(task.payload)
+            if cls is None:
+                raise ValidationError(
+                    f"no task class for payload type {task.payload.DESCRIPTOR.full_name}; "
+                    "register one with Dispatcher.task_class(...)"
+                )
+            in_txn = _kind_in(cls, txn)
+            if in_txn and task.deduplication_key:
+                raise ValidationError(
+                    f"task of class {cls.id!r}: a deduplication key cannot be used on a task "
+                    "added in a transaction (its reminder already names it)"
+                )
+            if in_txn:
+                task_id: str | None = self.random_bytes(16).hex()
+            elif task.deduplication_key:
+                task_id = deduplicated_task_id(self.namespace, cls.id, task.deduplication_key)
+            else:
+                task_id = None
+            req = _request.build(cls, task, self._target, now=now, task_id=task_id)
+            subs.append(
+                Submission(
+                    request=req, task_class=cls.id, created=now, payload=task.payload,
+                    reminder_id=task_id if in_txn else None,
+                )
+            )  # fmt: skip
+            transactional.append(in_txn)
+            if not cls.quiet:
+                log.debug("tq: adding task of class %s: %s", cls.id, task.payload)
+        if txn is None or not any(transactional):
+            return [(s, submitter) for s in subs]
+        if not all(transactional):
+            # Mixed batch in a transaction: the non-transactional ones were refused
+            # by _kind_in already, so this cannot happen; keep the invariant loud.
+            raise TransactionError("a batch in a transaction must be all transactional")
+        deadline = txn.deadline
+        pending = []
+        for s in subs:
+            rem = Reminder(
+                id=s.reminder_id or "", fresh_until=fresh_until(now, deadline),
+                payload=encode_payload(s),
+            )  # fmt: skip
+            if len(rem.payload) > txn.store.max_payload_size:
+                raise PayloadTooLarge(
+                    f"task of class {s.task_class!r} is {len(rem.payload)} bytes as a reminder, "
+                    f"over the {txn.store.max_payload_size} bytes store {txn.store.name!r} takes"
+                )
+            pending.append(PendingTask(rem, s, submitter))
+        _metrics.add("tq_reminders_created", n=len(pending))
+        return _TxnPlan(txn, pending)
+
+
+@dataclasses.dataclass(slots=True)
+class _TxnPlan:
+    txn: Transaction
+    pending: list[PendingTask]
+
+
+def _kind_in(cls: TaskClass, txn: Transaction | None) -> bool:
+    """Whether a task of `cls` goes into `txn`; raises on a kind mismatch."""
+    if cls.kind is Kind.TRANSACTIONAL:
+        if txn is None:
+            raise TransactionError(
+                f"task class {cls.id!r} is TRANSACTIONAL: add it inside a transaction opened "
+                "with tq.txn.sql.transaction(...), tq.txn.sql.bind(session) or "
+                "tq.txn.spanner.run_in_transaction(...)"
+            )
+        return True
+    if cls.kind is Kind.NON_TRANSACTIONAL:
+        if txn is not None:
+            raise TransactionError(
+                f"task class {cls.id!r} is NON_TRANSACTIONAL: add it outside the transaction "
+                "(or make the class FOLLOWS_CONTEXT)"
+            )
+        return False
+    return txn is not None
+
+
+def _submit_now(submitter: Submitter, sub: Submission) -> None:
+    try:
+        submitter.submit(sub)
+    except SubmitError as e:
+        if not e.already_exists:
+            _metrics.add("tq_submits", task_class=sub.task_class, code=e.code.name, path="direct")
+            raise
+    _metrics.add("tq_submits", task_class=sub.task_class, code="OK", path="direct")
+
+
+async def _submit_now_async(submitter: Submitter, sub: Submission) -> None:
+    try:
+        await submitter.submit_async(sub)
+    except SubmitError as e:
+        if not e.already_exists:
+            _metrics.add("tq_submits", task_class=sub.task_class, code=e.code.name, path="direct")
+            raise
+    _metrics.add("tq_submits", task_class=sub.task_class, code="OK", path="direct")

@@ -1,0 +1,106 @@
+"""ExecutionInfo: what Cloud Tasks tells a handler about the current attempt."""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import dataclasses
+import datetime as dt
+from collections.abc import Iterator, Mapping
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ExecutionInfo:
+    """Facts about the running attempt of a task, from the push's headers.
+
+    Attributes:
+      task_class: the ID of the task's class.
+      execution_count: how many times the task was run before, counting only
+        attempts that got a response from the handler (0 on the first run).
+      retry_count: how many times the task was retried before, including
+        attempts that never reached the handler (0 on the first run).
+      task_id: the task's ID (the last part of its name).
+      queue: the queue's ID (the short name).
+      eta: when the task was scheduled to run, or None if the header is absent.
+      retry_reason: why the previous attempt failed, if Cloud Tasks says.
+      previous_response: the HTTP status of the previous attempt, if any.
+    """
+
+    task_class: str = ""
+    execution_count: int = 0
+    retry_count: int = 0
+    task_id: str = ""
+    queue: str = ""
+    eta: dt.datetime | None = None
+    retry_reason: str = ""
+    previous_response: int | None = None
+
+    @classmethod
+    def from_headers(
+        cls, task_class: str, headers: Mapping[str, str], *, app_engine: bool = False
+    ) -> ExecutionInfo:
+        """Reads X-CloudTasks-* headers (and X-AppEngine-* ones on App Engine).
+
+        `headers` must have lowercase keys (as ASGI gives them).
+        """
+        prefixes = ["x-cloudtasks-"]
+        if app_engine:
+            prefixes.append("x-appengine-")
+
+        def get(name: str) -> str:
+            for p in prefixes:
+                v = headers.get(p + name)
+                if v:
+                    return v.strip()
+            return ""
+
+        queue = get("queuename")
+        return cls(
+            task_class=task_class,
+            execution_count=_int(get("taskexecutioncount")),
+            retry_count=_int(get("taskretrycount")),
+            task_id=get("taskname").rsplit("/", 1)[-1],
+            queue=queue.rsplit("/", 1)[-1],  # the emulator sends the full path
+            eta=_eta(get("tasketa")),
+            retry_reason=get("taskretryreason"),
+            previous_response=_int(get("taskpreviousresponse")) or None,
+        )
+
+
+def _int(v: str) -> int:
+    try:
+        return max(0, int(v))
+    except ValueError:
+        return 0
+
+
+def _eta(v: str) -> dt.datetime | None:
+    try:
+        return dt.datetime.fromtimestamp(float(v), dt.UTC) if v else None
+    except (ValueError, OverflowError, OSError):
+        return None
+
+
+_current: contextvars.ContextVar[ExecutionInfo | None] = contextvars.ContextVar(
+    "tq_execution_info", default=None
+)
+
+
+def execution_info() -> ExecutionInfo:
+    """The ExecutionInfo of the task whose handler is running.
+
+    Raises LookupError outside a handler.
+    """
+    info = _current.get()
+    if info is None:
+        raise LookupError("tq.execution_info() is only available inside a task handler")
+    return info
+
+
+@contextlib.contextmanager
+def executing(info: ExecutionInfo) -> Iterator[ExecutionInfo]:
+    token = _current.set(info)
+    try:
+        yield info
+    finally:
+        _current.reset(token)

@@ -1,0 +1,170 @@
+"""The happy path: submitting reminders right after their transaction commits.
+
+Stores call `after_commit` / `after_commit_async` with what the transaction
+saved. For each reminder still fresh: submit it (a few quick retries within a
+bounded time), then delete it. A transient failure keeps the reminder for the
+sweeper; a permanent one parks it (never deletes it). Nothing here raises into
+the caller: post-commit failures are logged and counted. The sweeper reuses
+`submit_reminder` for stale reminders.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import time
+from collections.abc import Sequence
+
+from tq import _metrics, clock
+from tq._errors import SubmitError
+from tq._reminder import parked_extra
+from tq._submitter import Submission, Submitter
+from tq.txn._store import PendingTask, ReminderStore
+
+log = logging.getLogger("tq.outbox")
+
+ATTEMPTS = 3
+BUDGET_S = 5.0
+_PAUSES_S = (0.02, 0.1)
+
+
+class Outcome(enum.Enum):
+    SUBMITTED = "submitted"  # created (or existed already); reminder deleted
+    KEPT = "kept"  # transient failure; the sweeper will retry
+    PARKED = "parked"  # permanent failure; set aside for an operator
+
+
+def _submit_with_retries(submitter: Submitter, sub: Submission) -> None:
+    deadline = time.monotonic() + BUDGET_S
+    for attempt in range(ATTEMPTS):
+        try:
+            submitter.submit(sub)
+            return
+        except SubmitError as e:
+            if e.already_exists:
+                return
+            if not e.transient or attempt == ATTEMPTS - 1 or time.monotonic() >= deadline:
+                raise
+        time.sleep(_PAUSES_S[min(attempt, len(_PAUSES_S) - 1)])
+
+
+async def _submit_with_retries_async(submitter: Submitter, sub: Submission) -> None:
+    deadline = time.monotonic() + BUDGET_S
+    for attempt in range(ATTEMPTS):
+        try:
+            await submitter.submit_async(sub)
+            return
+        except SubmitError as e:
+            if e.already_exists:
+                return
+            if not e.transient or attempt == ATTEMPTS - 1 or time.monotonic() >= deadline:
+                raise
+        await asyncio.sleep(_PAUSES_S[min(attempt, len(_PAUSES_S) - 1)])
+
+
+def _failed(store: ReminderStore, sub: Submission, err: Exception, path: str) -> Outcome:
+    rid = sub.reminder_id or ""
+    if isinstance(err, SubmitError) and not err.transient:
+        try:
+            store.park_reminder(rid, parked_extra(err.code.name, err.message, clock.now()))
+        except Exception:
+            log.exception("tq: could not park reminder %s (class %s)", rid, sub.task_class)
+            _metrics.add("tq_reminders_park_failed", task_class=sub.task_class)
+            return Outcome.KEPT
+        log.error(
+            "tq: task of class %s parked (reminder %s, %s): permanent submit failure: %s",
+            sub.task_class,
+            rid,
+            path,
+            err,
+        )
+        _metrics.add("tq_reminders_parked", task_class=sub.task_class, code=err.code.name)
+        return Outcome.PARKED
+    code = err.code.name if isinstance(err, SubmitError) else type(err).__name__
+    log.warning(
+        "tq: submit of reminder %s (class %s, %s) failed, left for the sweeper: %s",
+        rid,
+        sub.task_class,
+        path,
+        err,
+    )
+    _metrics.add("tq_submits_failed", task_class=sub.task_class, path=path, code=code)
+    return Outcome.KEPT
+
+
+def _delete(store: ReminderStore, ids: Sequence[str]) -> None:
+    if not ids:
+        return
+    try:
+        store.delete_reminders(ids)
+    except Exception:
+        # The tasks exist; the sweeper will resubmit and their names absorb it.
+        log.exception("tq: could not delete %d submitted reminders", len(ids))
+
+
+def submit_reminder(
+    store: ReminderStore, sub: Submission, submitter: Submitter, path: str = "sweep"
+) -> Outcome:
+    """Submits one reminder's task and deletes (or parks) the reminder."""
+    try:
+        _submit_with_retries(submitter, sub)
+    except Exception as e:
+        return _failed(store, sub, e, path)
+    _metrics.add("tq_reminders_processed", task_class=sub.task_class, path=path)
+    _delete(store, [sub.reminder_id or ""])
+    return Outcome.SUBMITTED
+
+
+async def submit_reminder_async(
+    store: ReminderStore, sub: Submission, submitter: Submitter, path: str = "sweep"
+) -> Outcome:
+    """Like `submit_reminder`, for async code (store calls run in a thread)."""
+    try:
+        await _submit_with_retries_async(submitter, sub)
+    except Exception as e:
+        return await asyncio.to_thread(_failed, store, sub, e, path)
+    _metrics.add("tq_reminders_processed", task_class=sub.task_class, path=path)
+    await asyncio.to_thread(_delete, store, [sub.reminder_id or ""])
+    return Outcome.SUBMITTED
+
+
+def _fresh(pending: Sequence[PendingTask]) -> list[PendingTask]:
+    now = clock.now()
+    fresh = [p for p in pending if now < p.reminder.fresh_until]
+    if len(fresh) < len(pending):
+        _metrics.add("tq_reminders_stale_at_commit", n=len(pending) - len(fresh))
+    return fresh
+
+
+def after_commit(store: ReminderStore, pending: Sequence[PendingTask]) -> None:
+    """The happy path for a committed transaction (blocking). Never raises."""
+    done: list[str] = []
+    for p in _fresh(pending):
+        try:
+            _submit_with_retries(p.submitter, p.submission)
+        except Exception as e:
+            _failed(store, p.submission, e, "happy")
+            continue
+        _metrics.add("tq_reminders_processed", task_class=p.submission.task_class, path="happy")
+        done.append(p.reminder.id)
+    _delete(store, done)
+
+
+async def after_commit_async(store: ReminderStore, pending: Sequence[PendingTask]) -> None:
+    """The happy path for a committed transaction, from async code. Never raises."""
+    fresh = _fresh(pending)
+
+    async def one(p: PendingTask) -> str | None:
+        try:
+            await _submit_with_retries_async(p.submitter, p.submission)
+        except Exception as e:
+            await asyncio.to_thread(_failed, store, p.submission, e, "happy")
+            return None
+        _metrics.add("tq_reminders_processed", task_class=p.submission.task_class, path="happy")
+        return p.reminder.id
+
+    results = await asyncio.gather(*(one(p) for p in fresh))
+    done = [r for r in results if r is not None]
+    if done:
+        await asyncio.to_thread(_delete, store, done)

@@ -1,0 +1,77 @@
+"""The Submitter seam: who creates the tasks that tq builds.
+
+`add_task` hands every task to the submitter of the current context:
+`use_submitter()` sets one (a contextvar, so it follows threads started with
+a copied context and asyncio tasks); otherwise the dispatcher's own is used
+(a `CloudTasksSubmitter` in production). Tests and local runs swap in
+`tqtesting.Scheduler` or the database queue.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import dataclasses
+import datetime as dt
+from collections.abc import Iterator
+from typing import Protocol, runtime_checkable
+
+from google.protobuf.message import Message
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Submission:
+    """One task to create.
+
+    `request` is a google.cloud.tasks.v2 CreateTaskRequest (the raw protobuf
+    class). `payload` is the original message when the submission comes
+    straight from `add_task`, None when it was read back from a reminder.
+    """
+
+    request: Message
+    task_class: str
+    created: dt.datetime
+    payload: Message | None = None
+    reminder_id: str | None = None
+
+    @property
+    def task_name(self) -> str:
+        """The full task name, or "" when Cloud Tasks picks one."""
+        return str(self.request.task.name)  # type: ignore[attr-defined]
+
+
+@runtime_checkable
+class Submitter(Protocol):
+    """Creates tasks. Raises `tq.SubmitError` on failure.
+
+    A task whose name exists already must raise SubmitError with code
+    ALREADY_EXISTS (callers count it as success).
+    """
+
+    def submit(self, submission: Submission) -> None:
+        """Creates the task (blocking)."""
+        ...
+
+    async def submit_async(self, submission: Submission) -> None:
+        """Creates the task without blocking the event loop."""
+        ...
+
+
+_current: contextvars.ContextVar[Submitter | None] = contextvars.ContextVar(
+    "tq_submitter", default=None
+)
+
+
+def current_submitter() -> Submitter | None:
+    """The submitter set by `use_submitter` in this context, if any."""
+    return _current.get()
+
+
+@contextlib.contextmanager
+def use_submitter(submitter: Submitter) -> Iterator[Submitter]:
+    """Sends every task added inside the `with` block to `submitter`."""
+    token = _current.set(submitter)
+    try:
+        yield submitter
+    finally:
+        _current.reset(token)

@@ -1,0 +1,69 @@
+"""A task: one payload to run later, with its options."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import hashlib
+
+from google.protobuf.message import Message
+
+from tq._errors import ValidationError
+
+MAX_ETA_AHEAD = dt.timedelta(days=30)
+MAX_URI_LENGTH = 2083
+_TITLE_FORBIDDEN = frozenset(' \t\r\n\v\f?#%"<>\\^`{|}')
+
+
+@dataclasses.dataclass(slots=True)
+class Task:
+    """A payload to run later through its task class.
+
+    Args:
+      payload: a protobuf message of a registered task class's prototype.
+      deduplication_key: tasks of one class with the same key within about an
+        hour (Cloud Tasks' name-reuse window) run once. Not allowed on a task
+        added transactionally (the reminder ID names that task already).
+      title: shows as the last URL path segment of the push, for logs. No
+        spaces nor ? # % and similar; the whole URI is at most 2,083 chars.
+      delay: run no sooner than this long after add_task. Excludes `eta`.
+      eta: run no sooner than this (timezone-aware) time. Excludes `delay`.
+        Either may put the task at most 30 days ahead.
+    """
+
+    payload: Message
+    deduplication_key: str = ""
+    title: str = ""
+    delay: dt.timedelta | None = None
+    eta: dt.datetime | None = None
+
+    def validate(self) -> None:
+        """Raises ValidationError for options that can never work."""
+        if not isinstance(self.payload, Message):
+            raise ValidationError(f"Task.payload must be a protobuf message, got {self.payload!r}")
+        if self.delay is not None and self.eta is not None:
+            raise ValidationError("Task: give delay or eta, not both")
+        if self.delay is not None and self.delay < dt.timedelta(0):
+            raise ValidationError(f"Task: delay must not be negative, got {self.delay}")
+        if self.eta is not None and self.eta.tzinfo is None:
+            raise ValidationError("Task: eta must be timezone-aware (e.g. datetime.now(UTC))")
+        if any(c in _TITLE_FORBIDDEN or ord(c) < 32 for c in self.title):
+            raise ValidationError(
+                f"Task: title {self.title!r} has spaces or URL-reserved characters; "
+                "use letters, digits and -_.~:@!$&'()*+,;=/"
+            )
+
+    def resolve_eta(self, now: dt.datetime) -> dt.datetime | None:
+        """The absolute ETA of the task, or None to run as soon as possible."""
+        eta = self.eta if self.eta is not None else (now + self.delay if self.delay else None)
+        if eta is not None and eta - now > MAX_ETA_AHEAD:
+            raise ValidationError(
+                f"Task: ETA {eta.isoformat()} is more than 30 days ahead (Cloud Tasks' limit)"
+            )
+        return eta
+
+
+def deduplicated_task_id(namespace: str, class_id: str, key: str) -> str:
+    """The Cloud Tasks task ID of a task with a deduplication key."""
+    blob = f"{namespace}\x00{class_id}\x00{key}".encode()
+    return hashlib.sha256(blob).hexdigest()

@@ -1,0 +1,141 @@
+"""Task classes: what a task of one protobuf type is and where it goes."""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import re
+from collections.abc import Awaitable, Callable, Mapping
+from typing import TypeAlias
+
+from google.protobuf.message import Message
+
+from tq._errors import ConfigError
+
+Handler: TypeAlias = Callable[[Message], None] | Callable[[Message], Awaitable[None]]
+
+CLASS_ID_RE = re.compile(r"^[a-zA-Z0-9_\-.]{1,100}$")
+SHORT_QUEUE_RE = re.compile(r"^[a-zA-Z0-9-]{1,100}$")
+FULL_QUEUE_RE = re.compile(
+    r"^projects/[a-z0-9\-:.]{1,100}/locations/[a-z0-9\-]{1,100}/queues/[a-zA-Z0-9-]{1,100}$"
+)
+DEFAULT_ROUTING_PREFIX = "/internal/tasks/t/"
+
+
+class Kind(enum.Enum):
+    """How a task class relates to database transactions.
+
+    * `NON_TRANSACTIONAL`: submitted at once; refused inside a transaction.
+    * `TRANSACTIONAL`: written as a reminder in the current transaction and
+      submitted if and only if it commits; refused outside a transaction.
+    * `FOLLOWS_CONTEXT`: transactional inside a transaction, submitted at
+      once outside one.
+    """
+
+    NON_TRANSACTIONAL = "non-transactional"
+    TRANSACTIONAL = "transactional"
+    FOLLOWS_CONTEXT = "follows-context"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class CustomPayload:
+    """A request of a task class's own making, in place of tq's envelope.
+
+    Returned by a task class's `custom` hook. Such a task is pushed to
+    `relative_uri` (on the class's target host) with `body` and `meta` as
+    headers, and is not handled by tq's push endpoint unless the URI points
+    there. `relative_uri` must start with "/".
+    """
+
+    body: bytes
+    relative_uri: str
+    method: str = "POST"
+    meta: Mapping[str, str] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(eq=False, slots=True)
+class TaskClass:
+    """One kind of task: a protobuf payload type bound to an ID and a queue.
+
+    Args:
+      id: unique ID, `[a-zA-Z0-9_\\-.]{1,100}`; it appears in URLs and logs.
+      prototype: the protobuf message class of the payload; unique per
+        dispatcher.
+      kind: see `Kind`. Required.
+      queue: a Cloud Tasks queue, short (`emails`, resolved with the
+        dispatcher's project and region) or full
+        (`projects/P/locations/L/queues/Q`).
+      handler: called with the payload when the task is pushed back. `def` or
+        `async def`. May be attached later (once) with
+        `Dispatcher.attach_handler`; a class without one is only submitted.
+      routing_prefix: URL path prefix of the push, default
+        `/internal/tasks/t/`. Must start and end with "/".
+      target_host: host the pushes go to; default: the dispatcher's
+        `default_target_host`.
+      custom: optional hook returning a `CustomPayload` to push instead of
+        the envelope (or None to use the envelope).
+      quiet: do not log payload bodies of this class.
+      quiet_on_error: log handler errors of this class as warnings, not errors.
+      dispatch_deadline_s: how long Cloud Tasks waits for the handler
+        (15 s to 1,800 s); None leaves the queue's default (10 min).
+    """
+
+    id: str
+    prototype: type[Message]
+    kind: Kind
+    queue: str
+    handler: Handler | None = None
+    routing_prefix: str = DEFAULT_ROUTING_PREFIX
+    target_host: str | None = None
+    custom: Callable[[Message], CustomPayload | None] | None = None
+    quiet: bool = False
+    quiet_on_error: bool = False
+    dispatch_deadline_s: float | None = None
+
+    def validate(self) -> None:
+        """Raises ConfigError saying what to fix if the class is misconfigured."""
+        if not isinstance(self.id, str) or not CLASS_ID_RE.match(self.id):
+            raise ConfigError(
+                f"task class ID {self.id!r} is invalid: use 1 to 100 characters "
+                "from [a-zA-Z0-9_-.], e.g. 'send-email'"
+            )
+        if not (isinstance(self.prototype, type) and issubclass(self.prototype, Message)):
+            raise ConfigError(
+                f"task class {self.id!r}: prototype must be a protobuf message class "
+                f"(a *_pb2 class), got {self.prototype!r}"
+            )
+        if not isinstance(self.kind, Kind):
+            raise ConfigError(
+                f"task class {self.id!r}: kind is required: one of tq.Kind.NON_TRANSACTIONAL, "
+                "tq.Kind.TRANSACTIONAL, tq.Kind.FOLLOWS_CONTEXT"
+            )
+        if not isinstance(self.queue, str) or not (
+            SHORT_QUEUE_RE.match(self.queue) or FULL_QUEUE_RE.match(self.queue)
+        ):
+            raise ConfigError(
+                f"task class {self.id!r}: queue {self.queue!r} is invalid: give a queue ID "
+                "([a-zA-Z0-9-]{1,100}, e.g. 'emails') or a full name "
+                "'projects/P/locations/L/queues/Q'"
+            )
+        prefix = self.routing_prefix
+        if not (prefix.startswith("/") and prefix.endswith("/")) or " " in prefix:
+            raise ConfigError(
+                f"task class {self.id!r}: routing_prefix {prefix!r} must start and end "
+                "with '/' and have no spaces, e.g. '/internal/tasks/t/'"
+            )
+        if self.target_host is not None and (
+            not self.target_host or "/" in self.target_host or " " in self.target_host
+        ):
+            raise ConfigError(
+                f"task class {self.id!r}: target_host {self.target_host!r} must be a bare "
+                "host name such as 'app.example.com' (no scheme, no path)"
+            )
+        if self.dispatch_deadline_s is not None and not 15 <= self.dispatch_deadline_s <= 1800:
+            raise ConfigError(
+                f"task class {self.id!r}: dispatch_deadline_s must be within 15 to 1800 seconds"
+            )
+
+    @property
+    def type_name(self) -> str:
+        """The full protobuf name of the payload type."""
+        return str(self.prototype.DESCRIPTOR.full_name)

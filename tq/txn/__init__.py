@@ -1,0 +1,56 @@
+"""Transactional outbox: reminders written in the caller's transaction.
+
+This package holds the store protocol and the ambient transaction; the
+stores live in submodules imported on use, so their optional dependencies
+load only when needed:
+
+* `tq.txn.sql`: SQLAlchemy 2 (PostgreSQL, SQLite), sync and async.
+* `tq.txn.spanner`: Cloud Spanner (`google-cloud-spanner`).
+"""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+from tq.txn._store import (
+    KEY_SPACE,
+    Lease,
+    PendingTask,
+    ReminderKey,
+    ReminderStore,
+    Transaction,
+    ambient,
+    current_transaction,
+    get_store,
+    key_bound,
+    register_store,
+    stores,
+    unregister_store,
+)
+
+__all__ = [
+    "KEY_SPACE",
+    "Lease",
+    "PendingTask",
+    "ReminderKey",
+    "ReminderStore",
+    "Transaction",
+    "ambient",
+    "current_transaction",
+    "get_store",
+    "key_bound",
+    "register_store",
+    "stores",
+    "unregister_store",
+]
+
+_SUBMODULES = frozenset({"sql", "spanner"})
+
+
+def __getattr__(name: str) -> ModuleType:
+    # `tq.txn.sql` works after a bare `import tq` without importing SQLAlchemy
+    # (or the Spanner client) for users who need neither.
+    if name in _SUBMODULES:
+        return importlib.import_module(f"tq.txn.{name}")
+    raise AttributeError(f"module 'tq.txn' has no attribute {name!r}")

@@ -1,0 +1,196 @@
+"""The store protocol: what tq's core asks of a database keeping reminders.
+
+Stores plug in here (`tq.txn.sql.SQLStore`, `tq.txn.spanner.SpannerStore`);
+the core never imports them. A store is also the ambient-transaction provider
+for its database: its transaction helpers put a `Transaction` in the current
+context, `add_task` writes reminders into it, and after commit the store
+hands them to `tq._outbox` for the happy path.
+
+Reminder IDs are 32 lowercase hex characters; ID ranges are half-open
+integer ranges `[low, high)` over the 128-bit key space.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import dataclasses
+import datetime as dt
+import threading
+from collections.abc import Iterator, Sequence
+from typing import Protocol, runtime_checkable
+
+from tq._reminder import Reminder
+from tq._submitter import Submission, Submitter
+
+KEY_SPACE = 1 << 128
+
+
+def id_to_int(reminder_id: str) -> int:
+    return int(reminder_id, 16)
+
+
+def int_to_id(key: int) -> str:
+    """The 32-hex-character ID of a key below 2**128."""
+    return f"{key:032x}"
+
+
+def key_bound(key: int) -> str:
+    """A string that sorts like `key` against 32-char hex IDs, also at 2**128."""
+    if key >= KEY_SPACE:
+        return "g"  # greater than any hex ID
+    return f"{key:032x}"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ReminderKey:
+    """What a sweep scan reads: an ID and until when the happy path owns it."""
+
+    id: str
+    fresh_until: dt.datetime
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Lease:
+    """A sweeper's hold on part of a key space section until `expires_at`."""
+
+    section: str
+    lease_id: str
+    ranges: tuple[tuple[int, int], ...]
+    expires_at: dt.datetime
+
+
+@runtime_checkable
+class ReminderStore(Protocol):
+    """A database that keeps reminders and sweeper leases.
+
+    Every method runs its own short transaction and is blocking; async
+    callers use `asyncio.to_thread`.
+    """
+
+    @property
+    def name(self) -> str:
+        """A stable name of this store, unique in the process (e.g. 'sql:main')."""
+        ...
+
+    @property
+    def max_payload_size(self) -> int:
+        """The largest reminder payload the store takes, in bytes."""
+        ...
+
+    def delete_reminders(self, ids: Sequence[str]) -> None:
+        """Deletes the reminders with these IDs (missing ones are fine)."""
+        ...
+
+    def fetch_reminder_keys(self, low: str, high: str, limit: int) -> list[ReminderKey]:
+        """Up to `limit` unparked reminders with low <= ID < high, ascending."""
+        ...
+
+    def fetch_reminders(self, ids: Sequence[str]) -> list[Reminder]:
+        """The reminders with these IDs that still exist, in any order."""
+        ...
+
+    def park_reminder(self, reminder_id: str, extra: bytes) -> None:
+        """Marks a reminder parked (dead-lettered) with the given Extra."""
+        ...
+
+    def list_parked(self, limit: int, after: str = "") -> list[Reminder]:
+        """Up to `limit` parked reminders with ID > `after`, ascending."""
+        ...
+
+    def unpark_reminder(self, reminder_id: str, fresh_until: dt.datetime) -> bool:
+        """Clears the parked mark so the reminder is swept again; False if absent."""
+        ...
+
+    def count_reminders(self) -> tuple[int, int]:
+        """(unparked, parked) reminder counts."""
+        ...
+
+    def take_lease(
+        self,
+        section: str,
+        ranges: Sequence[tuple[int, int]],
+        expires_at: dt.datetime,
+        now: dt.datetime,
+    ) -> Lease:
+        """Leases what of `ranges` no unexpired lease of `section` holds.
+
+        Drops expired leases of the section on the way. The returned lease's
+        `ranges` may be empty (everything was leased by others).
+        """
+        ...
+
+    def release_lease(self, section: str, lease_id: str) -> None:
+        """Drops a lease before it expires."""
+        ...
+
+
+@dataclasses.dataclass(slots=True)
+class PendingTask:
+    """A reminder written in a transaction, waiting for the commit."""
+
+    reminder: Reminder
+    submission: Submission
+    submitter: Submitter
+
+
+class Transaction(Protocol):
+    """The ambient transaction `add_task` writes reminders into."""
+
+    @property
+    def store(self) -> ReminderStore: ...
+
+    @property
+    def deadline(self) -> dt.datetime | None:
+        """A deadline that caps reminders' fresh_until, if the request has one."""
+        ...
+
+    def save_reminder(self, pending: PendingTask) -> None:
+        """Writes the reminder in the transaction; after commit, submits it."""
+        ...
+
+
+_current: contextvars.ContextVar[Transaction | None] = contextvars.ContextVar(
+    "tq_transaction", default=None
+)
+
+
+def current_transaction() -> Transaction | None:
+    """The transaction a store's helper made ambient in this context, if any."""
+    return _current.get()
+
+
+@contextlib.contextmanager
+def ambient(txn: Transaction) -> Iterator[Transaction]:
+    """Makes `txn` the current transaction inside the `with` block (for stores)."""
+    token = _current.set(txn)
+    try:
+        yield txn
+    finally:
+        _current.reset(token)
+
+
+_stores: dict[str, ReminderStore] = {}
+_stores_lock = threading.Lock()
+
+
+def register_store(store: ReminderStore) -> None:
+    """Makes a store known to sweepers and admin commands. Idempotent per name."""
+    with _stores_lock:
+        _stores[store.name] = store
+
+
+def unregister_store(name: str) -> None:
+    with _stores_lock:
+        _stores.pop(name, None)
+
+
+def stores() -> list[ReminderStore]:
+    """The registered stores, by name."""
+    with _stores_lock:
+        return [_stores[k] for k in sorted(_stores)]
+
+
+def get_store(name: str) -> ReminderStore | None:
+    with _stores_lock:
+        return _stores.get(name)
