@@ -52,6 +52,8 @@ class Dispatcher:
         share queues; "" or a letter or "_" then up to 49 of [A-Za-z0-9_].
       app_engine: build App Engine requests instead of HTTP ones, and trust
         X-AppEngine-* headers on pushes.
+      target_scheme: "https" (default); "http" only for pushes to a local
+        emulator or dev server on loopback.
       submitter: where tasks go when no `use_submitter()` is in effect;
         default: a `CloudTasksSubmitter` made on first use.
       sweeper: what `sweep()` runs (see the `sweeper` package).
@@ -69,6 +71,7 @@ class Dispatcher:
         authorized_pushers: Sequence[str] = (),
         namespace: str = "",
         app_engine: bool = False,
+        target_scheme: str = "https",
         submitter: Submitter | None = None,
         sweeper: Sweeper | None = None,
         random_bytes: Callable[[int], bytes] = os.urandom,
@@ -81,6 +84,7 @@ class Dispatcher:
         self.authorized_pushers: tuple[str, ...] = ()
         self.namespace = ""
         self.app_engine = False
+        self.target_scheme = "https"
         self._classes: dict[str, TaskClass] = {}
         self._by_type: dict[str, TaskClass] = {}
         self._lock = threading.Lock()
@@ -96,6 +100,7 @@ class Dispatcher:
             authorized_pushers=authorized_pushers,
             namespace=namespace,
             app_engine=app_engine,
+            target_scheme=target_scheme,
         )
 
     def configure(self, **options: Any) -> None:
@@ -105,7 +110,7 @@ class Dispatcher:
         """
         allowed = {
             "cloud_project", "cloud_region", "default_target_host", "push_as",
-            "push_audience", "authorized_pushers", "namespace", "app_engine",
+            "push_audience", "authorized_pushers", "namespace", "app_engine", "target_scheme",
             "submitter", "sweeper", "random_bytes",
         }  # fmt: skip
         unknown = set(options) - allowed
@@ -125,6 +130,10 @@ class Dispatcher:
                 "to 49 letters, digits or '_'"
             )
         self.authorized_pushers = tuple(self.authorized_pushers)
+        if self.target_scheme not in ("https", "http"):
+            raise ConfigError(
+                f"target_scheme must be 'https' or 'http', not {self.target_scheme!r}"
+            )
         self._target = _request.Target(
             cloud_project=self.cloud_project,
             cloud_region=self.cloud_region,
@@ -132,6 +141,7 @@ class Dispatcher:
             push_as=self.push_as,
             push_audience=self.push_audience,
             app_engine=self.app_engine,
+            target_scheme=self.target_scheme,
         )
 
     # Registration.

@@ -42,6 +42,7 @@ class Target:
     push_as: str | None
     push_audience: str | None
     app_engine: bool
+    target_scheme: str = "https"
 
 
 def queue_path(queue: str, target: Target) -> str:
@@ -121,7 +122,7 @@ def build(
             h.app_engine_routing.host = target_host(cls, target)
     else:
         host = target_host(cls, target)
-        url = f"https://{host}{uri}"
+        url = f"{target.target_scheme}://{host}{uri}"
         if len(url) > MAX_URI_LENGTH:
             raise ValidationError(
                 f"task of class {cls.id!r}: URL is {len(url)} characters, over the "
