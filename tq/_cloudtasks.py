@@ -1,46 +1,74 @@
-"""CloudTasksSubmitter: creates tasks in Google Cloud Tasks."""
+"""CloudTasksSubmitter: creates tasks in Google Cloud Tasks (or its emulator)."""
 
 from __future__ import annotations
 
 import asyncio
-import random
+import random as _random
+import threading
 import time
+import weakref
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
 from google.api_core import exceptions as gexc
 
-from tq._errors import SubmitError
+from tq import _metrics
+from tq._errors import ConfigError, SubmitError
 from tq._submitter import Submission
 
-_PAUSE_S = 0.1
-_MAX_PAUSE_S = 2.0
+# An emulator runs next to the tests or the dev server: never send its
+# traffic through a proxy named in the environment.
+_EMULATOR_CHANNEL_OPTIONS = [("grpc.enable_http_proxy", 0)]
 
 
-def _code_of(err: BaseException) -> grpc.StatusCode:
+def code_of(err: BaseException) -> grpc.StatusCode:
+    """The gRPC status code of an error raised by a Cloud Tasks client call."""
     if isinstance(err, gexc.GoogleAPICallError):
         code = err.grpc_status_code
         if code is not None:
             return code
     if isinstance(err, grpc.RpcError):
-        return err.code()
+        code = err.code()
+        if isinstance(code, grpc.StatusCode):
+            return code
     return grpc.StatusCode.UNKNOWN
 
 
 class CloudTasksSubmitter:
-    """Creates tasks through google-cloud-tasks (sync and async clients).
+    """Creates tasks through google-cloud-tasks, from sync and async code.
 
     Args:
-      endpoint: "host:port" of a Cloud Tasks API to use over plain gRPC (an
-        emulator); None talks to the real service with default credentials.
-      client, async_client: ready clients to use instead (they win over
-        `endpoint`).
-      attempts: tries per task on transient gRPC codes (UNAVAILABLE,
-        DEADLINE_EXCEEDED, ...), with jittered backoff; at least 1.
-      timeout_s: deadline of one CreateTask call.
+      endpoint: "host:port" of a Cloud Tasks API spoken over plain gRPC with
+        no credentials: an emulator (`gcloud-tasks-emulator`). None (the
+        default) talks to the real service with Application Default
+        Credentials.
+      client, async_client: ready `CloudTasksClient` / `CloudTasksAsyncClient`
+        (or objects with the same `create_task`) to use instead; they win
+        over `endpoint`, and `close()` leaves them open (their owner closes
+        them).
+      attempts: tries per task, at least 1 (default 3). Only transient gRPC
+        codes (UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, ...; see
+        `tq.SubmitError.transient`) are tried again; permanent ones
+        (NOT_FOUND for a missing queue, INVALID_ARGUMENT, PERMISSION_DENIED,
+        ...) and ALREADY_EXISTS are raised at once.
+      timeout_s: deadline of one CreateTask call (default 20 s, the client's).
+      backoff_s, max_backoff_s: the pause before the second try, doubled
+        before each next one up to `max_backoff_s` (defaults 0.1 s and 2 s),
+        each scaled by a random factor in [0.5, 1).
+      random: the source of that jitter (default `random.random`).
+      sleep, sleep_async: how pauses are taken (defaults `time.sleep`,
+        `asyncio.sleep`); tests pass recorders.
 
-    Raises `tq.SubmitError` carrying the gRPC code (ALREADY_EXISTS included:
-    callers count it as success).
+    `submit` / `submit_async` raise `tq.SubmitError` carrying the gRPC code;
+    a task whose name exists already raises it with ALREADY_EXISTS, which
+    `add_task` and the outbox count as success.
+
+    The sync client is made on first use and shared by all threads. The async
+    client is made on first use in each event loop (gRPC's asyncio channels
+    belong to the loop that made them). Call `close()` (and `await aclose()`
+    from the loop that used the async client) when done, or use the
+    submitter as a (async) context manager.
     """
 
     def __init__(
@@ -51,72 +79,164 @@ class CloudTasksSubmitter:
         async_client: Any = None,
         attempts: int = 3,
         timeout_s: float = 20.0,
+        backoff_s: float = 0.1,
+        max_backoff_s: float = 2.0,
+        random: Callable[[], float] = _random.random,
+        sleep: Callable[[float], None] = time.sleep,
+        sleep_async: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
-        self._endpoint = endpoint
+        if attempts < 1:
+            raise ConfigError(f"attempts must be at least 1, not {attempts}")
+        if timeout_s <= 0 or backoff_s < 0 or max_backoff_s < backoff_s:
+            raise ConfigError(
+                "timeout_s must be positive and 0 <= backoff_s <= max_backoff_s; got "
+                f"timeout_s={timeout_s}, backoff_s={backoff_s}, max_backoff_s={max_backoff_s}"
+            )
+        self.endpoint = endpoint
+        self.attempts = attempts
+        self.timeout_s = timeout_s
+        self._backoff_s = backoff_s
+        self._max_backoff_s = max_backoff_s
+        self._random = random
+        self._sleep = sleep
+        self._sleep_async = sleep_async
+        self._lock = threading.Lock()
         self._client = client
-        self._async_client = async_client
-        self._attempts = max(1, attempts)
-        self._timeout_s = timeout_s
+        self._owns_client = client is None
+        self._given_async_client = async_client
+        self._async_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    def __repr__(self) -> str:
+        where = self.endpoint or "cloudtasks.googleapis.com"
+        return f"CloudTasksSubmitter({where}, attempts={self.attempts})"
 
     @property
     def client(self) -> Any:
-        """The sync CloudTasksClient (made on first use)."""
-        if self._client is None:
-            from google.cloud import tasks_v2
-            from google.cloud.tasks_v2.services.cloud_tasks.transports import (
-                CloudTasksGrpcTransport,
-            )
-
-            if self._endpoint:
-                channel = grpc.insecure_channel(self._endpoint)
-                self._client = tasks_v2.CloudTasksClient(
-                    transport=CloudTasksGrpcTransport(channel=channel)
-                )
-            else:
-                self._client = tasks_v2.CloudTasksClient()
-        return self._client
+        """The sync `CloudTasksClient` (made on first use)."""
+        with self._lock:
+            if self._client is None:
+                self._client = self._make_client()
+            return self._client
 
     @property
     def async_client(self) -> Any:
-        """The CloudTasksAsyncClient (made on first use, in the running loop)."""
-        if self._async_client is None:
-            from google.cloud import tasks_v2
-            from google.cloud.tasks_v2.services.cloud_tasks.transports import (
-                CloudTasksGrpcAsyncIOTransport,
+        """The `CloudTasksAsyncClient` of the running event loop (made on first use)."""
+        if self._given_async_client is not None:
+            return self._given_async_client
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            c = self._async_clients.get(loop)
+            if c is None:
+                c = self._async_clients[loop] = self._make_async_client()
+            return c
+
+    def _make_client(self) -> Any:
+        from google.cloud import tasks_v2
+        from google.cloud.tasks_v2.services.cloud_tasks.transports import (
+            CloudTasksGrpcTransport,
+        )
+
+        if self.endpoint:
+            channel = grpc.insecure_channel(self.endpoint, options=_EMULATOR_CHANNEL_OPTIONS)
+            return tasks_v2.CloudTasksClient(transport=CloudTasksGrpcTransport(channel=channel))
+        return _with_credentials(tasks_v2.CloudTasksClient)
+
+    def _make_async_client(self) -> Any:
+        from google.cloud import tasks_v2
+        from google.cloud.tasks_v2.services.cloud_tasks.transports import (
+            CloudTasksGrpcAsyncIOTransport,
+        )
+
+        if self.endpoint:
+            channel = grpc.aio.insecure_channel(self.endpoint, options=_EMULATOR_CHANNEL_OPTIONS)
+            return tasks_v2.CloudTasksAsyncClient(
+                transport=CloudTasksGrpcAsyncIOTransport(channel=channel)
             )
+        return _with_credentials(tasks_v2.CloudTasksAsyncClient)
 
-            if self._endpoint:
-                channel = grpc.aio.insecure_channel(self._endpoint)
-                self._async_client = tasks_v2.CloudTasksAsyncClient(
-                    transport=CloudTasksGrpcAsyncIOTransport(channel=channel)
-                )
-            else:
-                self._async_client = tasks_v2.CloudTasksAsyncClient()
-        return self._async_client
+    def pause_before(self, attempt: int) -> float:
+        """Seconds to wait after failed try number `attempt` (0-based)."""
+        base = min(self._max_backoff_s, self._backoff_s * (1 << min(attempt, 32)))
+        return base * (0.5 + self._random() / 2)
 
-    def _pause(self, attempt: int) -> float:
-        return float(min(_MAX_PAUSE_S, _PAUSE_S * 2**attempt) * (0.5 + random.random() / 2))
+    def _final(self, err: BaseException, sub: Submission, attempt: int) -> SubmitError | None:
+        """The SubmitError to raise for `err`, or None to try again."""
+        e = SubmitError(code_of(err), getattr(err, "message", None) or str(err))
+        if e.transient and attempt < self.attempts - 1:
+            _metrics.add("tq_submit_retries", task_class=sub.task_class, code=e.code.name)
+            return None
+        return e
 
     def submit(self, submission: Submission) -> None:
-        for attempt in range(self._attempts):
+        """Creates the task, blocking. Raises `tq.SubmitError`."""
+        client = self.client
+        for attempt in range(self.attempts):
             try:
-                self.client.create_task(request=submission.request, timeout=self._timeout_s)
+                client.create_task(request=submission.request, timeout=self.timeout_s)
                 return
-            except (gexc.GoogleAPICallError, grpc.RpcError) as e:
-                err = SubmitError(_code_of(e), str(e))
-                if not err.transient or attempt == self._attempts - 1:
-                    raise err from e
-            time.sleep(self._pause(attempt))
+            except (gexc.GoogleAPICallError, grpc.RpcError) as err:
+                final = self._final(err, submission, attempt)
+                if final is not None:
+                    raise final from err
+            self._sleep(self.pause_before(attempt))
 
     async def submit_async(self, submission: Submission) -> None:
-        for attempt in range(self._attempts):
+        """Creates the task without blocking the event loop. Raises `tq.SubmitError`."""
+        client = self.async_client
+        for attempt in range(self.attempts):
             try:
-                await self.async_client.create_task(
-                    request=submission.request, timeout=self._timeout_s
-                )
+                await client.create_task(request=submission.request, timeout=self.timeout_s)
                 return
-            except (gexc.GoogleAPICallError, grpc.RpcError) as e:
-                err = SubmitError(_code_of(e), str(e))
-                if not err.transient or attempt == self._attempts - 1:
-                    raise err from e
-            await asyncio.sleep(self._pause(attempt))
+            except (gexc.GoogleAPICallError, grpc.RpcError) as err:
+                final = self._final(err, submission, attempt)
+                if final is not None:
+                    raise final from err
+            await self._sleep_async(self.pause_before(attempt))
+
+    def close(self) -> None:
+        """Closes the sync client's channel, if this submitter made it.
+
+        Async clients are dropped here without closing (their channels can
+        only be closed from their own loop): call `aclose()` for those.
+        """
+        with self._lock:
+            self._async_clients.clear()
+            if not self._owns_client:
+                return
+            client, self._client = self._client, None
+        if client is not None:
+            client.transport.close()
+
+    async def aclose(self) -> None:
+        """Closes the async client of the running loop (if made here) and the sync one."""
+        with self._lock:
+            client = self._async_clients.pop(asyncio.get_running_loop(), None)
+        if client is not None:
+            await client.transport.close()
+        self.close()
+
+    def __enter__(self) -> CloudTasksSubmitter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    async def __aenter__(self) -> CloudTasksSubmitter:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+
+def _with_credentials(make: Callable[[], Any]) -> Any:
+    from google.auth import exceptions as auth_exceptions
+
+    try:
+        return make()
+    except auth_exceptions.DefaultCredentialsError as e:
+        raise ConfigError(
+            "CloudTasksSubmitter: no Google credentials found (set up Application Default "
+            "Credentials), or pass endpoint='host:port' to use a Cloud Tasks emulator"
+        ) from e
