@@ -15,7 +15,7 @@ from google.api_core import exceptions as gexc
 
 from tq import _metrics
 from tq._errors import ConfigError, SubmitError
-from tq._submitter import Submission
+from tq._submitter import Submission, time_left
 
 # An emulator runs next to the tests or the dev server: never send its
 # traffic through a proxy named in the environment.
@@ -59,6 +59,9 @@ class CloudTasksSubmitter:
       random: the source of that jitter (default `random.random`).
       sleep, sleep_async: how pauses are taken (defaults `time.sleep`,
         `asyncio.sleep`); tests pass recorders.
+
+    Inside `tq._submitter.submit_deadline(...)` (the outbox's happy path sets
+    one) call timeouts and retries stop at that deadline.
 
     `submit` / `submit_async` raise `tq.SubmitError` carrying the gRPC code;
     a task whose name exists already raises it with ALREADY_EXISTS, which
@@ -161,10 +164,21 @@ class CloudTasksSubmitter:
         base = min(self._max_backoff_s, self._backoff_s * (1 << min(attempt, 32)))
         return base * (0.5 + self._random() / 2)
 
+    def _timeout(self) -> float:
+        """The deadline of the next call: timeout_s, cut by a submit deadline."""
+        left = time_left()
+        if left is None:
+            return self.timeout_s
+        if left <= 0:
+            raise SubmitError(grpc.StatusCode.DEADLINE_EXCEEDED, "submit deadline passed")
+        return min(self.timeout_s, left)
+
     def _final(self, err: BaseException, sub: Submission, attempt: int) -> SubmitError | None:
         """The SubmitError to raise for `err`, or None to try again."""
         e = SubmitError(code_of(err), getattr(err, "message", None) or str(err))
-        if e.transient and attempt < self.attempts - 1:
+        left = time_left()
+        out_of_time = left is not None and left <= self.pause_before(attempt)
+        if e.transient and attempt < self.attempts - 1 and not out_of_time:
             _metrics.add("tq_submit_retries", task_class=sub.task_class, code=e.code.name)
             return None
         return e
@@ -174,7 +188,7 @@ class CloudTasksSubmitter:
         client = self.client
         for attempt in range(self.attempts):
             try:
-                client.create_task(request=submission.request, timeout=self.timeout_s)
+                client.create_task(request=submission.request, timeout=self._timeout())
                 return
             except (gexc.GoogleAPICallError, grpc.RpcError) as err:
                 final = self._final(err, submission, attempt)
@@ -187,7 +201,7 @@ class CloudTasksSubmitter:
         client = self.async_client
         for attempt in range(self.attempts):
             try:
-                await client.create_task(request=submission.request, timeout=self.timeout_s)
+                await client.create_task(request=submission.request, timeout=self._timeout())
                 return
             except (gexc.GoogleAPICallError, grpc.RpcError) as err:
                 final = self._final(err, submission, attempt)

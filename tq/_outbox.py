@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from tq import _metrics, clock
 from tq._errors import SubmitError
 from tq._reminder import parked_extra
-from tq._submitter import Submission, Submitter
+from tq._submitter import Submission, Submitter, submit_deadline
 from tq.txn._store import PendingTask, ReminderStore
 
 log = logging.getLogger("tq.outbox")
@@ -36,10 +36,13 @@ class Outcome(enum.Enum):
 
 
 def _submit_with_retries(submitter: Submitter, sub: Submission) -> None:
+    # The deadline also bounds the submitter's own retries (CloudTasksSubmitter
+    # has some), so the whole happy path of one task stays within BUDGET_S.
     deadline = time.monotonic() + BUDGET_S
     for attempt in range(ATTEMPTS):
         try:
-            submitter.submit(sub)
+            with submit_deadline(BUDGET_S):
+                submitter.submit(sub)
             return
         except SubmitError as e:
             if e.already_exists:
@@ -53,7 +56,8 @@ async def _submit_with_retries_async(submitter: Submitter, sub: Submission) -> N
     deadline = time.monotonic() + BUDGET_S
     for attempt in range(ATTEMPTS):
         try:
-            await submitter.submit_async(sub)
+            with submit_deadline(BUDGET_S):
+                await submitter.submit_async(sub)
             return
         except SubmitError as e:
             if e.already_exists:

@@ -13,6 +13,7 @@ import contextlib
 import contextvars
 import dataclasses
 import datetime as dt
+import time
 from collections.abc import Iterator
 from typing import Protocol, runtime_checkable
 
@@ -75,3 +76,32 @@ def use_submitter(submitter: Submitter) -> Iterator[Submitter]:
         yield submitter
     finally:
         _current.reset(token)
+
+
+_deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar(
+    "tq_submit_deadline", default=None
+)
+
+
+def time_left() -> float | None:
+    """Seconds left before the current submit deadline, or None if there is none.
+
+    Submitters that retry or wait honour it (see `CloudTasksSubmitter`).
+    """
+    d = _deadline.get()
+    return None if d is None else d - time.monotonic()
+
+
+@contextlib.contextmanager
+def submit_deadline(seconds: float) -> Iterator[None]:
+    """Bounds the time of every submit (and its retries) inside the block.
+
+    Nested deadlines keep the earlier one.
+    """
+    new = time.monotonic() + seconds
+    old = _deadline.get()
+    token = _deadline.set(new if old is None else min(old, new))
+    try:
+        yield
+    finally:
+        _deadline.reset(token)

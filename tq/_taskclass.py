@@ -6,13 +6,13 @@ import dataclasses
 import enum
 import re
 from collections.abc import Awaitable, Callable, Mapping
-from typing import TypeAlias
+from typing import Any, TypeAlias
 
 from google.protobuf.message import Message
 
 from tq._errors import ConfigError
 
-Handler: TypeAlias = Callable[[Message], None] | Callable[[Message], Awaitable[None]]
+Handler: TypeAlias = Callable[[Any], None] | Callable[[Any], Awaitable[None]]
 
 CLASS_ID_RE = re.compile(r"^[a-zA-Z0-9_\-.]{1,100}$")
 SHORT_QUEUE_RE = re.compile(r"^[a-zA-Z0-9-]{1,100}$")

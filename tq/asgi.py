@@ -1,0 +1,315 @@
+"""The push endpoint: a Starlette app receiving the tasks Cloud Tasks pushes back.
+
+Mount it where the routing prefix of your task classes points (the default
+prefix is `/internal/tasks/t/`):
+
+    app.mount("/internal/tasks", tq.asgi.app(dispatcher))
+
+It serves:
+
+* `POST <mount>/t/<class ID>[/<title>]`: one pushed task. The endpoint
+  finds the class by matching the full request path (the mount's root path
+  plus the path) against the routing prefixes of the registered classes
+  (and the default one), longest first; the path segment after the prefix
+  is the class ID. So a class with `routing_prefix="/jobs/"` is served by
+  the same app mounted at `/jobs`.
+* `GET` (or `POST`) `<mount>/c/sweep`: runs `dispatcher.sweep_async()` once,
+  for Cloud Scheduler or App Engine cron.
+
+Push statuses (they tell Cloud Tasks what to do): 200 done; 202 the handler
+raised `Fatal` (dropped); 204 `Ignore` (dropped); 429 `Retry`; 500
+`Transient` or any other exception, or the token-signing certificates could
+not be fetched (retried); 404 no such class or no handler (or no routing
+prefix matches the path); 400 bad envelope or body, wrong payload type,
+class mismatch between URL and body, or a body over `max_body_bytes`; 403
+authentication failed. Every refusal is counted in the
+`tq_pushes_rejected` metric by reason (`auth_<reason>` for authentication,
+see `tq._auth.REASONS`).
+
+Authentication is on by default: pushes need a Google-signed OIDC token for
+the dispatcher's `push_as` (or one of `authorized_pushers`), with the
+audience rule described in `tq._auth`. `auth=tq.asgi.INSECURE_NO_AUTH` turns
+it off, for local development only, and says so loudly in the logs.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Collection, Mapping
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import BaseRoute, Route
+from starlette.types import Scope
+
+from tq import _metrics, _push
+from tq._auth import (
+    AuthError,
+    OIDCVerifier,
+    authenticate_launcher,
+    authenticate_push,
+    request_audiences,
+)
+from tq._certs import GOOGLE_CERTS_URL
+from tq._dispatcher import Dispatcher
+from tq._errors import ConfigError
+from tq._taskclass import DEFAULT_ROUTING_PREFIX
+
+log = logging.getLogger("tq.asgi")
+
+# Cloud Tasks caps a whole task at 1 MB, so a genuine body is never larger.
+DEFAULT_MAX_BODY_BYTES = 1024 * 1024 + 16 * 1024
+
+
+class _InsecureNoAuth:
+    def __repr__(self) -> str:
+        return "tq.asgi.INSECURE_NO_AUTH"
+
+
+INSECURE_NO_AUTH = _InsecureNoAuth()
+"""Pass as `auth=` to accept pushes and sweep calls with no authentication.
+
+For local development only (a dev server, the database queue on loopback):
+anyone who can reach the endpoint can run any task. Logged as a warning when
+the app is made and on its first request.
+"""
+
+_BANNER = (
+    "tq: the push endpoint is running WITHOUT AUTHENTICATION (auth=INSECURE_NO_AUTH): "
+    "anyone who can reach it can run tasks. Never use this in production."
+)
+
+
+def app(
+    dispatcher: Dispatcher,
+    *,
+    auth: OIDCVerifier | _InsecureNoAuth | None = None,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    authorized_launchers: Collection[str] = (),
+    certs_url: str = GOOGLE_CERTS_URL,
+) -> Starlette:
+    """A Starlette app serving pushes and the sweep endpoint; mount it at "/internal/tasks".
+
+    Args:
+      dispatcher: whose task classes are served; its `push_as`,
+        `authorized_pushers`, `push_audience` and `app_engine` are read on
+        every request, so `configure()` after this call takes effect.
+      auth: None (default) verifies OIDC tokens with a new `OIDCVerifier`
+        fetching certificates from `certs_url`; an `OIDCVerifier` to share
+        one (then leave `certs_url` alone); or `INSECURE_NO_AUTH`.
+      max_body_bytes: larger bodies are refused with 400 without being read
+        past the limit (default 1 MiB + 16 KiB: Cloud Tasks' task limit).
+      authorized_launchers: service-account emails whose OIDC tokens may call
+        the sweep endpoint (e.g. Cloud Scheduler's); none by default.
+      certs_url: where Google's token-signing certificates are.
+
+    Raises ConfigError on a bad option.
+    """
+    return Starlette(
+        routes=routes(
+            dispatcher,
+            auth=auth,
+            max_body_bytes=max_body_bytes,
+            authorized_launchers=authorized_launchers,
+            certs_url=certs_url,
+        )
+    )
+
+
+def routes(
+    dispatcher: Dispatcher,
+    *,
+    auth: OIDCVerifier | _InsecureNoAuth | None = None,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    authorized_launchers: Collection[str] = (),
+    certs_url: str = GOOGLE_CERTS_URL,
+) -> list[BaseRoute]:
+    """The routes of `app()`, for an app of your own; same arguments.
+
+    They are relative to the mount point, like the app's:
+    `Mount("/internal/tasks", routes=tq.asgi.routes(dispatcher))`. They
+    include a catch-all POST route, so give them a mount of their own.
+    """
+    endpoint = _Endpoint(dispatcher, auth, max_body_bytes, authorized_launchers, certs_url)
+    return [
+        Route("/c/sweep", endpoint.sweep, methods=["GET", "POST"]),
+        Route("/{path:path}", endpoint.push, methods=["POST"]),
+    ]
+
+
+class _Endpoint:
+    def __init__(
+        self,
+        dispatcher: Dispatcher,
+        auth: OIDCVerifier | _InsecureNoAuth | None,
+        max_body_bytes: int,
+        authorized_launchers: Collection[str],
+        certs_url: str,
+    ) -> None:
+        if not isinstance(dispatcher, Dispatcher):
+            raise ConfigError(f"tq.asgi.app takes a tq.Dispatcher, got {dispatcher!r}")
+        if isinstance(max_body_bytes, bool) or not isinstance(max_body_bytes, int):
+            raise ConfigError(f"max_body_bytes must be an int, got {max_body_bytes!r}")
+        if max_body_bytes <= 0:
+            raise ConfigError(f"max_body_bytes must be positive, got {max_body_bytes}")
+        if isinstance(authorized_launchers, str):
+            raise ConfigError("authorized_launchers must be a collection of emails, not a string")
+        if auth is None:
+            auth = OIDCVerifier(certs_url)
+        elif isinstance(auth, OIDCVerifier):
+            if certs_url != GOOGLE_CERTS_URL:
+                raise ConfigError("pass certs_url to the OIDCVerifier given as auth=, not here")
+        elif auth is not INSECURE_NO_AUTH:
+            raise ConfigError(
+                f"auth must be None, a tq.asgi.OIDCVerifier or tq.asgi.INSECURE_NO_AUTH, "
+                f"got {auth!r}"
+            )
+        self.dispatcher = dispatcher
+        self.verifier = auth if isinstance(auth, OIDCVerifier) else None
+        self.max_body_bytes = max_body_bytes
+        self.launchers = frozenset(authorized_launchers)
+        self._warned_insecure = False
+        if self.verifier is None:
+            log.warning(_BANNER)
+        elif not (dispatcher.push_as or dispatcher.authorized_pushers or dispatcher.app_engine):
+            log.warning(
+                "tq: the dispatcher has no push_as or authorized_pushers: the push endpoint "
+                "will refuse every push (403 auth_email_not_allowed) until one is configured"
+            )
+
+    async def push(self, request: Request) -> Response:
+        scope = request.scope
+        headers = _headers(scope)
+        path = _full_path(scope)
+        class_id = _class_id(self.dispatcher, path)
+        where = _where(class_id, headers)
+        length = headers.get("content-length", "")
+        if length.isdigit() and int(length) > self.max_body_bytes:
+            return self._refuse(400, "body_too_large", f"Content-Length {length}", where)
+        if self.verifier is None:
+            self._warn_insecure()
+        else:
+            audiences = request_audiences(
+                self.dispatcher.push_audience,
+                headers.get("host", ""),
+                _path_and_query(path, scope),
+                scope.get("scheme", "https"),
+            )
+            try:
+                await authenticate_push(self.verifier, self.dispatcher, headers, audiences)
+            except AuthError as e:
+                return self._refuse(e.status, "auth_" + e.reason, e.detail, where)
+        if class_id is None:
+            return self._refuse(404, "no_route", f"no routing prefix matches {path!r}", where)
+        body = await _read_body(request, self.max_body_bytes)
+        if body is None:
+            return self._refuse(
+                400, "body_too_large", f"body over {self.max_body_bytes} bytes", where
+            )
+        result = await _push.handle_push(self.dispatcher, class_id, headers, body)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("tq: push %s -> %d %s", where, result.status, result.outcome)
+        return _response(result.status, result.outcome)
+
+    async def sweep(self, request: Request) -> Response:
+        scope = request.scope
+        headers = _headers(scope)
+        if self.verifier is None:
+            self._warn_insecure()
+        else:
+            path = _full_path(scope)
+            audiences = request_audiences(
+                self.dispatcher.push_audience,
+                headers.get("host", ""),
+                _path_and_query(path, scope),
+                scope.get("scheme", "https"),
+            )
+            try:
+                await authenticate_launcher(
+                    self.verifier, self.dispatcher, self.launchers, headers, audiences
+                )
+            except AuthError as e:
+                _metrics.add("tq_sweeps_rejected", reason="auth_" + e.reason)
+                log.warning("tq: sweep call refused (%d auth_%s): %s", e.status, e.reason, e)
+                return PlainTextResponse(f"auth_{e.reason}\n", status_code=e.status)
+        try:
+            await self.dispatcher.sweep_async()
+        except ConfigError as e:
+            log.error("tq: sweep endpoint called but the dispatcher cannot sweep: %s", e)
+            return PlainTextResponse(f"cannot sweep: {e}\n", status_code=500)
+        except Exception:
+            log.exception("tq: sweep failed")
+            return PlainTextResponse("sweep failed\n", status_code=500)
+        return PlainTextResponse("swept\n")
+
+    def _warn_insecure(self) -> None:
+        if not self._warned_insecure:
+            self._warned_insecure = True
+            log.warning(_BANNER)
+
+    def _refuse(self, status: int, reason: str, detail: str, where: str) -> Response:
+        _push.reject(status, reason, f"{detail} ({where})")
+        return _response(status, reason)
+
+
+def _headers(scope: Scope) -> dict[str, str]:
+    # ASGI header names are lowercase already; for a repeated header the last wins.
+    return {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+
+
+def _full_path(scope: Scope) -> str:
+    """The request path from the server's root, whatever the mount."""
+    path: str = scope["path"]
+    root: str = scope.get("root_path", "")
+    # ASGI servers and Starlette mounts keep root_path inside path; older ones do not.
+    return path if path.startswith(root) else root + path
+
+
+def _path_and_query(path: str, scope: Scope) -> str:
+    query: bytes = scope.get("query_string", b"")
+    return f"{path}?{query.decode('latin-1')}" if query else path
+
+
+def _class_id(dispatcher: Dispatcher, path: str) -> str | None:
+    prefixes = {c.routing_prefix for c in dispatcher.task_classes()}
+    prefixes.add(DEFAULT_ROUTING_PREFIX)
+    for prefix in sorted(prefixes, key=len, reverse=True):
+        if path.startswith(prefix):
+            class_id = path[len(prefix) :].split("/", 1)[0]
+            return class_id or None
+    return None
+
+
+def _where(class_id: str | None, headers: Mapping[str, str]) -> str:
+    task = headers.get("x-cloudtasks-taskname") or headers.get("x-appengine-taskname") or "?"
+    queue = headers.get("x-cloudtasks-queuename") or headers.get("x-appengine-queuename") or "?"
+    return f"class {class_id or '?'}, task {task}, queue {queue.rsplit('/', 1)[-1]}"
+
+
+async def _read_body(request: Request, limit: int) -> bytes | None:
+    """The body, or None as soon as it grows past `limit` bytes."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _response(status: int, outcome: str) -> Response:
+    if status == 204:
+        return Response(status_code=204)
+    return PlainTextResponse(outcome + "\n", status_code=status)
+
+
+__all__ = [
+    "DEFAULT_MAX_BODY_BYTES",
+    "GOOGLE_CERTS_URL",
+    "INSECURE_NO_AUTH",
+    "OIDCVerifier",
+    "app",
+    "routes",
+]
