@@ -2,4 +2,10 @@
 
 from __future__ import annotations
 
-pytest_plugins: list[str] = []
+pytest_plugins: list[str] = [
+    "tests._services.cloudtasks",
+    "tests._services.uvicorn_server",
+    "tests._services.spanner",
+    "tests._services.postgres",
+    "pytester",
+]

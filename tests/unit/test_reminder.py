@@ -1,0 +1,60 @@
+"""Reminders: their payload, freshness and parked mark."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import grpc
+
+import tq
+from tests.testpb import payloads_pb2 as pb
+from tq import _request
+from tq._reminder import (
+    HAPPY_PATH_WINDOW,
+    Reminder,
+    encode_payload,
+    fresh_until,
+    parked_extra,
+)
+from tq._task import Task
+from tq._taskclass import Kind, TaskClass
+
+NOW = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+
+
+def submission() -> tq.Submission:
+    cls = TaskClass(id="greet", prototype=pb.Greet, kind=Kind.TRANSACTIONAL, queue="q")
+    target = _request.Target("p", "r", "h", None, None, False)
+    req = _request.build(cls, Task(payload=pb.Greet(name="x")), target, now=NOW, task_id="ab" * 16)
+    return tq.Submission(
+        request=req, task_class="greet", created=NOW, payload=pb.Greet(), reminder_id="ab" * 16
+    )
+
+
+def test_payload_round_trips_the_request_class_and_creation_time() -> None:
+    s = submission()
+    back = Reminder(id="ab" * 16, fresh_until=NOW, payload=encode_payload(s)).submission()
+    assert back.request == s.request
+    assert (back.task_class, back.created, back.reminder_id, back.payload) == (
+        "greet",
+        NOW,
+        "ab" * 16,
+        None,
+    )
+    assert back.task_name.endswith("/tasks/" + "ab" * 16)
+
+
+def test_fresh_until_is_a_minute_capped_by_the_deadline() -> None:
+    assert fresh_until(NOW) == NOW + HAPPY_PATH_WINDOW == NOW + dt.timedelta(minutes=1)
+    soon = NOW + dt.timedelta(seconds=5)
+    assert fresh_until(NOW, soon) == soon
+    assert fresh_until(NOW, NOW + dt.timedelta(hours=1)) == NOW + HAPPY_PATH_WINDOW
+
+
+def test_parked_mark_lives_in_extra() -> None:
+    r = Reminder(id="ab" * 16, fresh_until=NOW, payload=b"")
+    assert not r.parked
+    extra = parked_extra(grpc.StatusCode.NOT_FOUND.name, "queue gone " * 200, NOW)
+    parked = Reminder(r.id, r.fresh_until, r.payload, extra)
+    assert parked.parked
+    assert len(extra) < 1024  # fits the Extra column
