@@ -7,5 +7,6 @@ pytest_plugins: list[str] = [
     "tests._services.uvicorn_server",
     "tests._services.spanner",
     "tests._services.postgres",
+    "tests._longmode",
     "pytester",
 ]

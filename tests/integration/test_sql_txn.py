@@ -1,0 +1,502 @@
+"""tq.txn.sql's transaction helpers on SQLite and PostgreSQL: Session, Core
+Connection, AsyncSession, bind(), savepoints, store lookup and the schema."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import threading
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from sqlalchemy import Engine, create_engine, text
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+from sqlalchemy.orm import Session, sessionmaker
+
+import tq
+import tq.txn.sql
+from tests.conformance.harness_sql import make_engine
+from tests.conformance.support import RecordingSubmitter, make_dispatcher
+from tests.testpb import payloads_pb2 as pb
+from tq._submitter import Submission
+from tq.txn.sql import SQLStore
+
+REPO = Path(__file__).resolve().parents[2]
+ROWS = "CREATE TABLE IF NOT EXISTS rows (key TEXT PRIMARY KEY)"
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/app.db"
+    url: str = request.getfixturevalue("postgres_db_url")
+    return url
+
+
+@pytest.fixture
+def engine(db_url: str) -> Iterator[Engine]:
+    eng = make_engine(db_url)
+    with eng.begin() as conn:
+        conn.execute(text(ROWS))
+    yield eng
+    eng.dispose()
+
+
+@pytest.fixture
+def store(engine: Engine) -> Iterator[SQLStore]:
+    s = SQLStore(engine, name="sql-test")
+    s.create_schema()
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def sub() -> RecordingSubmitter:
+    return RecordingSubmitter()
+
+
+@pytest.fixture
+def disp(sub: RecordingSubmitter) -> tq.Dispatcher:
+    return make_dispatcher(sub)
+
+
+def _rows(engine: Engine) -> set[str]:
+    with engine.connect() as conn:
+        return {r[0] for r in conn.execute(text("SELECT key FROM rows"))}
+
+
+def _insert(conn: Session | object, key: str) -> None:
+    conn.execute(text("INSERT INTO rows (key) VALUES (:k)"), {"k": key})  # type: ignore[attr-defined]
+
+
+def _task(name: str) -> tq.Task:
+    return tq.Task(payload=pb.Greet(name=name))
+
+
+def _names(sub: RecordingSubmitter) -> list[str]:
+    return [s.payload.name for s in sub.submitted]  # type: ignore[union-attr]
+
+
+class Boom(Exception):
+    pass
+
+
+# Sync Session.
+
+
+def test_session_commit_submits_after_commit(
+    engine: Engine, store: SQLStore, disp: tq.Dispatcher, sub: RecordingSubmitter
+) -> None:
+    with tq.txn.sql.transaction(sessionmaker(engine)) as session:
+        assert isinstance(session, Session)
+        _insert(session, "a")
+        disp.add_task(_task("a"), _task("b"))
+    assert sorted(_names(sub)) == ["a", "b"]
+    assert store.count_reminders() == (0, 0)
+    assert _rows(engine) == {"a"}
+
+
+def test_rolled_back_savepoint_drops_its_tasks_only(
+    engine: Engine, store: SQLStore, disp: tq.Dispatcher, sub: RecordingSubmitter
+) -> None:
+    with tq.txn.sql.transaction(sessionmaker(engine)) as session:
+        disp.add_task(_task("outer"))
+        try:
+            with session.begin_nested():
+                disp.add_task(_task("inner-rolled-back"))
+                raise Boom
+        except Boom:
+            pass
+        with session.begin_nested():
+            disp.add_task(_task("inner-kept"))
+        disp.add_task(_task("last"))
+    assert sorted(_names(sub)) == ["inner-kept", "last", "outer"]
+    assert store.count_reminders() == (0, 0)
+
+
+def test_commit_inside_the_block_submits_what_it_committed(
+    engine: Engine, store: SQLStore, disp: tq.Dispatcher, sub: RecordingSubmitter
+) -> None:
+    def run() -> None:
+        with tq.txn.sql.transaction(sessionmaker(engine)) as session:
+            disp.add_task(_task("first"))
+            session.commit()
+            disp.add_task(_task("second"))
+            raise Boom
+
+    with pytest.raises(Boom):
+        run()
+    # The block failed: nothing goes out from the happy path, and what the
+    # first commit wrote waits for the sweeper.
+    assert _names(sub) == []
+    assert store.count_reminders() == (1, 0)
+
+
+def test_deadline_caps_fresh_until(
+    engine: Engine, store: SQLStore, disp: tq.Dispatcher, sub: RecordingSubmitter
+) -> None:
+    sub.fail_with = grpc.StatusCode.UNAVAILABLE
+    deadline = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=20)
+    with tq.txn.sql.transaction(sessionmaker(engine), deadline=deadline):
+        assert tq.txn.current_transaction().deadline == deadline  # type: ignore[union-attr]
+        disp.add_task(_task("a"))
+    [key] = store.fetch_reminder_keys("", "g", 10)
+    assert abs(key.fresh_until - deadline) < dt.timedelta(milliseconds=1)
+
+
+def test_happy_path_errors_never_reach_the_caller(
+    engine: Engine, store: SQLStore, disp: tq.Dispatcher
+) -> None:
+    class Broken:
+        def submit(self, submission: Submission) -> None:
+            raise RuntimeError("submitter bug")
+
+        async def submit_async(self, submission: Submission) -> None:
+            raise RuntimeError("submitter bug")
+
+    with tq.use_submitter(Broken()), tq.txn.sql.transaction(sessionmaker(engine)):
+        disp.add_task(_task("a"))
+    assert store.count_reminders() == (1, 0)  # kept for the sweeper
+
+
+# Core Connection.
+
+
+def test_core_connection_commit_and_rollback(
+    engine: Engine, store: SQLStore, disp: tq.Dispatcher, sub: RecordingSubmitter
+) -> None:
+    with tq.txn.sql.transaction(engine) as conn:
+        _insert(conn, "a")
+        disp.add_task(_task("a"))
+
+    def run() -> None:
+        with tq.txn.sql.transaction(engine) as conn:
+            _insert(conn, "b")
+            disp.add_task(_task("b"))
+            raise Boom
+
+    with pytest.raises(Boom):
+        run()
+    assert _names(sub) == ["a"]
+    assert store.count_reminders() == (0, 0)
+    assert _rows(engine) == {"a"}
+
+
+def test_core_savepoint_rollback_drops_its_tasks(
+    engine: Engine, store: SQLStore, disp: tq.Dispatcher, sub: RecordingSubmitter
+) -> None:
+    with tq.txn.sql.transaction(engine) as conn:
+        disp.add_task(_task("outer"))
+        nested = conn.begin_nested()
+        disp.add_task(_task("inner"))
+        nested.rollback()
+        with conn.begin_nested():
+            disp.add_task(_task("kept"))
+    assert sorted(_names(sub)) == ["kept", "outer"]
+    assert store.count_reminders() == (0, 0)
+
+
+def test_core_failed_statement_submits_nothing(
+    engine: Engine, store: SQLStore, disp: tq.Dispatcher, sub: RecordingSubmitter
+) -> None:
+    with tq.txn.sql.transaction(engine) as conn:
+        _insert(conn, "taken")
+
+    def run() -> None:
+        with tq.txn.sql.transaction(engine) as conn:
+            disp.add_task(_task("x"))
+            _insert(conn, "taken")
+
+    with pytest.raises(Exception):  # noqa: B017, PT011 - the driver's IntegrityError
+        run()
+    assert sub.attempts == 0
+    assert store.count_reminders() == (0, 0)
+
+
+# bind() with a sync Session.
+
+
+def test_bind_follows_the_sessions_own_commits(
+    engine: Engine, store: SQLStore, disp: tq.Dispatcher, sub: RecordingSubmitter
+) -> None:
+    with Session(engine) as session:
+        with tq.txn.sql.bind(session):
+            disp.add_task(_task("committed"))
+            session.commit()
+            assert _names(sub) == ["committed"]  # submitted from the commit
+            disp.add_task(_task("rolled-back"))
+            session.rollback()
+            disp.add_task(_task("committed-after-block"))
+        assert tq.txn.current_transaction() is None
+        session.commit()
+        with tq.txn.sql.bind(session):  # the session is free to bind again
+            pass
+    assert _names(sub) == ["committed", "committed-after-block"]
+    assert store.count_reminders() == (0, 0)
+
+
+def test_bind_refuses_a_session_bound_already(engine: Engine, store: SQLStore) -> None:
+    with Session(engine) as session, tq.txn.sql.bind(session):
+        second = tq.txn.sql.bind(session)
+        with pytest.raises(tq.TransactionError):
+            second.__enter__()
+
+
+# Finding the store.
+
+
+def test_store_found_by_url_from_another_engine(
+    db_url: str, store: SQLStore, disp: tq.Dispatcher, sub: RecordingSubmitter
+) -> None:
+    other = create_engine(db_url)
+    try:
+        with tq.txn.sql.transaction(sessionmaker(other)):
+            assert tq.txn.current_transaction().store is store  # type: ignore[union-attr]
+            disp.add_task(_task("a"))
+    finally:
+        other.dispose()
+    assert _names(sub) == ["a"]
+
+
+def test_unknown_database_is_a_clear_error(tmp_path: Path, store: SQLStore) -> None:
+    other = create_engine(f"sqlite:///{tmp_path}/elsewhere.db")
+    try:
+        with pytest.raises(tq.ConfigError, match="no SQLStore registered"):
+            tq.txn.sql.transaction(sessionmaker(other)).__enter__()
+    finally:
+        other.dispose()
+
+
+# AsyncSession (aiosqlite, psycopg async).
+
+
+def _async_url(db_url: str) -> str:
+    return db_url.replace("sqlite:///", "sqlite+aiosqlite:///", 1)
+
+
+@pytest.fixture
+async def async_engine(db_url: str, engine: Engine) -> AsyncIterator[AsyncEngine]:
+    eng = create_async_engine(_async_url(db_url))
+    yield eng
+    await eng.dispose()
+
+
+async def test_async_session_commit_and_rollback(
+    async_engine: AsyncEngine,
+    engine: Engine,
+    store: SQLStore,
+    disp: tq.Dispatcher,
+    sub: RecordingSubmitter,
+) -> None:
+    factory = async_sessionmaker(async_engine)
+    async with tq.txn.sql.transaction_async(factory) as session:
+        await session.execute(text("INSERT INTO rows (key) VALUES ('a')"))
+        await disp.add_task_async(_task("a"))
+
+    async def run() -> None:
+        async with tq.txn.sql.transaction_async(factory) as session:
+            await session.execute(text("INSERT INTO rows (key) VALUES ('b')"))
+            await disp.add_task_async(_task("b"))
+            raise Boom
+
+    with pytest.raises(Boom):
+        await run()
+    assert _names(sub) == ["a"]
+    assert store.count_reminders() == (0, 0)
+    assert _rows(engine) == {"a"}
+
+
+async def test_async_session_savepoint_and_failed_flush(
+    async_engine: AsyncEngine, store: SQLStore, disp: tq.Dispatcher, sub: RecordingSubmitter
+) -> None:
+    factory = async_sessionmaker(async_engine)
+    async with tq.txn.sql.transaction_async(factory) as session:
+        disp.add_task(_task("outer"))
+        nested = await session.begin_nested()
+        disp.add_task(_task("inner"))
+        await nested.rollback()
+
+    async def run() -> None:
+        async with tq.txn.sql.transaction_async(factory) as session:
+            disp.add_task(_task("doomed"))
+            await session.execute(text("INSERT INTO rows (key) VALUES ('x')"))
+            await session.execute(text("INSERT INTO rows (key) VALUES ('x')"))
+
+    with pytest.raises(Exception):  # noqa: B017, PT011 - the driver's IntegrityError
+        await run()
+    assert _names(sub) == ["outer"]
+    assert store.count_reminders() == (0, 0)
+
+
+async def test_bind_async_session_submits_after_commit_as_a_task(
+    async_engine: AsyncEngine, store: SQLStore, disp: tq.Dispatcher, sub: RecordingSubmitter
+) -> None:
+    factory = async_sessionmaker(async_engine)
+    async with factory() as session:
+        with tq.txn.sql.bind(session):
+            await disp.add_task_async(_task("a"))
+            await session.commit()
+            await disp.add_task_async(_task("never"))
+            await session.rollback()
+    await tq.txn.sql.drain()
+    assert _names(sub) == ["a"]
+    assert store.count_reminders() == (0, 0)
+
+
+async def test_store_from_async_engine_uses_a_sync_engine(
+    async_engine: AsyncEngine, store: SQLStore
+) -> None:
+    other = SQLStore(async_engine, name="from-async", register=False)
+    try:
+        assert other.engine.dialect.is_async is False
+        assert other.engine.url.database == async_engine.url.database
+        assert other.count_reminders() == (0, 0)
+    finally:
+        other.close()
+
+
+async def test_in_memory_sqlite_behind_an_async_engine_is_refused() -> None:
+    eng = create_async_engine("sqlite+aiosqlite://")
+    try:
+        with pytest.raises(tq.ConfigError, match="in-memory"):
+            SQLStore(eng, register=False)
+    finally:
+        await eng.dispose()
+
+
+# Schema.
+
+
+def test_create_schema_is_idempotent_and_records_the_version(
+    engine: Engine, store: SQLStore
+) -> None:
+    assert store.create_schema() == tq.txn.sql.SCHEMA_VERSION
+    assert tq.txn.sql.create_schema(engine) == tq.txn.sql.SCHEMA_VERSION
+    with engine.connect() as conn:
+        rows = conn.execute(text("SELECT component, version FROM tq_schema_version")).all()
+    assert [tuple(r) for r in rows] == [("outbox", tq.txn.sql.SCHEMA_VERSION)]
+
+
+def test_concurrent_create_schema_succeeds(db_url: str) -> None:
+    eng = make_engine(db_url)
+    errors: list[BaseException] = []
+
+    def create() -> None:
+        try:
+            tq.txn.sql.create_schema(eng)
+        except BaseException as e:
+            errors.append(e)
+
+    threads = [threading.Thread(target=create) for _ in range(4)]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        eng.dispose()
+    assert errors == []
+
+
+def test_newer_schema_version_is_refused(engine: Engine, store: SQLStore) -> None:
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE tq_schema_version SET version = 99"))
+    with pytest.raises(tq.ConfigError, match="newer"):
+        store.create_schema()
+
+
+def test_sweep_scan_reads_the_primary_key_index_only(engine: Engine, store: SQLStore) -> None:
+    if store.dialect == "sqlite":
+        with engine.connect() as conn:
+            plan = " ".join(
+                str(r[-1])
+                for r in conn.exec_driver_sql(
+                    "EXPLAIN QUERY PLAN SELECT id, fresh_until FROM tq_reminders "
+                    "WHERE parked = 0 AND id >= '1' AND id < '2' ORDER BY id LIMIT 10"
+                )
+            )
+        assert "USING PRIMARY KEY" in plan, plan
+        return
+    with engine.connect() as conn:
+        conn.exec_driver_sql("SET enable_seqscan = off")
+        conn.exec_driver_sql("SET enable_bitmapscan = off")
+        plan = "\n".join(
+            r[0]
+            for r in conn.exec_driver_sql(
+                "EXPLAIN SELECT id, fresh_until FROM tq_reminders "
+                "WHERE NOT parked AND id >= '1' AND id < '2' ORDER BY id LIMIT 10"
+            )
+        )
+    assert "Index Only Scan using tq_reminders_pkey" in plan, plan
+
+
+def test_deploy_sql_matches_the_packaged_schema() -> None:
+    for dialect, file in (("postgresql", "postgres.sql"), ("sqlite", "sqlite.sql")):
+        assert (REPO / "deploy" / "sql" / file).read_text() == tq.txn.sql.schema_sql(dialect)
+
+
+def test_import_tq_txn_sql_needs_no_greenlet_for_sync_use() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; sys.modules['greenlet'] = None\n"
+        "import tq.txn.sql, sqlalchemy\n"
+        "s = tq.txn.sql.SQLStore(sqlalchemy.create_engine('sqlite://'), register=False)\n"
+        "s.create_schema(); print(s.count_reminders())\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "(0, 0)"
+
+
+def test_async_helpers_wait_without_blocking_the_loop() -> None:
+    # drain() with nothing scheduled returns at once.
+    asyncio.run(tq.txn.sql.drain())
+
+
+def test_in_memory_sqlite_works_with_every_helper(
+    disp: tq.Dispatcher, sub: RecordingSubmitter
+) -> None:
+    eng = create_engine("sqlite://")
+    store = SQLStore(eng, name="sql-memory")
+    try:
+        store.create_schema()
+        with tq.txn.sql.transaction(sessionmaker(eng)):
+            disp.add_task(_task("session"))
+        with tq.txn.sql.transaction(eng):
+            disp.add_task(_task("core"))
+        with Session(eng) as session, tq.txn.sql.bind(session):
+            disp.add_task(_task("bound"))
+            session.commit()
+        assert _names(sub) == ["session", "core", "bound"]
+        assert store.count_reminders() == (0, 0)
+    finally:
+        store.close()
+        eng.dispose()
+
+
+def test_core_commit_inside_the_block_submits_what_it_committed(
+    engine: Engine, store: SQLStore, disp: tq.Dispatcher, sub: RecordingSubmitter
+) -> None:
+    with tq.txn.sql.transaction(engine) as conn:
+        disp.add_task(_task("early"))
+        conn.commit()
+        disp.add_task(_task("rolled-back"))
+        conn.rollback()
+        disp.add_task(_task("late"))
+    assert sorted(_names(sub)) == ["early", "late"]
+    assert store.count_reminders() == (0, 0)
+
+
+def test_core_commit_inside_the_block_is_read_back_before_submitting(
+    engine: Engine, store: SQLStore, disp: tq.Dispatcher, sub: RecordingSubmitter
+) -> None:
+    with tq.txn.sql.transaction(engine) as conn:
+        disp.add_task(_task("doomed"))
+        conn.execute(text("DELETE FROM tq_reminders"))  # as if the commit lost it
+        conn.commit()
+        disp.add_task(_task("late"))
+    assert _names(sub) == ["late"]

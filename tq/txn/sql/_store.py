@@ -1,0 +1,301 @@
+"""SQLStore: the outbox's reminders and sweeper leases in PostgreSQL or SQLite."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import sys
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import URL, Connection, Engine, bindparam, create_engine, func, select, text
+from sqlalchemy.engine import make_url
+
+from tq._errors import ConfigError
+from tq._reminder import Reminder
+from tq._request import MAX_TASK_SIZE
+from tq.txn._store import Lease, ReminderKey, register_store, stores, unregister_store
+from tq.txn.sql import _schema
+from tq.txn.sql._schema import leases, reminders
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+
+
+def async_types() -> tuple[type[AsyncEngine], type[AsyncSession]] | None:
+    """SQLAlchemy's async classes, if loaded (they need greenlet; sync use does not)."""
+    mod = sys.modules.get("sqlalchemy.ext.asyncio")
+    return None if mod is None else (mod.AsyncEngine, mod.AsyncSession)
+
+
+# A reminder holds a whole CreateTaskRequest (at most Cloud Tasks' 1 MiB) plus
+# a small envelope; bytea and BLOB take far more, so Cloud Tasks is the limit.
+DEFAULT_MAX_PAYLOAD = MAX_TASK_SIZE + 64 * 1024
+_CHUNK = 500  # IDs per statement: well under SQLite's bound-parameter limit
+
+_by_id = reminders.c.id
+_ids: Any = bindparam("ids", expanding=True)
+_DELETE = reminders.delete().where(_by_id.in_(_ids))
+_FETCH = select(
+    reminders.c.id, reminders.c.fresh_until, reminders.c.payload, reminders.c.extra
+).where(_by_id.in_(_ids))
+_KEYS = (
+    select(reminders.c.id, reminders.c.fresh_until)
+    .where(~reminders.c.parked, _by_id >= bindparam("low"), _by_id < bindparam("high"))
+    .order_by(_by_id)
+    .limit(bindparam("limit"))
+)
+_PARKED = (
+    select(reminders.c.id, reminders.c.fresh_until, reminders.c.payload, reminders.c.extra)
+    .where(reminders.c.parked, _by_id > bindparam("after"))
+    .order_by(_by_id)
+    .limit(bindparam("limit"))
+)
+_PARK = (
+    reminders.update()
+    .where(_by_id == bindparam("rid"))
+    .values(parked=True, extra=bindparam("extra"))
+)
+_UNPARK = (
+    reminders.update()
+    .where(_by_id == bindparam("rid"))
+    .values(parked=False, extra=b"", fresh_until=bindparam("fresh_until"))
+)
+_COUNT = select(reminders.c.parked, func.count()).group_by(reminders.c.parked)
+_LEASE_GC = leases.delete().where(
+    leases.c.section == bindparam("section"), leases.c.expires_at <= bindparam("now")
+)
+_LEASES_HELD = select(leases.c.ranges).where(leases.c.section == bindparam("section"))
+_LEASE_DROP = leases.delete().where(
+    leases.c.section == bindparam("section"), leases.c.lease_id == bindparam("lease_id")
+)
+_PG_LOCK = text("SELECT pg_advisory_xact_lock(:c, hashtext(:section))")
+_PG_LEASE_LOCK_CLASS = 0x7472
+
+
+def sync_url(url: URL) -> URL:
+    """The URL of a blocking driver for the same database as `url`.
+
+    psycopg serves sync and async alike; asyncpg becomes psycopg and
+    aiosqlite becomes the standard sqlite3 driver.
+    """
+    backend = url.get_backend_name()
+    driver = url.get_driver_name()
+    if backend == "postgresql" and driver in ("asyncpg", "psycopg_async"):
+        return url.set(drivername="postgresql+psycopg")
+    if backend == "sqlite" and driver == "aiosqlite":
+        if url.database in (None, "", ":memory:") or "mode=memory" in str(url):
+            raise ConfigError(
+                f"{url!r} is an in-memory SQLite database, which a second engine cannot "
+                "see: give SQLStore a sync engine for it, or use a file"
+            )
+        return url.set(drivername="sqlite+pysqlite")
+    return url
+
+
+def url_key(url: URL) -> tuple[Any, ...]:
+    """What identifies a database whatever the driver (for finding its store)."""
+    backend = url.get_backend_name()
+    database = url.database or ""
+    if backend == "sqlite" and database and database != ":memory:":
+        database = os.path.realpath(database)
+    return (backend, url.username or "", url.host or "", url.port, database)
+
+
+class SQLStore:
+    """The outbox store of one PostgreSQL or SQLite database (SQLAlchemy 2).
+
+    Args:
+      engine: a sync `Engine`, an `AsyncEngine`, or a URL. For an async
+        engine or URL the store makes (and owns) a sync engine on the same
+        database: `postgresql+psycopg` serves both; `sqlite+aiosqlite` becomes
+        `sqlite`; an in-memory SQLite database cannot be shared that way and
+        is refused (ConfigError).
+      name: the store's name among registered stores (default "sql"); give
+        each database its own.
+      max_payload_size: the largest reminder payload accepted, in bytes
+        (default: room for a Cloud Tasks request of the maximal 1 MiB).
+      register: register with `tq.txn.register_store` (default True), which
+        is how sweepers and the transaction helpers find the store.
+
+    Every method runs its own short transaction on the store's engine. The
+    tables must exist: call `create_schema()` (or apply deploy/sql/*.sql).
+    """
+
+    def __init__(
+        self,
+        engine: Engine | AsyncEngine | str | URL,
+        *,
+        name: str = "sql",
+        max_payload_size: int = DEFAULT_MAX_PAYLOAD,
+        register: bool = True,
+    ) -> None:
+        self._owns_engine = not isinstance(engine, Engine)
+        if isinstance(engine, str | URL):
+            engine = create_engine(sync_url(make_url(engine)))
+        elif not isinstance(engine, Engine):
+            kinds = async_types()
+            if kinds is None or not isinstance(engine, kinds[0]):
+                raise ConfigError(
+                    f"SQLStore takes an Engine, an AsyncEngine or a URL, not {engine!r}"
+                )
+            engine = create_engine(sync_url(engine.url))
+        self._engine: Engine = engine
+        self._dialect = _schema.dialect_name(engine)
+        self._name = name
+        self._max_payload_size = max_payload_size
+        self.url_key = url_key(engine.url)
+        if register:
+            register_store(self)
+
+    def __repr__(self) -> str:
+        return f"SQLStore({self._engine.url!r}, name={self._name!r})"
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def engine(self) -> Engine:
+        return self._engine
+
+    @property
+    def dialect(self) -> str:
+        """'postgresql' or 'sqlite'."""
+        return self._dialect
+
+    @property
+    def max_payload_size(self) -> int:
+        return self._max_payload_size
+
+    def create_schema(self) -> int:
+        """Creates or migrates the outbox tables (idempotent); returns the version."""
+        return _schema.create_schema(self._engine)
+
+    def close(self) -> None:
+        """Unregisters the store and disposes of the engine if the store made it."""
+        if any(s is self for s in stores()):
+            unregister_store(self._name)
+        if self._owns_engine:
+            self._engine.dispose()
+
+    # Reminders.
+
+    def delete_reminders(self, ids: Sequence[str]) -> None:
+        if not ids:
+            return
+        with self._engine.begin() as conn:
+            for i in range(0, len(ids), _CHUNK):
+                conn.execute(_DELETE, {"ids": list(ids[i : i + _CHUNK])})
+
+    def fetch_reminder_keys(self, low: str, high: str, limit: int) -> list[ReminderKey]:
+        if limit <= 0 or low >= high:
+            return []
+        with self._engine.connect() as conn:
+            rows = conn.execute(_KEYS, {"low": low, "high": high, "limit": limit})
+            return [ReminderKey(r[0], r[1]) for r in rows]
+
+    def fetch_reminders(self, ids: Sequence[str]) -> list[Reminder]:
+        out: list[Reminder] = []
+        with self._engine.connect() as conn:
+            for i in range(0, len(ids), _CHUNK):
+                rows = conn.execute(_FETCH, {"ids": list(ids[i : i + _CHUNK])})
+                out.extend(Reminder(r[0], r[1], bytes(r[2]), bytes(r[3])) for r in rows)
+        return out
+
+    def park_reminder(self, reminder_id: str, extra: bytes) -> None:
+        with self._engine.begin() as conn:
+            conn.execute(_PARK, {"rid": reminder_id, "extra": extra})
+
+    def list_parked(self, limit: int, after: str = "") -> list[Reminder]:
+        if limit <= 0:
+            return []
+        with self._engine.connect() as conn:
+            rows = conn.execute(_PARKED, {"after": after, "limit": limit})
+            return [Reminder(r[0], r[1], bytes(r[2]), bytes(r[3])) for r in rows]
+
+    def unpark_reminder(self, reminder_id: str, fresh_until: dt.datetime) -> bool:
+        with self._engine.begin() as conn:
+            res = conn.execute(_UNPARK, {"rid": reminder_id, "fresh_until": fresh_until})
+            return bool(res.rowcount)
+
+    def count_reminders(self) -> tuple[int, int]:
+        counts = {False: 0, True: 0}
+        with self._engine.connect() as conn:
+            for parked, n in conn.execute(_COUNT):
+                counts[bool(parked)] = int(n)
+        return counts[False], counts[True]
+
+    # Leases.
+
+    def take_lease(
+        self,
+        section: str,
+        ranges: Sequence[tuple[int, int]],
+        expires_at: dt.datetime,
+        now: dt.datetime,
+    ) -> Lease:
+        wanted = _normalize(ranges)
+        lease_id = os.urandom(16).hex()
+        with self._engine.connect() as conn:
+            self._lock_section(conn, section)
+            conn.execute(_LEASE_GC, {"section": section, "now": now})
+            held: list[tuple[int, int]] = []
+            for (encoded,) in conn.execute(_LEASES_HELD, {"section": section}):
+                held.extend((int(lo), int(hi)) for lo, hi in json.loads(encoded))
+            free = _subtract(wanted, _normalize(held))
+            if free:
+                conn.execute(
+                    leases.insert(),
+                    {
+                        "section": section,
+                        "lease_id": lease_id,
+                        "ranges": json.dumps([[str(lo), str(hi)] for lo, hi in free]),
+                        "expires_at": expires_at,
+                    },
+                )
+            conn.commit()
+        return Lease(section, lease_id, tuple(free), expires_at)
+
+    def release_lease(self, section: str, lease_id: str) -> None:
+        with self._engine.begin() as conn:
+            conn.execute(_LEASE_DROP, {"section": section, "lease_id": lease_id})
+
+    def _lock_section(self, conn: Connection, section: str) -> None:
+        # Takers of one section run one at a time, so two never see the same
+        # free ranges. PostgreSQL: a transaction-scoped advisory lock per section
+        # (there may be no lease row to lock yet); SQLite: the database write lock.
+        if self._dialect == "sqlite":
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+        else:
+            conn.execute(_PG_LOCK, {"c": _PG_LEASE_LOCK_CLASS, "section": section})
+
+
+def _normalize(ranges: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Sorted, merged, non-empty half-open ranges."""
+    out: list[tuple[int, int]] = []
+    for lo, hi in sorted((lo, hi) for lo, hi in ranges if lo < hi):
+        if out and lo <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], hi))
+        else:
+            out.append((lo, hi))
+    return out
+
+
+def _subtract(wanted: list[tuple[int, int]], held: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """`wanted` minus `held`, both normalized."""
+    out: list[tuple[int, int]] = []
+    for lo, hi in wanted:
+        cur = lo
+        for hlo, hhi in held:
+            if hhi <= cur or hlo >= hi:
+                continue
+            if hlo > cur:
+                out.append((cur, hlo))
+            cur = max(cur, hhi)
+            if cur >= hi:
+                break
+        if cur < hi:
+            out.append((cur, hi))
+    return out

@@ -1,0 +1,305 @@
+"""Making a SQLAlchemy transaction ambient, so `add_task` writes reminders into it.
+
+How reminders get into the caller's transaction:
+
+* Session and AsyncSession: `add_task` buffers reminders on the transaction
+  object kept in `session.info`; a class-level `before_commit` listener
+  inserts them (one statement for the lot) just before the session commits.
+  Session events run in SQLAlchemy's sync greenlet, so this works for an
+  AsyncSession too. Savepoints (`begin_nested`) are followed: a rolled-back
+  savepoint drops the reminders added inside it.
+* Core Connection: each reminder is inserted when added; per-connection
+  listeners follow commits, rollbacks and savepoints.
+
+After the commit, the happy path (`tq._outbox`) submits the reminders and
+deletes them. It never raises into the caller, and runs nowhere after a
+rollback or a failed commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any, Literal
+
+from sqlalchemy import Connection, event
+from sqlalchemy.orm import Session, SessionTransaction
+
+from tq import _outbox
+from tq.txn._store import PendingTask
+from tq.txn.sql._schema import reminders
+from tq.txn.sql._store import SQLStore
+
+log = logging.getLogger("tq.txn.sql")
+
+INFO_KEY = "tq.txn.sql"
+_INSERT = reminders.insert()
+
+# "collect": the helper runs the happy path after the commit returns;
+# "sync" / "async": bind() runs it from the commit listener (async: as a task).
+Mode = Literal["collect", "sync", "async"]
+
+# Happy paths scheduled from a bound AsyncSession's commit, kept referenced
+# until done (the event loop keeps only weak references to tasks).
+_background: set[asyncio.Task[None]] = set()
+
+
+class SQLTransaction:
+    """The ambient transaction of a Session, an AsyncSession or a Connection."""
+
+    __slots__ = (
+        "_deadline",
+        "_store",
+        "closing",
+        "committed",
+        "conn",
+        "detach",
+        "marks",
+        "mode",
+        "pending",
+        "session",
+        "unverified",
+        "written",
+    )  # fmt: skip
+
+    def __init__(
+        self,
+        store: SQLStore,
+        deadline: dt.datetime | None,
+        mode: Mode,
+        *,
+        session: Session | None = None,
+        conn: Connection | None = None,
+    ) -> None:
+        self._store = store
+        self._deadline = deadline
+        self.mode = mode
+        self.session = session  # reminders buffered until its commit
+        self.conn = conn  # Core: reminders go in at once
+        self.pending: list[PendingTask] = []  # saved in the open database transaction
+        self.written = 0  # how many of `pending` are inserted already
+        self.committed: list[PendingTask] = []  # committed, waiting for the happy path
+        self.marks: dict[int, int] = {}  # savepoint -> len(pending) when it began
+        self.detach = False  # bind() ended with reminders still uncommitted
+        self.closing = False  # Core: the helper's own commit is under way
+        self.unverified: list[PendingTask] = []  # Core: committed inside the block
+
+    @property
+    def store(self) -> SQLStore:
+        return self._store
+
+    @property
+    def deadline(self) -> dt.datetime | None:
+        return self._deadline
+
+    def save_reminder(self, pending: PendingTask) -> None:
+        if self.conn is not None:
+            if _writes_in_transaction(pending):
+                pending.submitter.write_in_transaction(self.conn, pending.submission)  # type: ignore[attr-defined]
+            else:
+                self.conn.execute(_INSERT, _row(pending))
+            self.written += 1
+        elif self.session is not None and not self.session.in_transaction():
+            # The reminder belongs to the session's transaction: open it now (no
+            # I/O yet) so the rollback or commit that follows covers it.
+            self.session.begin()
+        self.pending.append(pending)
+
+    def write(self, conn: Connection) -> None:
+        todo = self.pending[self.written :]
+        for p in todo:
+            if _writes_in_transaction(p):
+                p.submitter.write_in_transaction(conn, p.submission)  # type: ignore[attr-defined]
+        rows = [_row(p) for p in todo if not _writes_in_transaction(p)]
+        if rows:
+            conn.execute(_INSERT, rows[0] if len(rows) == 1 else rows)
+        self.written = len(self.pending)
+
+    def savepoint_began(self, key: int) -> None:
+        self.marks[key] = len(self.pending)
+
+    def savepoint_rolled_back(self, key: int) -> None:
+        mark = self.marks.pop(key, None)
+        if mark is not None:
+            del self.pending[mark:]
+            self.written = min(self.written, mark)
+
+    def rolled_back(self) -> None:
+        self.pending.clear()
+        self.marks.clear()
+        self.written = 0
+
+    def commit_done(self) -> None:
+        done, self.pending = self.pending, []
+        self.marks.clear()
+        self.written = 0
+        # Tasks written straight into the transaction exist already: no happy path.
+        done = [p for p in done if not _writes_in_transaction(p)]
+        if not done:
+            return
+        if self.mode == "collect":
+            self.committed.extend(done)
+        elif self.mode == "sync":
+            happy_path(self._store, done)
+        else:
+            _schedule_happy_path(self._store, done)
+
+
+def _writes_in_transaction(p: PendingTask) -> bool:
+    """Whether the task's submitter writes it into the transaction itself.
+
+    The database queue's submitter (`tq.dbqueue.WritesInTransaction`) inserts
+    the task row in the caller's transaction: no reminder, no happy path.
+    """
+    return callable(getattr(p.submitter, "write_in_transaction", None))
+
+
+def _row(p: PendingTask) -> dict[str, Any]:
+    r = p.reminder
+    return {"id": r.id, "fresh_until": r.fresh_until, "parked": False, "extra": r.extra,
+            "payload": r.payload}  # fmt: skip
+
+
+def happy_path(store: SQLStore, pending: Sequence[PendingTask]) -> None:
+    try:
+        _outbox.after_commit(store, pending)
+    except Exception:  # after_commit never raises; this guards the guarantee
+        log.exception("tq: happy path failed; the sweeper will submit the reminders")
+
+
+async def happy_path_async(store: SQLStore, pending: Sequence[PendingTask]) -> None:
+    try:
+        await _outbox.after_commit_async(store, pending)
+    except Exception:
+        log.exception("tq: happy path failed; the sweeper will submit the reminders")
+
+
+def _schedule_happy_path(store: SQLStore, pending: list[PendingTask]) -> None:
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:  # an AsyncSession committed outside a loop: cannot await
+        happy_path(store, pending)
+        return
+    task = loop.create_task(happy_path_async(store, pending))
+    _background.add(task)
+    task.add_done_callback(_background.discard)
+
+
+async def drain() -> None:
+    """Waits for the happy paths that bound AsyncSessions started on this loop.
+
+    `bind(async_session)` cannot await the happy path from inside the commit,
+    so it runs as a task; call this before shutting down (and in tests).
+    """
+    loop = asyncio.get_running_loop()
+    while True:
+        mine = [t for t in _background if t.get_loop() is loop and not t.done()]
+        if not mine:
+            return
+        await asyncio.gather(*mine)
+
+
+# Session listeners, once for the Session class (so for every session and
+# every AsyncSession's sync_session). Sessions without a tq transaction in
+# their info pay one dict lookup per event.
+
+
+@event.listens_for(Session, "before_commit")
+def _before_commit(session: Session) -> None:
+    txn = session.info.get(INFO_KEY)
+    if txn is not None and txn.written < len(txn.pending):
+        txn.write(session.connection())
+
+
+@event.listens_for(Session, "after_commit")
+def _after_commit(session: Session) -> None:
+    txn = session.info.get(INFO_KEY)
+    if txn is not None and not session.in_nested_transaction():
+        txn.commit_done()
+
+
+@event.listens_for(Session, "after_transaction_create")
+def _after_transaction_create(session: Session, trans: SessionTransaction) -> None:
+    txn = session.info.get(INFO_KEY)
+    if txn is not None and trans.nested:
+        txn.savepoint_began(id(trans))
+
+
+@event.listens_for(Session, "after_soft_rollback")
+def _after_soft_rollback(session: Session, previous: SessionTransaction) -> None:
+    txn = session.info.get(INFO_KEY)
+    if txn is not None and previous.nested:
+        txn.savepoint_rolled_back(id(previous))
+
+
+@event.listens_for(Session, "after_transaction_end")
+def _after_transaction_end(session: Session, trans: SessionTransaction) -> None:
+    # A root transaction that ends without after_commit rolled back (or was
+    # closed): what it saved is gone.
+    txn = session.info.get(INFO_KEY)
+    if txn is not None and trans.parent is None:
+        txn.rolled_back()
+        if txn.detach:
+            session.info.pop(INFO_KEY, None)
+
+
+# Core connections: listeners on the one Connection object a helper uses.
+
+_Listeners = list[tuple[str, Callable[..., None]]]
+
+
+def listen_connection(conn: Connection, txn: SQLTransaction) -> _Listeners:
+    savepoints: list[int] = []
+
+    def on_commit(_conn: Connection) -> None:
+        # Fires before the database commits. The helper's own commit: a failure
+        # raises into the helper, which then drops everything. A commit inside
+        # the block may fail and be swallowed by the caller, so its reminders
+        # are checked against the table before their happy path.
+        if txn.closing:
+            txn.commit_done()
+        else:
+            txn.unverified.extend(p for p in txn.pending if not _writes_in_transaction(p))
+            txn.rolled_back()
+
+    def on_rollback(_conn: Connection) -> None:
+        txn.rolled_back()
+
+    def on_savepoint(_conn: Connection, _name: str | None) -> None:
+        savepoints.append(len(savepoints))
+        txn.savepoint_began(savepoints[-1])
+
+    def on_rollback_savepoint(_conn: Connection, _name: str, _ctx: Any) -> None:
+        if savepoints:
+            txn.savepoint_rolled_back(savepoints.pop())
+
+    def on_release_savepoint(_conn: Connection, _name: str, _ctx: Any) -> None:
+        if savepoints:
+            txn.marks.pop(savepoints.pop(), None)
+
+    listeners: _Listeners = [
+        ("commit", on_commit),
+        ("rollback", on_rollback),
+        ("savepoint", on_savepoint),
+        ("rollback_savepoint", on_rollback_savepoint),
+        ("release_savepoint", on_release_savepoint),
+    ]
+    for name, fn in listeners:
+        event.listen(conn, name, fn)
+    return listeners
+
+
+def unlisten_connection(conn: Connection, listeners: _Listeners) -> None:
+    for name, fn in listeners:
+        event.remove(conn, name, fn)
+
+
+def committed_only(store: SQLStore, pending: list[PendingTask]) -> list[PendingTask]:
+    try:
+        found = {r.id for r in store.fetch_reminders([p.reminder.id for p in pending])}
+    except Exception:
+        log.exception("tq: could not read back reminders; the sweeper will submit them")
+        return []
+    return [p for p in pending if p.reminder.id in found]
