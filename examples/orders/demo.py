@@ -1,0 +1,259 @@
+"""The demo: the orders service on the embedded default, under a burst of orders.
+
+    python -m examples.orders.demo [--orders N] [--chain N] [--http] [--timeout S]
+
+Runs the example on a SQLite file in a temporary directory, with the
+database queue's workers in this process delivering through tq's push
+endpoint (in-process ASGI by default; `--http` serves the app with uvicorn
+on loopback and pushes over HTTP). It places a burst of orders, each
+committing its row and a transactional e-mail task together, plus a
+count-down chain; shows progress; then prints what happened: tasks added,
+delivered, retried, parked, and the commit-to-handler latency. Some e-mails
+fail on their first try on purpose, to show retries.
+
+Exit status: 0 when every task ran; 1 when any was lost (not run by the
+deadline) or parked.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import concurrent.futures
+import contextlib
+import logging
+import socket
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+import tq
+import tq.asgi
+from examples.orders.db import Order, make_engine
+from examples.orders.service import OrdersService
+from examples.orders.web import create_app
+from tq import dbqueue
+
+FAIL_EVERY = 10  # every 10th order's first e-mail attempt fails (retried)
+
+
+class DemoMailer:
+    """Records when each order's e-mail went out; fails some first attempts."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.sent_at: dict[int, float] = {}  # order ID -> time.perf_counter()
+        self.failed_once: set[int] = set()
+
+    def send(self, to: str, subject: str, body: str) -> None:
+        order_id = int(subject.split()[1])
+        with self.lock:
+            if order_id % FAIL_EVERY == 0 and order_id not in self.failed_once:
+                self.failed_once.add(order_id)
+                raise ConnectionError("the mail server hung up (on purpose, to show a retry)")
+            self.sent_at.setdefault(order_id, time.perf_counter())
+
+
+class CommitTimes:
+    """When each order's transaction committed (a session after_commit hook)."""
+
+    def __init__(self, session_factory: Any) -> None:
+        self.lock = threading.Lock()
+        self.at: dict[int, float] = {}
+        sa.event.listen(session_factory, "after_commit", self._after_commit)
+
+    def _after_commit(self, session: Any) -> None:
+        now = time.perf_counter()
+        ids = [key[1][0] for key in session.identity_map if key[0] is Order]
+        with self.lock:
+            for i in ids:
+                self.at.setdefault(i, now)
+
+
+def _free_port() -> socket.socket:
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    return sock
+
+
+@contextlib.asynccontextmanager
+async def _uvicorn(app: Any, sock: socket.socket) -> AsyncIterator[None]:
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
+    serving = asyncio.create_task(server.serve(sockets=[sock]))
+    while not server.started:
+        if serving.done():
+            await serving
+            raise RuntimeError("uvicorn did not start")
+        await asyncio.sleep(0.01)
+    try:
+        yield
+    finally:
+        server.should_exit = True
+        await serving
+
+
+async def run(orders: int, chain: int, http: bool, timeout_s: float, console: Console) -> int:
+    with tempfile.TemporaryDirectory(prefix="tq-demo-") as tmp:
+        db = Path(tmp) / "orders.db"
+        mailer = DemoMailer()
+        service = OrdersService(make_engine(f"sqlite:///{db}"), mailer=mailer)
+        queue_engine = dbqueue.sqlite_engine(db)
+        try:
+            return await _run(service, mailer, queue_engine, orders, chain, http, timeout_s,
+                              console)  # fmt: skip
+        finally:
+            service.close()
+            queue_engine.dispose()
+
+
+async def _run(
+    service: OrdersService,
+    mailer: DemoMailer,
+    queue_engine: sa.Engine,
+    orders: int,
+    chain: int,
+    http: bool,
+    timeout_s: float,
+    console: Console,
+) -> int:
+    service.create_schema()
+    dbqueue.create_schema(queue_engine)
+    # The embedded default: tasks become rows of the database queue in the
+    # app's own SQLite file, inserted in the order's own transaction.
+    app = create_app(service, push_auth=tq.asgi.INSECURE_NO_AUTH)
+    sock = _free_port()
+    service.dispatcher.configure(
+        cloud_project="tq-demo", cloud_region="local", target_scheme="http",
+        default_target_host=f"127.0.0.1:{sock.getsockname()[1]}",
+        submitter=dbqueue.DbQueueSubmitter(queue_engine),
+    )  # fmt: skip
+    commits = CommitTimes(service.Session)
+    worker = dbqueue.Worker(queue_engine, app=None if http else app, concurrency=32)
+    mode = "uvicorn on loopback" if http else "in-process ASGI"
+    console.print(f"[bold]tq demo[/]: orders service on SQLite + database-queue workers ({mode})")
+    started = time.perf_counter()
+    async with contextlib.AsyncExitStack() as stack:
+        if http:
+            await stack.enter_async_context(_uvicorn(app, sock))
+        else:
+            sock.close()
+        await worker.start()
+        stack.push_async_callback(worker.aclose)
+        added = await _burst(service, orders, chain, console)
+        lost = await _wait(service, mailer, orders, chain, timeout_s, console)
+    elapsed = time.perf_counter() - started
+    return _summary(service, mailer, commits, queue_engine, added, lost, elapsed, console)
+
+
+async def _burst(service: OrdersService, orders: int, chain: int, console: Console) -> int:
+    service.start_countdown(chain, "demo")
+    loop = asyncio.get_running_loop()
+    with _progress(console) as progress:
+        task = progress.add_task("placing orders", total=orders)
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            futures = [
+                loop.run_in_executor(
+                    pool, service.place_order, f"customer{i}@example.com", "tea", 1 + i % 3
+                )
+                for i in range(orders)
+            ]
+            for f in asyncio.as_completed(futures):
+                await f
+                progress.advance(task)
+    return orders + chain + 1
+
+
+async def _wait(
+    service: OrdersService,
+    mailer: DemoMailer,
+    orders: int,
+    chain: int,
+    timeout_s: float,
+    console: Console,
+) -> int:
+    """Waits until every order is confirmed and the chain reached 0; returns how many are not."""
+    deadline = time.monotonic() + timeout_s
+    with _progress(console) as progress:
+        task = progress.add_task("delivering", total=orders + chain + 1)
+        while True:
+            steps = await asyncio.to_thread(service.countdown_steps, "demo")
+            done = len(mailer.sent_at) + len(steps)
+            progress.update(task, completed=done)
+            if done >= orders + chain + 1 or time.monotonic() > deadline:
+                return orders + chain + 1 - done
+            await asyncio.sleep(0.05)  # a progress display refresh, not a test
+
+
+def _progress(console: Console) -> Progress:
+    return Progress(
+        TextColumn("{task.description:>16}"), BarColumn(), MofNCompleteColumn(),
+        TimeElapsedColumn(), console=console, transient=False,
+    )  # fmt: skip
+
+
+def _summary(
+    service: OrdersService,
+    mailer: DemoMailer,
+    commits: CommitTimes,
+    queue_engine: sa.Engine,
+    added: int,
+    lost: int,
+    elapsed: float,
+    console: Console,
+) -> int:
+    admin = dbqueue.Admin(queue_engine)
+    tasks = admin.list_tasks(limit=added + 100)
+    retried = sum(1 for t in tasks if t.attempts > 1)
+    failed = sum(1 for t in tasks if t.state is dbqueue.State.FAILED)
+    _, parked_reminders = service.store.count_reminders()
+    latencies = sorted(
+        (mailer.sent_at[i] - commits.at[i]) * 1000 for i in mailer.sent_at if i in commits.at
+    )
+    t = Table(title="tq demo summary", show_header=False)
+    t.add_row("tasks added", str(added))
+    t.add_row("delivered", str(sum(1 for x in tasks if x.state is dbqueue.State.DONE)))
+    t.add_row("retried", f"{retried} (e-mails that failed on purpose: {len(mailer.failed_once)})")
+    t.add_row("parked", str(failed + parked_reminders))
+    t.add_row("lost", str(lost))
+    if latencies:
+        p50 = statistics.median(latencies)
+        p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))]
+        # Latencies include the retried e-mails' backoff.
+        t.add_row("commit -> handler", f"p50 {p50:.1f} ms, p99 {p99:.1f} ms")
+    t.add_row("elapsed", f"{elapsed:.2f} s")
+    console.print(t)
+    if lost or failed or parked_reminders:
+        console.print(f"[bold red]FAILED[/]: {lost} lost, {failed + parked_reminders} parked")
+        return 1
+    console.print("[bold green]OK[/]: every task ran exactly as committed")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m examples.orders.demo", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    p.add_argument("--orders", type=int, default=300, help="orders in the burst (300)")
+    p.add_argument("--chain", type=int, default=20, help="length of the count-down chain (20)")
+    p.add_argument("--http", action="store_true", help="push over HTTP to uvicorn on loopback")
+    p.add_argument("--timeout", type=float, default=45.0, help="seconds to wait (45)")
+    args = p.parse_args(argv)
+    # The retries shown are on purpose: keep their log lines out of the way.
+    logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
+    console = Console(stderr=False, highlight=False)
+    return asyncio.run(run(args.orders, args.chain, args.http, args.timeout, console))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

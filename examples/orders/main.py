@@ -1,0 +1,22 @@
+"""The orders service as configured by its environment: `tq dev examples.orders.main:app`.
+
+The database is `TQ_DATABASE_URL` (default `sqlite:///orders.db`), the
+variable the `tq` command reads and exports too; `TQ_AUTHORIZED_LAUNCHERS`
+names who may call the sweep endpoint. `tq dev` and `tq serve`
+find the dispatcher here (`dispatcher`) and configure it.
+"""
+
+from __future__ import annotations
+
+import os
+
+from examples.orders.service import OrdersService
+from examples.orders.web import create_app
+
+service = OrdersService.from_env()
+dispatcher = service.dispatcher
+# Who may call the sweep endpoint (Cloud Scheduler's service account).
+launchers = [
+    e.strip() for e in os.environ.get("TQ_AUTHORIZED_LAUNCHERS", "").split(",") if e.strip()
+]
+app = create_app(service, authorized_launchers=launchers)

@@ -1,0 +1,213 @@
+"""The orders service: placing orders, and the background tasks that follow.
+
+* Placing an order commits the order row and a TRANSACTIONAL
+  `send-confirmation` task together: the e-mail goes out if and only if the
+  order exists.
+* `count-down` is a FOLLOWS_CONTEXT chain: each step records itself and
+  adds the next step in the same transaction, until 0.
+* `daily-report` is recurring. On Google Cloud, Cloud Scheduler or App
+  Engine cron calls a route that adds it (deduplicated by day, so repeated
+  calls add one task; see deploy/). On the database queue (`tq dev`, the
+  embedded default) it is a recurring task of the queue itself, run every
+  day at 00:05 UTC (`schedule_daily_report`).
+
+Handlers may run more than once (delivery is at least once), so each one
+checks what it already did.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import sys
+from typing import Protocol
+
+import sqlalchemy as sa
+from sqlalchemy.orm import sessionmaker
+
+import tq
+import tq.txn.sql
+from examples.orders import orders_pb2 as pb
+from examples.orders.db import Base, CountdownStep, DailyReport, Order, make_engine
+
+log = logging.getLogger("orders")
+
+DEFAULT_DATABASE_URL = "sqlite:///orders.db"
+
+
+class Mailer(Protocol):
+    def send(self, to: str, subject: str, body: str) -> None:
+        """Sends one e-mail; raises to have the task retried."""
+        ...
+
+
+class LogMailer:
+    """Sends nothing: logs each e-mail (stand-in for an e-mail API client)."""
+
+    def send(self, to: str, subject: str, body: str) -> None:
+        log.info("e-mail to %s: %s", to, subject)
+
+
+class OrdersService:
+    """The service's state and operations, on one database and one dispatcher.
+
+    Args:
+      engine: the database of orders; the outbox (and, on the embedded
+        default, the database queue) lives there too.
+      dispatcher: where the task classes are registered; default a new one.
+      mailer: sends the confirmation e-mails; default `LogMailer`.
+    """
+
+    def __init__(
+        self,
+        engine: sa.Engine,
+        *,
+        dispatcher: tq.Dispatcher | None = None,
+        mailer: Mailer | None = None,
+    ) -> None:
+        self.engine = engine
+        self.Session = sessionmaker(engine, expire_on_commit=False)
+        self.store = tq.txn.sql.SQLStore(engine, name="orders")
+        self.dispatcher = dispatcher if dispatcher is not None else tq.Dispatcher()
+        self.mailer: Mailer = mailer if mailer is not None else LogMailer()
+        register = self.dispatcher.task_class
+        register(
+            id="send-confirmation", prototype=pb.SendConfirmation,
+            kind=tq.Kind.TRANSACTIONAL, queue="emails",
+        )(self.send_confirmation)  # fmt: skip
+        register(
+            id="count-down", prototype=pb.CountDown, kind=tq.Kind.FOLLOWS_CONTEXT, queue="default"
+        )(self.count_down)
+        register(
+            id="daily-report", prototype=pb.DailyReport,
+            kind=tq.Kind.NON_TRANSACTIONAL, queue="default",
+        )(self.daily_report)  # fmt: skip
+
+    @classmethod
+    def from_env(cls) -> OrdersService:
+        """The service on `TQ_DATABASE_URL` (default `sqlite:///orders.db`)."""
+        url = os.environ.get("TQ_DATABASE_URL") or DEFAULT_DATABASE_URL
+        return cls(make_engine(url))
+
+    def create_schema(self) -> None:
+        """Creates the service's tables and the outbox's (idempotent)."""
+        Base.metadata.create_all(self.engine)
+        self.store.create_schema()
+
+    def close(self) -> None:
+        self.store.close()
+        self.engine.dispose()
+
+    # Operations.
+
+    def place_order(self, email: str, item: str, quantity: int) -> int:
+        """Stores an order and, in the same transaction, its confirmation task."""
+        with tq.txn.sql.transaction(self.Session) as session:
+            order = Order(email=email, item=item, quantity=quantity, created_at=tq.clock.now())
+            session.add(order)
+            session.flush()  # assigns order.id
+            self.dispatcher.add_task(
+                tq.Task(
+                    payload=pb.SendConfirmation(order_id=order.id, email=email),
+                    title=f"order-{order.id}",
+                )
+            )
+            return order.id
+
+    def get_order(self, order_id: int) -> Order | None:
+        with self.Session() as session:
+            return session.get(Order, order_id)
+
+    def start_countdown(self, n: int, chain: str) -> None:
+        """Starts a chain n, n-1, ..., 0 (outside a transaction: submitted at once)."""
+        self.dispatcher.add_task(tq.Task(payload=pb.CountDown(n=n, chain=chain)))
+
+    def countdown_steps(self, chain: str) -> list[int]:
+        with self.Session() as session:
+            rows = session.scalars(
+                sa.select(CountdownStep.n)
+                .where(CountdownStep.chain == chain)
+                .order_by(CountdownStep.n.desc())
+            )
+            return list(rows)
+
+    def request_daily_report(self, day: dt.date) -> None:
+        """Adds the report task of `day` once, however often it is called (cron)."""
+        self.dispatcher.add_task(
+            tq.Task(
+                payload=pb.DailyReport(day=day.isoformat()),
+                deduplication_key=f"daily-report-{day.isoformat()}",
+            )
+        )
+
+    def schedule_daily_report(self) -> bool:
+        """On the database queue, makes the daily report a recurring task of the queue.
+
+        Returns False (and does nothing) on other backends, where a cron job
+        calls the report route instead. Idempotent: it replaces the schedule.
+        """
+        # Loaded only where something uses the database queue already.
+        dbqueue = sys.modules.get("tq.dbqueue")
+        try:
+            submitter = self.dispatcher.submitter()
+        except tq.ConfigError:
+            return False
+        if dbqueue is None or not isinstance(submitter, dbqueue.DbQueueSubmitter):
+            return False
+        first = dt.datetime.combine(tq.clock.now().date(), dt.time(0, 5), tzinfo=dt.UTC)
+        if first <= tq.clock.now():
+            first += dt.timedelta(days=1)
+        dbqueue.Recurring(submitter.engine).put(
+            "daily-report", every=dt.timedelta(days=1), dispatcher=self.dispatcher,
+            task=tq.Task(payload=pb.DailyReport()), first_run=first,
+        )  # fmt: skip
+        return True
+
+    # Task handlers.
+
+    def send_confirmation(self, task: pb.SendConfirmation) -> None:
+        with tq.txn.sql.transaction(self.Session) as session:
+            order = session.get(Order, task.order_id)
+            if order is None:
+                # Cannot happen for a transactional task: say so, and do not retry.
+                raise tq.Fatal(f"order {task.order_id} does not exist")
+            if order.confirmed_at is not None:
+                return  # a repeated delivery: the e-mail went out already
+            try:
+                self.mailer.send(
+                    task.email, f"Order {order.id} confirmed", f"{order.quantity} x {order.item}"
+                )
+            except OSError as e:
+                # Retried with backoff; any other exception would be too, but
+                # logged as an error with its traceback.
+                raise tq.Transient(f"mail server: {e}") from e
+            order.confirmed_at = tq.clock.now()
+
+    def count_down(self, task: pb.CountDown) -> None:
+        with tq.txn.sql.transaction(self.Session) as session:
+            if session.get(CountdownStep, (task.chain, task.n)) is not None:
+                return  # handled already (a repeated delivery)
+            session.add(CountdownStep(chain=task.chain, n=task.n, at=tq.clock.now()))
+            if task.n > 0:
+                # FOLLOWS_CONTEXT inside a transaction: committed with this step.
+                self.dispatcher.add_task(
+                    tq.Task(payload=pb.CountDown(n=task.n - 1, chain=task.chain))
+                )
+
+    def daily_report(self, task: pb.DailyReport) -> None:
+        # A recurring run carries no day: it reports on yesterday.
+        day = (
+            dt.date.fromisoformat(task.day)
+            if task.day
+            else tq.clock.now().date() - dt.timedelta(days=1)
+        )
+        start = dt.datetime.combine(day, dt.time(), tzinfo=dt.UTC)
+        with tq.txn.sql.transaction(self.Session) as session:
+            n = session.scalar(
+                sa.select(sa.func.count(Order.id)).where(
+                    Order.created_at >= start, Order.created_at < start + dt.timedelta(days=1)
+                )
+            )
+            session.merge(DailyReport(day=day.isoformat(), orders=int(n or 0)))
+        log.info("daily report %s: %d orders", day, n or 0)

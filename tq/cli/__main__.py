@@ -1,0 +1,7 @@
+"""`python -m tq.cli`: the `tq` command."""
+
+import sys
+
+from tq.cli import main
+
+sys.exit(main())

@@ -1,0 +1,168 @@
+"""`tq queues list|stats|pause|resume|purge` and `tq tasks list|delete|run`."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+import click
+
+from tq.cli import _output
+from tq.cli._backends import (
+    QUEUE_COLUMNS,
+    STATS_COLUMNS,
+    TASK_COLUMNS,
+    Backend,
+    DbQueueBackend,
+    open_backend,
+)
+from tq.cli._errors import CONFIG, FAILED, fail
+from tq.cli._options import Config, settings_options
+
+_backend_opts = settings_options(
+    "database_url", "backend", "cloud_project", "cloud_region", "cloudtasks_endpoint"
+)
+_json = click.option("--json", "as_json", is_flag=True, help="Print JSON lines.")
+
+
+@contextlib.contextmanager
+def _backend(kwargs: dict[str, Any]) -> Iterator[Backend]:
+    backend = open_backend(Config.take(kwargs))
+    try:
+        yield backend
+    finally:
+        backend.close()
+
+
+@click.group("queues")
+def queues() -> None:
+    """Queues of the database queue (--db) or of Cloud Tasks (--cloud-project)."""
+
+
+@queues.command("list")
+@_backend_opts
+@_json
+def list_queues(as_json: bool, **kwargs: Any) -> None:
+    """List queues with their state, rate and retry limit."""
+    with _backend(kwargs) as b:
+        rows = b.list_queues()
+    _output.table(rows, QUEUE_COLUMNS, as_json=as_json, title="queues")
+
+
+@queues.command("stats")
+@_backend_opts
+@_json
+@click.argument("queue", required=False)
+def stats(queue: str | None, as_json: bool, **kwargs: Any) -> None:
+    """Tasks waiting, oldest ETA, in flight, done and failed, per queue.
+
+    On Cloud Tasks (whose v2 API has no stats) waiting tasks are counted by
+    listing them; the other columns are empty. Exit 1 if QUEUE does not exist.
+    """
+    with _backend(kwargs) as b:
+        if queue is not None and not any(q["queue"] == queue for q in b.list_queues()):
+            raise fail(f"no queue {queue!r}", FAILED)
+        rows = b.stats(queue)
+    _output.table(rows, STATS_COLUMNS, as_json=as_json, title="queues")
+
+
+def _switch(kwargs: dict[str, Any], queue: str, pause: bool) -> None:
+    with _backend(kwargs) as b:
+        ok = b.pause(queue) if pause else b.resume(queue)
+    if not ok:
+        raise fail(f"no queue {queue!r}", FAILED)
+    _output.say(f"queue {queue} {'paused' if pause else 'resumed'}")
+
+
+@queues.command("pause")
+@_backend_opts
+@click.argument("queue")
+def pause(queue: str, **kwargs: Any) -> None:
+    """Stop dispatching QUEUE's tasks (they are kept). Exit 1 if there is no such queue."""
+    _switch(kwargs, queue, True)
+
+
+@queues.command("resume")
+@_backend_opts
+@click.argument("queue")
+def resume(queue: str, **kwargs: Any) -> None:
+    """Dispatch QUEUE's tasks again. Exit 1 if there is no such queue."""
+    _switch(kwargs, queue, False)
+
+
+@queues.command("purge")
+@_backend_opts
+@click.argument("queue")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+def purge(queue: str, yes: bool, **kwargs: Any) -> None:
+    """Delete every task waiting in QUEUE. Exit 1 if there is no such queue."""
+    if not yes:
+        click.confirm(f"delete every task of queue {queue}?", abort=True, err=True)
+    with _backend(kwargs) as b:
+        n = b.purge(queue)
+    if n is None:
+        raise fail(f"no queue {queue!r}", FAILED)
+    _output.say(f"queue {queue} purged" + (f": {n} tasks deleted" if n else ""))
+
+
+# Tasks.
+
+
+@click.group("tasks")
+def tasks() -> None:
+    """Tasks waiting, running or finished, in the database queue or Cloud Tasks."""
+
+
+@tasks.command("list")
+@_backend_opts
+@_json
+@click.option("--queue", help="Only this queue.")
+@click.option("--state", help="Only this state (database queue: pending, leased, done, failed, "
+              "deleted; Cloud Tasks: pending).")  # fmt: skip
+@click.option("--task-class", help="Only tasks of this class ID.")
+@click.option("--limit", type=click.IntRange(min=1), default=100, show_default=True)
+def list_tasks(
+    queue: str | None,
+    state: str | None,
+    task_class: str | None,
+    limit: int,
+    as_json: bool,
+    **kwargs: Any,
+) -> None:
+    """List tasks (oldest first on the database queue)."""
+    with _backend(kwargs) as b:
+        rows = b.list_tasks(queue, state, task_class, limit)
+    cols = [*TASK_COLUMNS, "last_error"] if as_json else TASK_COLUMNS
+    _output.table(rows, cols, as_json=as_json, title="tasks")
+
+
+@tasks.command("delete")
+@_backend_opts
+@click.argument("queue")
+@click.argument("names", nargs=-1, required=True)
+def delete(queue: str, names: tuple[str, ...], **kwargs: Any) -> None:
+    """Delete waiting tasks of QUEUE by name, so they never run. Exit 1 if any was not found."""
+    with _backend(kwargs) as b:
+        missing = [n for n in names if not b.delete_task(queue, n)]
+    _output.say(f"deleted {len(names) - len(missing)} tasks")
+    if missing:
+        raise fail(f"no waiting task {', '.join(missing)} in queue {queue!r}", FAILED)
+
+
+@tasks.command("run")
+@_backend_opts
+@click.argument("queue")
+@click.argument("names", nargs=-1, required=True)
+def run(queue: str, names: tuple[str, ...], **kwargs: Any) -> None:
+    """Database queue: make waiting tasks due now, or retry failed ones from scratch.
+
+    Exit 1 if a task is neither waiting nor failed.
+    """
+    with _backend(kwargs) as b:
+        if not isinstance(b, DbQueueBackend):
+            raise fail("tasks run works on the database queue only", CONFIG)
+        missing = [n for n in names if not b.run_task(queue, n)]
+    _output.say(f"{len(names) - len(missing)} tasks due now")
+    if missing:
+        raise fail(f"no waiting or failed task {', '.join(missing)} in queue {queue!r}", FAILED)

@@ -1,0 +1,317 @@
+"""Wiring parts from settings: the app, its dispatcher, databases, stores, submitters, sweepers.
+
+This is the composition root: the one place in `tq` that imports `sweeper`
+and `tq.dbqueue` (lazily, when a command needs them).
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+import types
+from typing import TYPE_CHECKING, Any
+
+import tq
+from tq.cli._errors import CONFIG, fail
+from tq.cli._options import Config
+
+if TYPE_CHECKING:
+    import sqlalchemy as sa
+
+    from tq.txn import ReminderStore
+
+DEV_PROJECT = "tq-dev"
+DEV_REGION = "local"
+
+
+def import_object(spec: str, what: str = "app") -> Any:
+    """The object named by "module:attribute" (the current directory is importable)."""
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise fail(f"{what} must look like 'package.module:attribute', not {spec!r}", CONFIG)
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except ImportError as e:
+        raise fail(f"cannot import {what} module {module_name!r}: {e}", CONFIG) from e
+    for part in attr.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise fail(
+                f"{what} {spec!r}: {module_name} has no attribute {attr!r}", CONFIG
+            ) from None
+    return obj
+
+
+def load_app(spec: str, cfg: Config) -> tuple[Any, tq.Dispatcher]:
+    """Imports the ASGI app at `spec` and finds its dispatcher.
+
+    `TQ_DATABASE_URL` is exported first when `--db` was given, so the app
+    (which may read it) and the command use one database.
+    """
+    if cfg.database_url:
+        os.environ["TQ_DATABASE_URL"] = normalize_url(cfg.database_url)
+    app = import_object(spec)
+    module = sys.modules[spec.partition(":")[0]]
+    return app, find_dispatcher(cfg, module)
+
+
+def find_dispatcher(cfg: Config, module: types.ModuleType | None = None) -> tq.Dispatcher:
+    """`--dispatcher`, else the app module's `dispatcher` attribute, else `tq.default`."""
+    if cfg.dispatcher:
+        disp = import_object(cfg.dispatcher, "dispatcher")
+    elif module is not None and isinstance(getattr(module, "dispatcher", None), tq.Dispatcher):
+        disp = module.dispatcher
+    else:
+        disp = tq.default
+    if not isinstance(disp, tq.Dispatcher):
+        raise fail(f"--dispatcher {cfg.dispatcher!r} is not a tq.Dispatcher", CONFIG)
+    return disp
+
+
+_DISPATCHER_KEYS = {
+    "cloud_project": "cloud_project",
+    "cloud_region": "cloud_region",
+    "target_host": "default_target_host",
+    "target_scheme": "target_scheme",
+    "push_as": "push_as",
+    "push_audience": "push_audience",
+    "authorized_pushers": "authorized_pushers",
+    "namespace": "namespace",
+    "app_engine": "app_engine",
+}
+
+
+def configure_dispatcher(disp: tq.Dispatcher, cfg: Config) -> None:
+    """Applies the dispatcher settings that were given; the rest stay as the app set them."""
+    options = {
+        opt: getattr(cfg, key)
+        for key, opt in _DISPATCHER_KEYS.items()
+        if getattr(cfg, key) not in (None, ())
+    }
+    if options:
+        disp.configure(**options)
+
+
+def configure_for_dev(disp: tq.Dispatcher, address: str) -> None:
+    """Fills what a local run needs and the app left unset (project, region, host, http)."""
+    options: dict[str, Any] = {}
+    if not disp.cloud_project:
+        options["cloud_project"] = DEV_PROJECT
+    if not disp.cloud_region:
+        options["cloud_region"] = DEV_REGION
+    if not disp.default_target_host:
+        options["default_target_host"] = address
+    options["target_scheme"] = "http"
+    disp.configure(**options)
+
+
+# Databases.
+
+
+def normalize_url(url: str) -> str:
+    """A SQLAlchemy URL for `url`: file paths become SQLite, bare postgresql uses psycopg 3."""
+    if "://" not in url:
+        return f"sqlite:///{url}"
+    for bare in ("postgresql://", "postgres://"):
+        if url.startswith(bare):
+            return "postgresql+psycopg://" + url[len(bare) :]
+    return url
+
+
+def sql_engine(url: str) -> sa.Engine:
+    """An engine for the database queue and admin commands (SQLite gets WAL and a busy timeout)."""
+    import sqlalchemy as sa
+
+    url = normalize_url(url)
+    if url.startswith("sqlite:///"):
+        from tq.dbqueue import sqlite_engine
+
+        return sqlite_engine(url[len("sqlite:///") :])
+    return sa.create_engine(url, pool_pre_ping=True)
+
+
+def require_db(cfg: Config) -> str:
+    if not cfg.database_url:
+        raise fail("no database: give --db URL (or set TQ_DATABASE_URL)", CONFIG)
+    return str(cfg.database_url)
+
+
+def spanner_database(name: str) -> Any:
+    """The Spanner `Database` named `projects/P/instances/I/databases/D`.
+
+    With SPANNER_EMULATOR_HOST set, the client talks to the emulator.
+    """
+    parts = name.split("/")
+    if (
+        len(parts) != 6
+        or parts[0] != "projects"
+        or parts[2] != "instances"
+        or parts[4] != ("databases")
+    ):
+        raise fail(f"--spanner must be 'projects/P/instances/I/databases/D', not {name!r}", CONFIG)
+    try:
+        from google.cloud import spanner
+    except ImportError as e:
+        raise fail("--spanner needs the spanner extra: pip install 'tq[spanner]'", CONFIG) from e
+    # Multiplexed sessions can make Database.close() block for minutes after
+    # a read-only query; a short-lived command does not need them.
+    os.environ.setdefault("GOOGLE_CLOUD_SPANNER_MULTIPLEXED_SESSIONS", "false")
+    os.environ.setdefault("GOOGLE_CLOUD_SPANNER_MULTIPLEXED_SESSIONS_FOR_RW", "false")
+    kwargs: dict[str, Any] = {"project": parts[1]}
+    if os.environ.get("SPANNER_EMULATOR_HOST"):
+        from google.auth.credentials import AnonymousCredentials
+
+        kwargs["credentials"] = AnonymousCredentials()  # type: ignore[no-untyped-call]
+        kwargs["client_options"] = {"api_endpoint": os.environ["SPANNER_EMULATOR_HOST"]}
+        kwargs["disable_builtin_metrics"] = True
+    client = spanner.Client(**kwargs)
+    return client.instance(parts[3]).database(parts[5])  # type: ignore[no-untyped-call]
+
+
+def outbox_stores(cfg: Config, *, registered: bool = False) -> tuple[list[ReminderStore], bool]:
+    """The outbox stores to act on, and whether the caller owns (must close) them.
+
+    With `registered` (an app was loaded), the stores the app registered, if
+    any; otherwise stores on `--db` / `--spanner`, made here and not
+    registered (the caller passes them on explicitly).
+    """
+    import tq.txn
+
+    if registered and tq.txn.stores():
+        return tq.txn.stores(), False
+    found: list[ReminderStore] = []
+    if cfg.database_url:
+        from tq.txn.sql import SQLStore
+
+        found.append(SQLStore(sql_engine(cfg.database_url), register=False))
+    if cfg.spanner_database:
+        from tq.txn.spanner import SpannerStore
+
+        store = SpannerStore(spanner_database(cfg.spanner_database), name="cli-spanner")
+        tq.txn.unregister_store(store.name)  # SpannerStore registers itself
+        found.append(store)
+    if not found:
+        raise fail(
+            "no outbox store: give --db URL or --spanner NAME (or --app of an app that "
+            "registers its store)",
+            CONFIG,
+        )
+    return found, True
+
+
+def close_stores(stores: list[ReminderStore]) -> None:
+    """Closes stores made by `outbox_stores` (and their engines or databases)."""
+    for s in stores:
+        close = getattr(s, "close", None)
+        if callable(close):
+            close()
+            engine = getattr(s, "engine", None)
+            if engine is not None:
+                engine.dispose()  # the store does not own an engine it was given
+        database = getattr(s, "database", None)
+        if database is not None:
+            database.close()
+
+
+# Submitters and sweepers.
+
+
+def backend_of(cfg: Config) -> str:
+    """'dbqueue' or 'cloudtasks', as `--backend` says (auto: Cloud Tasks when a project is set)."""
+    if cfg.backend != "auto":
+        return str(cfg.backend)
+    if cfg.cloud_project:
+        return "cloudtasks"
+    if cfg.database_url:
+        return "dbqueue"
+    raise fail(
+        "no backend: give --db URL (the database queue) or --cloud-project and "
+        "--cloud-region (Cloud Tasks)",
+        CONFIG,
+    )
+
+
+def cloudtasks_submitter(cfg: Config) -> tq.CloudTasksSubmitter:
+    return tq.CloudTasksSubmitter(endpoint=cfg.cloudtasks_endpoint)
+
+
+def dbqueue_submitter(engine: sa.Engine, cfg: Config) -> Any:
+    import datetime as dt
+
+    from tq.dbqueue import DbQueueSubmitter
+
+    return DbQueueSubmitter(engine, tombstone_window=dt.timedelta(seconds=cfg.tombstone_window_s))
+
+
+def sweeper_options(cfg: Config) -> dict[str, Any]:
+    import datetime as dt
+
+    return {
+        "sweep_shards": cfg.sweep_shards,
+        "tasks_per_scan": cfg.tasks_per_scan,
+        "secondary_scan_shards": cfg.secondary_scan_shards,
+        "max_depth": cfg.max_depth,
+        "scan_timeout_s": cfg.scan_timeout_s,
+        "submit_batch_size": cfg.submit_batch_size,
+        "submit_concurrent_batches": cfg.submit_concurrent_batches,
+        "submit_concurrency": cfg.submit_concurrency,
+        "lease_duration": dt.timedelta(seconds=cfg.lease_duration_s),
+        "use_leases": cfg.use_leases,
+    }
+
+
+def install_sweeper(
+    disp: tq.Dispatcher,
+    cfg: Config,
+    *,
+    replace: bool = False,
+    stores: list[ReminderStore] | None = None,
+) -> None:
+    """Gives the dispatcher a sweeper per `--sweep-mode` unless it has one (or `replace`).
+
+    Distributed mode registers the `tq-sweep` task class, so every replica
+    that serves pushes must install it the same way. `stores`: what to
+    sweep (default: every registered store, at each sweep).
+    """
+    if disp.sweeper is not None and not replace:
+        return
+    import sweeper
+
+    try:
+        if cfg.sweep_mode == "distributed":
+            sweeper.DistributedSweeper(
+                disp, queue=cfg.sweep_queue, stores=stores, **sweeper_options(cfg)
+            )
+        else:
+            disp.configure(sweeper=sweeper.InProcSweeper(stores=stores, **sweeper_options(cfg)))
+    except ValueError as e:
+        raise fail(f"sweeper: {e}", CONFIG) from e
+
+
+def apply_queue_yaml(engine: sa.Engine, path: str) -> int:
+    from tq.dbqueue import apply_queues, load_queue_yaml
+
+    try:
+        configs = load_queue_yaml(path)
+    except OSError as e:
+        raise fail(f"--queue-yaml {path}: {e}", CONFIG) from e
+    apply_queues(engine, configs)
+    return len(configs)
+
+
+def worker_options(cfg: Config) -> dict[str, Any]:
+    import datetime as dt
+
+    return {
+        "concurrency": cfg.concurrency,
+        "queues": list(cfg.queues) or None,
+        "poll_interval": cfg.poll_interval,
+        "batch_size": cfg.batch_size,
+        "lease_grace": dt.timedelta(seconds=cfg.lease_grace_s),
+        "default_dispatch_deadline": dt.timedelta(seconds=cfg.dispatch_deadline_s),
+        "signer": import_object(cfg.signer, "signer") if cfg.signer else None,
+    }
