@@ -8,8 +8,9 @@ How reminders get into the caller's transaction:
   Session events run in SQLAlchemy's sync greenlet, so this works for an
   AsyncSession too. Savepoints (`begin_nested`) are followed: a rolled-back
   savepoint drops the reminders added inside it.
-* Core Connection: each reminder is inserted when added; per-connection
-  listeners follow commits, rollbacks and savepoints.
+* Core Connection: each reminder is inserted when added; listeners on the
+  connection's engine (registered once) follow commits, rollbacks and
+  savepoints.
 
 After the commit, the happy path (`tq._outbox`) submits the reminders and
 deletes them. It never raises into the caller, and runs nowhere after a
@@ -21,21 +22,29 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+import threading
+import weakref
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
-from sqlalchemy import Connection, event
+from sqlalchemy import Connection, Engine, event, text
 from sqlalchemy.orm import Session, SessionTransaction
 
 from tq import _outbox
 from tq.txn._store import PendingTask
-from tq.txn.sql._schema import reminders
+from tq.txn.sql._schema import to_micros
 from tq.txn.sql._store import SQLStore
 
 log = logging.getLogger("tq.txn.sql")
 
 INFO_KEY = "tq.txn.sql"
-_INSERT = reminders.insert()
+# Plain SQL, converted by hand: the Core insert of the typed table spends
+# about as much in per-column bind processing as the statement itself costs
+# on SQLite. `parked` takes the column default (false).
+_INSERT = text(
+    "INSERT INTO tq_reminders (id, fresh_until, extra, payload) "
+    "VALUES (:id, :fresh_until, :extra, :payload)"
+)
 
 # "collect": the helper runs the happy path after the commit returns;
 # "sync" / "async": bind() runs it from the commit listener (async: as a task).
@@ -99,7 +108,7 @@ class SQLTransaction:
             if _writes_in_transaction(pending):
                 pending.submitter.write_in_transaction(self.conn, pending.submission)  # type: ignore[attr-defined]
             else:
-                self.conn.execute(_INSERT, _row(pending))
+                self.conn.execute(_INSERT, _row(pending, self.conn.dialect.name))
             self.written += 1
         elif self.session is not None and not self.session.in_transaction():
             # The reminder belongs to the session's transaction: open it now (no
@@ -112,7 +121,7 @@ class SQLTransaction:
         for p in todo:
             if _writes_in_transaction(p):
                 p.submitter.write_in_transaction(conn, p.submission)  # type: ignore[attr-defined]
-        rows = [_row(p) for p in todo if not _writes_in_transaction(p)]
+        rows = [_row(p, conn.dialect.name) for p in todo if not _writes_in_transaction(p)]
         if rows:
             conn.execute(_INSERT, rows[0] if len(rows) == 1 else rows)
         self.written = len(self.pending)
@@ -156,10 +165,11 @@ def _writes_in_transaction(p: PendingTask) -> bool:
     return callable(getattr(p.submitter, "write_in_transaction", None))
 
 
-def _row(p: PendingTask) -> dict[str, Any]:
+def _row(p: PendingTask, dialect: str) -> dict[str, Any]:
     r = p.reminder
-    return {"id": r.id, "fresh_until": r.fresh_until, "parked": False, "extra": r.extra,
-            "payload": r.payload}  # fmt: skip
+    # SQLite keeps times as integer microseconds (see _schema.Timestamp).
+    fu: Any = to_micros(r.fresh_until) if dialect == "sqlite" else r.fresh_until
+    return {"id": r.id, "fresh_until": fu, "extra": r.extra, "payload": r.payload}
 
 
 def happy_path(store: SQLStore, pending: Sequence[PendingTask]) -> None:
@@ -245,55 +255,95 @@ def _after_transaction_end(session: Session, trans: SessionTransaction) -> None:
             session.info.pop(INFO_KEY, None)
 
 
-# Core connections: listeners on the one Connection object a helper uses.
+# Core connections. Listeners registered once per engine (registering and
+# removing five listeners on each Connection cost more than the transaction's
+# own SQLAlchemy work); they find the helper's transaction by connection.
+# Connections of the engine outside a helper pay one dict lookup per event.
 
-_Listeners = list[tuple[str, Callable[..., None]]]
+
+class _Core:
+    __slots__ = ("savepoints", "txn")
+
+    def __init__(self, txn: SQLTransaction) -> None:
+        self.txn = txn
+        self.savepoints: list[int] = []
 
 
-def listen_connection(conn: Connection, txn: SQLTransaction) -> _Listeners:
-    savepoints: list[int] = []
+_core: dict[Connection, _Core] = {}
+_hooked: weakref.WeakSet[Engine] = weakref.WeakSet()
+_hook_lock = threading.Lock()
 
-    def on_commit(_conn: Connection) -> None:
-        # Fires before the database commits. The helper's own commit: a failure
-        # raises into the helper, which then drops everything. A commit inside
-        # the block may fail and be swallowed by the caller, so its reminders
-        # are checked against the table before their happy path.
-        if txn.closing:
-            txn.commit_done()
-        else:
-            txn.unverified.extend(p for p in txn.pending if not _writes_in_transaction(p))
-            txn.rolled_back()
 
-    def on_rollback(_conn: Connection) -> None:
+def _on_commit(conn: Connection) -> None:
+    c = _core.get(conn)
+    if c is None:
+        return
+    txn = c.txn
+    # Fires before the database commits. The helper's own commit: a failure
+    # raises into the helper, which then drops everything. A commit inside
+    # the block may fail and be swallowed by the caller, so its reminders
+    # are checked against the table before their happy path.
+    if txn.closing:
+        txn.commit_done()
+    else:
+        txn.unverified.extend(p for p in txn.pending if not _writes_in_transaction(p))
         txn.rolled_back()
 
-    def on_savepoint(_conn: Connection, _name: str | None) -> None:
-        savepoints.append(len(savepoints))
-        txn.savepoint_began(savepoints[-1])
 
-    def on_rollback_savepoint(_conn: Connection, _name: str, _ctx: Any) -> None:
-        if savepoints:
-            txn.savepoint_rolled_back(savepoints.pop())
-
-    def on_release_savepoint(_conn: Connection, _name: str, _ctx: Any) -> None:
-        if savepoints:
-            txn.marks.pop(savepoints.pop(), None)
-
-    listeners: _Listeners = [
-        ("commit", on_commit),
-        ("rollback", on_rollback),
-        ("savepoint", on_savepoint),
-        ("rollback_savepoint", on_rollback_savepoint),
-        ("release_savepoint", on_release_savepoint),
-    ]
-    for name, fn in listeners:
-        event.listen(conn, name, fn)
-    return listeners
+def _on_rollback(conn: Connection) -> None:
+    c = _core.get(conn)
+    if c is not None:
+        c.txn.rolled_back()
 
 
-def unlisten_connection(conn: Connection, listeners: _Listeners) -> None:
-    for name, fn in listeners:
-        event.remove(conn, name, fn)
+def _on_savepoint(conn: Connection, _name: str | None) -> None:
+    c = _core.get(conn)
+    if c is not None:
+        c.savepoints.append(len(c.savepoints))
+        c.txn.savepoint_began(c.savepoints[-1])
+
+
+def _on_rollback_savepoint(conn: Connection, _name: str, _ctx: Any) -> None:
+    c = _core.get(conn)
+    if c is not None and c.savepoints:
+        c.txn.savepoint_rolled_back(c.savepoints.pop())
+
+
+def _on_release_savepoint(conn: Connection, _name: str, _ctx: Any) -> None:
+    c = _core.get(conn)
+    if c is not None and c.savepoints:
+        c.txn.marks.pop(c.savepoints.pop(), None)
+
+
+_LISTENERS: list[tuple[str, Callable[..., None]]] = [
+    ("commit", _on_commit),
+    ("rollback", _on_rollback),
+    ("savepoint", _on_savepoint),
+    ("rollback_savepoint", _on_rollback_savepoint),
+    ("release_savepoint", _on_release_savepoint),
+]
+
+
+def _hook(engine: Engine) -> None:
+    # A Connection's events join its engine's at every event point, so a
+    # connection made before the engine was hooked is followed too.
+    with _hook_lock:
+        if engine in _hooked:
+            return
+        for name, fn in _LISTENERS:
+            event.listen(engine, name, fn)
+        _hooked.add(engine)
+
+
+def listen_connection(conn: Connection, txn: SQLTransaction) -> Connection:
+    """Follows `conn`'s commits, rollbacks and savepoints into `txn` until unlistened."""
+    _hook(conn.engine)
+    _core[conn] = _Core(txn)
+    return conn
+
+
+def unlisten_connection(conn: Connection, _token: Connection | None = None) -> None:
+    _core.pop(conn, None)
 
 
 def committed_only(store: SQLStore, pending: list[PendingTask]) -> list[PendingTask]:

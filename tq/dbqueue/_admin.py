@@ -1,0 +1,290 @@
+"""Operating the database queue: list, count, delete, purge, stats, retention."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from collections.abc import Iterable
+from typing import Any
+
+import sqlalchemy as sa
+
+from tq import clock
+from tq.dbqueue import _db, _queuedb
+from tq.dbqueue._queuedb import QueueState
+from tq.dbqueue._queues import QueueConfig
+from tq.dbqueue._schema import FINISHED_STATES, LIVE_STATES, State, from_us, tasks, to_us
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class TaskInfo:
+    """One task row as an operator sees it (times in UTC)."""
+
+    id: int
+    queue: str
+    name: str
+    task_class: str
+    state: State
+    eta: dt.datetime
+    attempts: int
+    executions: int
+    last_status: int | None
+    last_error: str | None
+    url: str
+    method: str
+    created: dt.datetime
+    first_attempt: dt.datetime | None
+    last_attempt: dt.datetime | None
+    finished: dt.datetime | None
+    lease_owner: str | None
+    lease_expires: dt.datetime | None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class QueueStats:
+    """A queue's numbers, like Cloud Tasks' QueueStats.
+
+    `tasks` counts live tasks (pending and in flight); `oldest_eta` is the
+    earliest ETA among pending ones; `executed_last_minute` counts attempts
+    started in the last minute; `effective_rate` is the dispatch rate the
+    workers enforce (0 when paused).
+    """
+
+    name: str
+    paused: bool
+    config: QueueConfig
+    tasks: int
+    oldest_eta: dt.datetime | None
+    executed_last_minute: int
+    in_flight: int
+    effective_rate: float
+    done: int
+    failed: int
+
+
+def _opt(us: int | None) -> dt.datetime | None:
+    return None if us is None else from_us(us)
+
+
+def _info(row: Any) -> TaskInfo:
+    m = row._mapping
+    return TaskInfo(
+        id=m["id"], queue=m["queue"], name=m["name"], task_class=m["task_class"],
+        state=State(m["state"]), eta=from_us(m["eta_us"]), attempts=m["attempts"],
+        executions=m["executions"], last_status=m["last_status"], last_error=m["last_error"],
+        url=m["url"], method=m["method"], created=from_us(m["created_us"]),
+        first_attempt=_opt(m["first_attempt_us"]), last_attempt=_opt(m["last_attempt_us"]),
+        finished=_opt(m["finished_us"]), lease_owner=m["lease_owner"],
+        lease_expires=_opt(m["lease_expires_us"]),
+    )  # fmt: skip
+
+
+def _filters(
+    queue: str | None, state: State | str | None, task_class: str | None
+) -> list[sa.ColumnElement[bool]]:
+    out: list[sa.ColumnElement[bool]] = []
+    if queue is not None:
+        out.append(tasks.c.queue == queue)
+    if state is not None:
+        out.append(tasks.c.state == State(state).value)
+    if task_class is not None:
+        out.append(tasks.c.task_class == task_class)
+    return out
+
+
+class Admin:
+    """Operations on a database queue (blocking; each runs its own transaction).
+
+    Task filters: `queue` (the short ID), `state` (a `State` or its value),
+    `task_class` (the class ID); None matches everything.
+    """
+
+    def __init__(self, engine: sa.Engine) -> None:
+        _db.check_dialect(engine)
+        self.engine = engine
+
+    # Tasks.
+
+    def count_tasks(
+        self,
+        *,
+        queue: str | None = None,
+        state: State | str | None = None,
+        task_class: str | None = None,
+    ) -> int:
+        """How many tasks match the filters."""
+        stmt = sa.select(sa.func.count()).select_from(tasks)
+        stmt = stmt.where(*_filters(queue, state, task_class))
+        with self.engine.connect() as conn:
+            return int(conn.execute(stmt).scalar_one())
+
+    def list_tasks(
+        self,
+        *,
+        queue: str | None = None,
+        state: State | str | None = None,
+        task_class: str | None = None,
+        limit: int = 100,
+        after_id: int = 0,
+    ) -> list[TaskInfo]:
+        """Up to `limit` matching tasks with ID > `after_id`, by ID (page with the last ID)."""
+        stmt = (
+            sa.select(tasks)
+            .where(tasks.c.id > after_id, *_filters(queue, state, task_class))
+            .order_by(tasks.c.id)
+            .limit(limit)
+        )
+        with self.engine.connect() as conn:
+            return [_info(r) for r in conn.execute(stmt)]
+
+    def get_task(self, queue: str, name: str) -> TaskInfo | None:
+        """The task `name` of `queue` (live or tombstone), if it exists."""
+        stmt = sa.select(tasks).where(tasks.c.queue == queue, tasks.c.name == name)
+        with self.engine.connect() as conn:
+            row = conn.execute(stmt).first()
+        return None if row is None else _info(row)
+
+    def delete_task(self, queue: str, name: str) -> bool:
+        """Deletes a live task (it will not run); False if none is live under that name.
+
+        The row stays as a tombstone: the name is taken for the tombstone window.
+        """
+        now_us = to_us(clock.now())
+        with self.engine.begin() as conn:
+            res = conn.execute(
+                sa.update(tasks)
+                .where(tasks.c.queue == queue, tasks.c.name == name, tasks.c.state.in_(LIVE_STATES))
+                .values(_deleted(now_us))
+            )
+        return bool(res.rowcount)
+
+    def run_task(self, queue: str, name: str) -> bool:
+        """Makes a pending task due now, or gives a failed one a fresh start.
+
+        A failed task comes back as pending with its attempts reset (a
+        replay). False if the task is neither pending nor failed.
+        """
+        now_us = to_us(clock.now())
+        key = (tasks.c.queue == queue, tasks.c.name == name)
+        with _db.write_txn(self.engine) as conn:
+            res = conn.execute(
+                sa.update(tasks)
+                .where(*key, tasks.c.state == State.PENDING.value)
+                .values(eta_us=now_us)
+            )
+            if not res.rowcount:
+                res = conn.execute(
+                    sa.update(tasks)
+                    .where(*key, tasks.c.state == State.FAILED.value)
+                    .values(_replayed(now_us))
+                )
+        return bool(res.rowcount)
+
+    def purge_queue(self, queue: str) -> int:
+        """Deletes every live task of `queue` (as Cloud Tasks' PurgeQueue); returns how many."""
+        now_us = to_us(clock.now())
+        with self.engine.begin() as conn:
+            res = conn.execute(
+                sa.update(tasks)
+                .where(tasks.c.queue == queue, tasks.c.state.in_(LIVE_STATES))
+                .values(_deleted(now_us))
+            )
+        return int(res.rowcount)
+
+    def delete_finished(self, older_than: dt.timedelta) -> int:
+        """Retention: drops finished tasks older than `older_than`; returns how many.
+
+        A named task's row is kept while its tombstone window lasts, whatever
+        `older_than` says, so that names stay deduplicated.
+        """
+        now_us = to_us(clock.now())
+        cutoff = to_us(clock.now() - older_than)
+        with self.engine.begin() as conn:
+            res = conn.execute(
+                sa.delete(tasks).where(
+                    tasks.c.state.in_(FINISHED_STATES),
+                    tasks.c.finished_us <= cutoff,
+                    tasks.c.finished_us + sa.func.coalesce(tasks.c.reserve_us, 0) <= now_us,
+                )
+            )
+        return int(res.rowcount)
+
+    # Queues.
+
+    def apply_queues(self, configs: Iterable[QueueConfig]) -> None:
+        """Creates or updates queues from configuration (pause states are kept)."""
+        _queuedb.apply_queues(self.engine, configs)
+
+    def list_queues(self) -> list[QueueState]:
+        with self.engine.connect() as conn:
+            return _queuedb.list_queues(conn)
+
+    def pause_queue(self, name: str) -> bool:
+        """Stops dispatching the queue's tasks (they are kept); False if no such queue."""
+        return _queuedb.set_paused(self.engine, name, True)
+
+    def resume_queue(self, name: str) -> bool:
+        """Resumes a paused queue; False if no such queue."""
+        return _queuedb.set_paused(self.engine, name, False)
+
+    def queue_stats(self, queue: str | None = None) -> list[QueueStats]:
+        """Stats of every queue (or one), by name."""
+        now_us = to_us(clock.now())
+        minute_ago = now_us - 60_000_000
+        s = tasks.c.state
+
+        def count_if(cond: sa.ColumnElement[bool]) -> Any:
+            return sa.func.sum(sa.case((cond, 1), else_=0))
+
+        stmt = sa.select(
+            tasks.c.queue,
+            count_if(s.in_(LIVE_STATES)).label("live"),
+            sa.func.min(sa.case((s == State.PENDING.value, tasks.c.eta_us))).label("oldest"),
+            count_if(tasks.c.last_attempt_us >= minute_ago).label("recent"),
+            count_if(s == State.LEASED.value).label("in_flight"),
+            count_if(s == State.DONE.value).label("done"),
+            count_if(s == State.FAILED.value).label("failed"),
+        ).group_by(tasks.c.queue)
+        if queue is not None:
+            stmt = stmt.where(tasks.c.queue == queue)
+        with self.engine.connect() as conn:
+            counts = {r.queue: r for r in conn.execute(stmt)}
+            states = _queuedb.list_queues(conn)
+        out = []
+        for q in states:
+            if queue is not None and q.name != queue:
+                continue
+            c = counts.get(q.name)
+            out.append(
+                QueueStats(
+                    name=q.name, paused=q.paused, config=q.config,
+                    tasks=int(c.live or 0) if c else 0,
+                    oldest_eta=_opt(c.oldest) if c else None,
+                    executed_last_minute=int(c.recent or 0) if c else 0,
+                    in_flight=int(c.in_flight or 0) if c else 0,
+                    effective_rate=0.0 if q.paused else q.config.rate_per_s,
+                    done=int(c.done or 0) if c else 0,
+                    failed=int(c.failed or 0) if c else 0,
+                )
+            )  # fmt: skip
+        return out
+
+
+def _replayed(now_us: int) -> dict[str, Any]:
+    return {
+        "state": State.PENDING.value,
+        "eta_us": now_us,
+        "attempts": 0,
+        "executions": 0,
+        "first_attempt_us": None,
+        "finished_us": None,
+    }
+
+
+def _deleted(now_us: int) -> dict[str, Any]:
+    return {
+        "state": State.DELETED.value,
+        "finished_us": now_us,
+        "lease_owner": None,
+        "lease_expires_us": None,
+    }

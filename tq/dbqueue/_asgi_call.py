@@ -1,0 +1,89 @@
+"""Calling an ASGI app in this process with one HTTP request, no socket, no HTTP client.
+
+What a worker does to push into the app it runs beside: build the ASGI
+scope of the request a network push would make, feed it the body, collect
+the response status and headers. Several times cheaper than going through
+an HTTP client's in-process transport, with the same result for the app.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import urllib.parse
+from collections.abc import Mapping
+from typing import Any
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+class AppError(Exception):
+    """The app raised, or ended without a complete response (a network push gets a 500)."""
+
+
+async def call(
+    app: Any, method: str, url: str, headers: Mapping[str, str], body: bytes
+) -> tuple[int, dict[str, str]]:
+    """(status, response headers with lowercase names) of one request to `app`.
+
+    Raises AppError when the app raises or does not finish its response.
+    """
+    parts = urllib.parse.urlsplit(url)
+    scheme = parts.scheme or "http"
+    host = parts.hostname or "localhost"
+    port = parts.port or _DEFAULT_PORTS.get(scheme, 80)
+    netloc = parts.netloc or host
+    raw_headers = [(b"host", netloc.encode("latin-1"))]
+    raw_headers += [
+        (k.lower().encode("latin-1"), str(v).encode("latin-1"))
+        for k, v in headers.items()
+        if k.lower() != "host"
+    ]
+    raw_headers.append((b"content-length", str(len(body)).encode()))
+    raw_path = parts.path or "/"
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": "2.3"},
+        "http_version": "1.1",
+        "method": method.upper(),
+        "scheme": scheme,
+        "path": urllib.parse.unquote(raw_path),
+        "raw_path": raw_path.encode("latin-1"),
+        "query_string": parts.query.encode("latin-1"),
+        "root_path": "",
+        "headers": raw_headers,
+        "server": (host, port),
+        "client": ("127.0.0.1", 0),
+        "state": {},
+    }
+    sent_body = False
+    finished = asyncio.Event()
+    status: int | None = None
+    resp_headers: dict[str, str] = {}
+
+    async def receive() -> dict[str, Any]:
+        nonlocal sent_body
+        if not sent_body:
+            sent_body = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        await finished.wait()  # apps listening for a disconnect get one after the response
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        nonlocal status
+        kind = message["type"]
+        if kind == "http.response.start":
+            status = int(message["status"])
+            for k, v in message.get("headers", []):
+                resp_headers[k.decode("latin-1").lower()] = v.decode("latin-1")
+        elif kind == "http.response.body" and not message.get("more_body", False):
+            finished.set()
+
+    try:
+        await app(scope, receive, send)
+    except Exception as e:
+        raise AppError(f"{type(e).__name__}: {e}") from e
+    finally:
+        finished.set()
+    if status is None:
+        raise AppError("the app returned without starting a response")
+    return status, resp_headers

@@ -1,0 +1,191 @@
+"""Pushing one leased task as an HTTP request, the way Cloud Tasks does.
+
+The request carries the task's own method, URL, headers and body, plus the
+headers Cloud Tasks adds (`X-CloudTasks-QueueName` with the short queue ID,
+`-TaskName`, `-TaskRetryCount`, `-TaskExecutionCount`, `-TaskETA`, and on
+retries `-TaskPreviousResponse` and `-TaskRetryReason`; App Engine requests
+get the `X-AppEngine-*` twins), `User-Agent: Google-Cloud-Tasks`, and an
+OIDC token when the task asks for one and a signer is configured. It goes
+out over the network through httpx, or straight into an ASGI app in this
+process (`_asgi_call`: no socket, no HTTP client).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import datetime as dt
+import email.utils
+import inspect
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, TypeAlias
+
+import httpx
+
+from tq import clock
+from tq.dbqueue import _asgi_call
+from tq.dbqueue._lease import Leased
+
+log = logging.getLogger("tq.dbqueue")
+
+Signer: TypeAlias = Callable[[str, str], str] | Callable[[str, str], Awaitable[str]]
+"""Mints an OIDC ID token: `signer(service_account_email, audience) -> token`."""
+
+USER_AGENT = "Google-Cloud-Tasks"
+# Headers the push sets itself; copies in the task's own headers are dropped.
+_RESERVED = frozenset({"host", "content-length", "user-agent", "transfer-encoding", "connection"})
+_SYSTEM_PREFIXES = ("x-cloudtasks-", "x-appengine-")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Attempt:
+    """What one push got: a status (None: no response) and why it failed."""
+
+    status: int | None
+    error: str | None = None
+    retry_after_s: float | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status is not None and 200 <= self.status < 300
+
+
+def push_headers(t: Leased, token: str | None) -> dict[str, str]:
+    """The headers of the push of leased task `t`."""
+    h = {
+        k: v
+        for k, v in t.headers.items()
+        if k.lower() not in _RESERVED and not k.lower().startswith(_SYSTEM_PREFIXES)
+    }
+    system = {
+        "QueueName": t.queue,
+        "TaskName": t.name,
+        "TaskRetryCount": str(t.attempts - 1),
+        "TaskExecutionCount": str(t.executions),
+        "TaskETA": f"{t.eta_us / 1e6:.6f}",
+    }
+    if t.attempts > 1:
+        if t.last_status is not None:
+            system["TaskPreviousResponse"] = str(t.last_status)
+        if t.last_error:
+            system["TaskRetryReason"] = t.last_error
+    for k, v in system.items():
+        h["X-CloudTasks-" + k] = v
+        if t.app_engine:
+            h["X-AppEngine-" + k] = v
+    h["User-Agent"] = USER_AGENT
+    if token:
+        h["Authorization"] = f"Bearer {token}"
+    return h
+
+
+class Pusher:
+    """Sends pushes: into an ASGI app in this process, or over HTTP with httpx.
+
+    Args:
+      app: an ASGI app to push into directly, without a socket or an HTTP
+        client (the host of the task URL only fills the Host header); None
+        pushes over the network to the task's URL.
+      client: an httpx.AsyncClient to push with instead (it wins over `app`;
+        the caller closes it).
+      base_url: prefix of relative URIs (App Engine requests).
+      signer: mints OIDC tokens for tasks that carry an `oidc_token`.
+    """
+
+    def __init__(
+        self,
+        *,
+        app: Any = None,
+        client: httpx.AsyncClient | None = None,
+        base_url: str = "http://localhost",
+        signer: Signer | None = None,
+    ) -> None:
+        self.app = app if client is None else None
+        self._own_client = client is None and app is None
+        if client is None and app is None:
+            client = httpx.AsyncClient(
+                follow_redirects=False,  # Cloud Tasks does not follow redirects
+                limits=httpx.Limits(max_connections=None, max_keepalive_connections=100),
+            )
+        self.client = client
+        self.base_url = base_url.rstrip("/")
+        self.signer = signer
+        self._warned_unsigned = False
+
+    async def aclose(self) -> None:
+        if self._own_client and self.client is not None:
+            await self.client.aclose()
+
+    async def push(self, t: Leased, deadline_s: float) -> Attempt:
+        """Pushes `t` once and waits up to `deadline_s` for the response."""
+        url = t.url if "://" in t.url else self.base_url + t.url
+        try:
+            token = await self._token(t)
+        except Exception as e:
+            log.exception("tq.dbqueue: could not mint an OIDC token for %s/%s", t.queue, t.name)
+            return Attempt(None, f"OIDC token: {e}")
+        headers = push_headers(t, token)
+        try:
+            async with asyncio.timeout(deadline_s):
+                status, resp_headers = await self._send(t.method, url, headers, t.body, deadline_s)
+        except TimeoutError:
+            return Attempt(None, f"DEADLINE_EXCEEDED: no response within {deadline_s:g} s")
+        except httpx.TimeoutException:
+            return Attempt(None, f"DEADLINE_EXCEEDED: no response within {deadline_s:g} s")
+        except httpx.HTTPError as e:
+            return Attempt(None, f"UNAVAILABLE: {type(e).__name__}: {e}")
+        if 200 <= status < 300:
+            return Attempt(status)
+        return Attempt(status, f"HTTP {status}", _retry_after_s(resp_headers))
+
+    async def _send(
+        self, method: str, url: str, headers: dict[str, str], body: bytes, deadline_s: float
+    ) -> tuple[int, Mapping[str, str]]:
+        if self.app is not None:
+            try:
+                return await _asgi_call.call(self.app, method, url, headers, body)
+            except _asgi_call.AppError:
+                # What a server answers when the app fails before responding.
+                log.exception("tq.dbqueue: the app failed on a push to %s", url)
+                return 500, {}
+        assert self.client is not None
+        resp = await self.client.request(
+            method, url, headers=headers, content=body, timeout=httpx.Timeout(deadline_s)
+        )
+        return resp.status_code, resp.headers
+
+    async def _token(self, t: Leased) -> str | None:
+        if not t.oidc_email:
+            return None
+        if self.signer is None:
+            if not self._warned_unsigned:
+                self._warned_unsigned = True
+                log.warning(
+                    "tq.dbqueue: tasks ask for OIDC tokens (as %s) but the worker has no "
+                    "signer; pushing them without Authorization",
+                    t.oidc_email,
+                )
+            return None
+        audience = t.oidc_audience or t.url
+        token = self.signer(t.oidc_email, audience)
+        if inspect.isawaitable(token):
+            token = await token
+        return str(token)
+
+
+def _retry_after_s(headers: Mapping[str, str]) -> float | None:
+    v = headers.get("retry-after")
+    if not v:
+        return None
+    try:
+        return max(0.0, float(v))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(v)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.UTC)
+    return max(0.0, (when - clock.now()).total_seconds())

@@ -1,0 +1,229 @@
+"""The database queue's tables, and creating them.
+
+Times are stored as integer microseconds since the Unix epoch (UTC), read
+from `tq.clock.now()` and never from the database's clock, so that a fake
+clock in tests drives ETAs, backoff, leases and tombstones alike, and so
+that SQLite and PostgreSQL compare them the same way.
+
+`deploy/sql/dbqueue-postgres.sql` and `deploy/sql/dbqueue-sqlite.sql` hold
+the same schema as DDL for operators who manage schemas themselves; a test
+keeps them in step with the tables below.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+
+import sqlalchemy as sa
+
+from tq._errors import ConfigError
+
+SCHEMA_VERSION = 1
+"""The version of the tables below; `create_schema` records it."""
+
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+
+
+class State(enum.StrEnum):
+    """The life of a task row.
+
+    * `PENDING`: waiting for its ETA (or for a worker).
+    * `LEASED`: a worker is delivering it; its lease ends at `lease_expires_us`.
+    * `DONE`: delivered with a 2xx response.
+    * `FAILED`: gave up after the queue's retry limits.
+    * `DELETED`: deleted by an operator (or a queue purge) before it ran.
+
+    The last three are finished: the row stays as the tombstone of its name.
+    """
+
+    PENDING = "pending"
+    LEASED = "leased"
+    DONE = "done"
+    FAILED = "failed"
+    DELETED = "deleted"
+
+
+LIVE_STATES = (State.PENDING.value, State.LEASED.value)
+FINISHED_STATES = (State.DONE.value, State.FAILED.value, State.DELETED.value)
+
+metadata = sa.MetaData()
+
+# SQLite aliases only "INTEGER PRIMARY KEY" to the rowid.
+_ID = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
+tasks = sa.Table(
+    "tq_tasks",
+    metadata,
+    sa.Column("id", _ID, primary_key=True, autoincrement=True),
+    # The short queue ID ("emails"), the last part of the request's parent.
+    sa.Column("queue", sa.String(100), nullable=False),
+    # The task ID, the last part of the task name (given or generated).
+    sa.Column("name", sa.String(500), nullable=False),
+    sa.Column("task_class", sa.String(100), nullable=False),
+    # The request: an absolute URL (HTTP targets) or a relative URI (App Engine).
+    sa.Column("url", sa.Text(), nullable=False),
+    sa.Column("method", sa.String(8), nullable=False),
+    sa.Column("headers", sa.Text(), nullable=False),  # a JSON object
+    sa.Column("body", sa.LargeBinary(), nullable=False),
+    sa.Column("oidc_email", sa.String(320)),
+    sa.Column("oidc_audience", sa.Text()),
+    sa.Column("app_engine", sa.Boolean(), nullable=False),
+    sa.Column("dispatch_deadline_s", sa.Float()),
+    sa.Column("state", sa.String(8), nullable=False),
+    sa.Column("eta_us", sa.BigInteger(), nullable=False),
+    # Dispatch attempts so far; the retry count of the running attempt is attempts - 1.
+    sa.Column("attempts", sa.Integer(), nullable=False),
+    # Attempts that got a response other than 5xx (Cloud Tasks' execution count).
+    sa.Column("executions", sa.Integer(), nullable=False),
+    sa.Column("lease_owner", sa.String(100)),
+    sa.Column("lease_expires_us", sa.BigInteger()),
+    sa.Column("last_status", sa.Integer()),  # HTTP status of the last attempt, if any
+    sa.Column("last_error", sa.Text()),  # why the last attempt failed (the retry reason)
+    sa.Column("first_attempt_us", sa.BigInteger()),
+    sa.Column("last_attempt_us", sa.BigInteger()),
+    sa.Column("created_us", sa.BigInteger(), nullable=False),
+    sa.Column("finished_us", sa.BigInteger()),
+    # How long the name stays taken after the task finishes; NULL for generated names.
+    sa.Column("reserve_us", sa.BigInteger()),
+    sa.UniqueConstraint("queue", "name", name="uq_tq_tasks_queue_name"),
+    sa.Index("ix_tq_tasks_due", "queue", "state", "eta_us"),
+    sa.Index("ix_tq_tasks_lease", "state", "lease_expires_us"),
+    sa.Index("ix_tq_tasks_finished", "finished_us"),
+    sqlite_autoincrement=True,  # never reuse an ID a stale lease may still name
+)
+
+queues = sa.Table(
+    "tq_queues",
+    metadata,
+    sa.Column("name", sa.String(100), primary_key=True),
+    sa.Column("rate_per_s", sa.Float(), nullable=False),
+    sa.Column("bucket_size", sa.Integer(), nullable=False),
+    sa.Column("max_concurrent", sa.Integer(), nullable=False),  # 0: unlimited
+    sa.Column("max_attempts", sa.Integer(), nullable=False),  # -1: unlimited
+    sa.Column("max_retry_duration_s", sa.Float(), nullable=False),  # 0: unlimited
+    sa.Column("min_backoff_s", sa.Float(), nullable=False),
+    sa.Column("max_backoff_s", sa.Float(), nullable=False),
+    sa.Column("max_doublings", sa.Integer(), nullable=False),
+    sa.Column("pull", sa.Boolean(), nullable=False),  # a pull queue: never pushed
+    sa.Column("paused", sa.Boolean(), nullable=False),
+    # The token bucket, shared by every worker: tokens as of tokens_at_us.
+    sa.Column("tokens", sa.Float(), nullable=False),
+    sa.Column("tokens_at_us", sa.BigInteger(), nullable=False),
+    sa.Column("created_us", sa.BigInteger(), nullable=False),
+    sa.Column("updated_us", sa.BigInteger(), nullable=False),
+)
+
+recurring = sa.Table(
+    "tq_recurring",
+    metadata,
+    sa.Column("name", sa.String(100), primary_key=True),
+    sa.Column("queue", sa.String(100), nullable=False),
+    sa.Column("task_class", sa.String(100), nullable=False),
+    sa.Column("request", sa.LargeBinary(), nullable=False),  # a serialized CreateTaskRequest
+    sa.Column("every_us", sa.BigInteger(), nullable=False),
+    sa.Column("next_run_us", sa.BigInteger(), nullable=False),
+    sa.Column("last_run_us", sa.BigInteger()),
+    sa.Column("created_us", sa.BigInteger(), nullable=False),
+    sa.Column("updated_us", sa.BigInteger(), nullable=False),
+    sa.Index("ix_tq_recurring_next", "next_run_us"),
+)
+
+meta = sa.Table(
+    "tq_dbqueue_meta",
+    metadata,
+    sa.Column("key", sa.String(100), primary_key=True),
+    sa.Column("value", sa.Text(), nullable=False),
+)
+
+
+def to_us(when: dt.datetime) -> int:
+    """Microseconds since the epoch of a timezone-aware datetime."""
+    delta = when - _EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def from_us(us: int) -> dt.datetime:
+    """The UTC datetime of microseconds since the epoch."""
+    return _EPOCH + dt.timedelta(microseconds=us)
+
+
+def create_schema(engine: sa.Engine) -> None:
+    """Creates the database queue's tables and indexes if missing; idempotent.
+
+    Records SCHEMA_VERSION in `tq_dbqueue_meta`. Refuses (ConfigError) a
+    database whose recorded version is newer than this code knows.
+    """
+    metadata.create_all(engine, checkfirst=True)
+    found = schema_version(engine)
+    if found is None:
+        try:
+            with engine.begin() as conn:
+                conn.execute(
+                    sa.insert(meta).values(key="schema_version", value=str(SCHEMA_VERSION))
+                )
+        except sa.exc.IntegrityError:
+            found = schema_version(engine)  # another process recorded it first
+    if found is not None and found > SCHEMA_VERSION:
+        raise ConfigError(
+            f"the database queue schema is version {found}, newer than this tq "
+            f"(version {SCHEMA_VERSION}); upgrade tq"
+        )
+
+
+_DDL_HEAD = """\
+-- tq database queue: tables for {db} (schema version {v}).
+-- The same schema as tq.dbqueue.create_schema(engine) makes; generated by
+--   python -m tq.dbqueue ddl {dialect} > deploy/sql/dbqueue-{file}.sql
+-- Apply it with
+--   {apply}
+-- Times are integer microseconds since the Unix epoch (UTC), written by the
+-- application's clock, never the database's.{extra}
+"""
+
+
+def schema_sql(dialect: str) -> str:
+    """The schema as idempotent DDL for "postgresql" or "sqlite" (deploy/sql/ holds it)."""
+    from sqlalchemy.dialects import postgresql, sqlite
+    from sqlalchemy.schema import CreateIndex, CreateTable
+
+    if dialect == "postgresql":
+        d: sa.Dialect = postgresql.dialect()  # type: ignore[no-untyped-call]
+        head = {"db": "PostgreSQL", "file": "postgres", "extra": "",
+                "apply": 'psql "$DATABASE_URL" -f deploy/sql/dbqueue-postgres.sql'}  # fmt: skip
+        version = (
+            "INSERT INTO tq_dbqueue_meta (key, value) VALUES ('schema_version', '{v}')\n"
+            "  ON CONFLICT (key) DO NOTHING;\n"
+        )
+    elif dialect == "sqlite":
+        d = sqlite.dialect()
+        head = {"db": "SQLite", "file": "sqlite",
+                "apply": "sqlite3 tasks.db < deploy/sql/dbqueue-sqlite.sql",
+                "extra": "\n-- Run the database in WAL mode (tq.dbqueue.sqlite_engine does):\n"
+                         "--   PRAGMA journal_mode=WAL;"}  # fmt: skip
+        version = (
+            'INSERT OR IGNORE INTO tq_dbqueue_meta ("key", value) '
+            "VALUES ('schema_version', '{v}');\n"
+        )
+    else:
+        raise ConfigError(f"no DDL for {dialect!r}: use 'postgresql' or 'sqlite'")
+    out = [_DDL_HEAD.format(v=SCHEMA_VERSION, dialect=dialect, **head)]
+    for t in metadata.sorted_tables:
+        ddl = str(CreateTable(t, if_not_exists=True).compile(dialect=d)).strip()
+        out.append("\n".join(line.rstrip().replace("\t", "  ") for line in ddl.splitlines()) + ";")
+        for i in sorted(t.indexes, key=lambda i: str(i.name)):
+            out.append(str(CreateIndex(i, if_not_exists=True).compile(dialect=d)) + ";")
+        out.append("")
+    out.append(version.format(v=SCHEMA_VERSION))
+    return "\n".join(out)
+
+
+def schema_version(engine: sa.Engine) -> int | None:
+    """The recorded schema version, or None if the schema was never created."""
+    if not sa.inspect(engine).has_table(meta.name):
+        return None
+    with engine.connect() as conn:
+        found = conn.execute(
+            sa.select(meta.c.value).where(meta.c.key == "schema_version")
+        ).scalar_one_or_none()
+    return None if found is None else int(found)

@@ -1,0 +1,295 @@
+"""DbQueueSubmitter: tq's Submitter storing each task as a row of `tq_tasks`."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import functools
+import json
+import os
+import re
+import threading
+import weakref
+from collections.abc import Callable
+from typing import Any, Protocol, runtime_checkable
+
+import grpc
+import sqlalchemy as sa
+from google.cloud.tasks_v2.types import target
+from google.protobuf.message import Message
+from sqlalchemy.dialects import postgresql, sqlite
+
+from tq import clock
+from tq._errors import SubmitError
+from tq._request import http_parts
+from tq._submitter import Submission
+from tq._taskclass import FULL_QUEUE_RE
+from tq.dbqueue import _db, _queuedb, _wakeup
+from tq.dbqueue._schema import State, tasks, to_us
+
+TOMBSTONE_WINDOW = dt.timedelta(hours=1)
+"""How long a finished task's name stays taken by default (Cloud Tasks: ~1 hour)."""
+
+_TASK_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,500}$")
+# Keys of Connection.info: queues written to in the open transaction, and
+# in a transaction committed since (waiting for the wakeup).
+_WRITTEN = "tq.dbqueue.written"
+_COMMITTED = "tq.dbqueue.committed"
+
+
+@runtime_checkable
+class WritesInTransaction(Protocol):
+    """A submitter that can write a task into the caller's open transaction.
+
+    Outbox stores check for this (by duck typing on `write_in_transaction`):
+    instead of a reminder to submit after commit, they call it with the
+    transaction's connection, and the task exists if and only if the
+    transaction commits. No reminder, no sweeper, no happy path.
+    """
+
+    def write_in_transaction(self, connection: sa.Connection, submission: Submission) -> None:
+        """Inserts the task using `connection` (inside its open transaction).
+
+        Raises SubmitError as `submit` does (ALREADY_EXISTS for a taken name).
+        """
+        ...
+
+
+class DbQueueSubmitter:
+    """Creates tasks as rows of the database queue (`tq_tasks`).
+
+    Args:
+      engine: a SQLAlchemy Engine on SQLite (a file) or PostgreSQL whose
+        schema exists (`tq.dbqueue.create_schema`).
+      tombstone_window: how long the name of a finished (or deleted) task
+        stays taken, so that adding it again raises ALREADY_EXISTS, as in
+        Cloud Tasks; default 1 hour. Generated names are never reused.
+      auto_create_queues: create a queue with the default configuration
+        (`QueueConfig(name)`) the first time a task names it (default, handy
+        for local runs); when False, a task for a queue that was never
+        configured raises SubmitError NOT_FOUND, as Cloud Tasks does.
+      random_bytes: the source of generated task names (default os.urandom).
+
+    Raises `tq.SubmitError`: ALREADY_EXISTS for a name in use or within its
+    tombstone window, NOT_FOUND for an unknown queue (see above),
+    INVALID_ARGUMENT for a malformed request, UNAVAILABLE when the database
+    fails. Tasks are delivered by `tq.dbqueue.Worker`s on the same database;
+    workers of this process wake up at once.
+    """
+
+    def __init__(
+        self,
+        engine: sa.Engine,
+        *,
+        tombstone_window: dt.timedelta = TOMBSTONE_WINDOW,
+        auto_create_queues: bool = True,
+        random_bytes: Callable[[int], bytes] = os.urandom,
+    ) -> None:
+        _db.check_dialect(engine)
+        if tombstone_window < dt.timedelta(0):
+            raise ValueError("tombstone_window must not be negative")
+        self.engine = engine
+        self.tombstone_window = tombstone_window
+        self.auto_create_queues = auto_create_queues
+        self.random_bytes = random_bytes
+        self.wakeup_key = _wakeup.key_of(engine)
+        self._known_queues: set[str] = set()
+        self._lock = threading.Lock()
+        self._hooked: weakref.WeakSet[sa.Engine] = weakref.WeakSet()
+
+    def submit(self, submission: Submission) -> None:
+        """Inserts the task in its own transaction."""
+        row = self._row(submission)
+        try:
+            self._ensure_queue_committed(row["queue"])
+            with _db.write_txn(self.engine) as conn:
+                inserted = insert_task(conn, row)
+        except sa.exc.SQLAlchemyError as e:
+            raise SubmitError(grpc.StatusCode.UNAVAILABLE, f"database queue: {e}") from e
+        if not inserted:
+            raise _already_exists(row)
+        _wakeup.notify(self.wakeup_key)
+
+    async def submit_async(self, submission: Submission) -> None:
+        """`submit` in a worker thread."""
+        await asyncio.to_thread(self.submit, submission)
+
+    def write_in_transaction(self, connection: sa.Connection, submission: Submission) -> None:
+        """Inserts the task in the caller's transaction on `connection`.
+
+        The task exists if and only if that transaction commits; in-process
+        workers wake up when it does. See `WritesInTransaction`.
+        """
+        row = self._row(submission)
+        queue = row["queue"]
+        with self._lock:
+            known = queue in self._known_queues
+        if not known:
+            self._ensure_queue(connection, queue)
+        self._hook_commits(connection.engine)
+        if not insert_task(connection, row):
+            raise _already_exists(row)
+        connection.info.setdefault(_WRITTEN, set()).add(queue)
+
+    # Queues.
+
+    def _ensure_queue(self, conn: sa.Connection, queue: str) -> None:
+        if self.auto_create_queues:
+            _queuedb.ensure_queue(conn, queue)
+        elif not _queuedb.queue_exists(conn, queue):
+            raise SubmitError(
+                grpc.StatusCode.NOT_FOUND,
+                f"queue {queue!r} does not exist in the database queue: configure it "
+                "(tq.dbqueue.apply_queues or queue.yaml) or enable auto_create_queues",
+            )
+
+    def _ensure_queue_committed(self, queue: str) -> None:
+        with self._lock:
+            if queue in self._known_queues:
+                return
+        with self.engine.begin() as conn:
+            self._ensure_queue(conn, queue)
+        with self._lock:
+            self._known_queues.add(queue)
+
+    # Wakeups after the caller's commit. SQLAlchemy's "commit" event fires
+    # just before the database commits, so it only marks the connection; the
+    # wakeup goes out once the connection begins again or returns to the pool.
+
+    def _hook_commits(self, engine: sa.Engine) -> None:
+        with self._lock:
+            if engine in self._hooked:
+                return
+            self._hooked.add(engine)
+        sa.event.listen(engine, "commit", self._on_commit)
+        sa.event.listen(engine, "rollback", self._on_rollback)
+        sa.event.listen(engine, "begin", self._on_begin)
+        sa.event.listen(engine, "checkin", self._on_checkin)
+
+    def _on_commit(self, conn: sa.Connection) -> None:
+        written = conn.info.pop(_WRITTEN, None)
+        if written:
+            conn.info.setdefault(_COMMITTED, set()).update(written)
+
+    def _on_rollback(self, conn: sa.Connection) -> None:
+        conn.info.pop(_WRITTEN, None)
+        conn.info.pop(_COMMITTED, None)
+
+    def _on_begin(self, conn: sa.Connection) -> None:
+        self._committed(conn.info)
+
+    def _on_checkin(self, _dbapi_conn: Any, record: Any) -> None:
+        if record is not None:
+            self._committed(record.info)
+
+    def _committed(self, info: dict[Any, Any]) -> None:
+        queues = info.pop(_COMMITTED, None)
+        if queues:
+            with self._lock:
+                self._known_queues.update(queues)
+            _wakeup.notify(self.wakeup_key)
+
+    # Rows.
+
+    def _row(self, submission: Submission) -> dict[str, Any]:
+        return task_row(
+            submission.request,
+            submission.task_class,
+            now_us=to_us(clock.now()),
+            reserve_us=int(self.tombstone_window.total_seconds() * 1_000_000),
+            generated_name=self.random_bytes(16).hex,
+        )
+
+
+def task_row(
+    req: Message,
+    task_class: str,
+    *,
+    now_us: int,
+    reserve_us: int,
+    generated_name: Callable[[], str],
+) -> dict[str, Any]:
+    """The `tq_tasks` row of a CreateTaskRequest; SubmitError if it is malformed."""
+    parent = str(req.parent)  # type: ignore[attr-defined]
+    if not FULL_QUEUE_RE.match(parent):
+        raise _invalid(f"parent {parent!r} is not a queue name 'projects/P/locations/L/queues/Q'")
+    queue = parent.rsplit("/", 1)[1]
+    t = req.task  # type: ignore[attr-defined]
+    reserve: int | None = reserve_us
+    if t.name:
+        prefix = parent + "/tasks/"
+        name = str(t.name)[len(prefix) :] if str(t.name).startswith(prefix) else ""
+        if not _TASK_ID_RE.match(name):
+            raise _invalid(
+                f"task name {t.name!r} must be '{prefix}<ID>' with ID of 1 to 500 [A-Za-z0-9_-]"
+            )
+    else:
+        name, reserve = generated_name(), None
+    if not (t.HasField("http_request") or t.HasField("app_engine_http_request")):
+        raise _invalid("the task has neither http_request nor app_engine_http_request")
+    url, method, headers, body = http_parts(req)
+    oidc_email = oidc_audience = None
+    if t.HasField("http_request") and t.http_request.HasField("oidc_token"):
+        oidc_email = t.http_request.oidc_token.service_account_email or None
+        oidc_audience = t.http_request.oidc_token.audience or None
+    eta_us = now_us
+    if t.HasField("schedule_time"):
+        eta_us = t.schedule_time.seconds * 1_000_000 + t.schedule_time.nanos // 1000
+    deadline = None
+    if t.HasField("dispatch_deadline"):
+        deadline = t.dispatch_deadline.seconds + t.dispatch_deadline.nanos / 1e9
+    return {
+        "queue": queue, "name": name, "task_class": task_class,
+        "url": url, "method": _method_name(method),
+        "headers": json.dumps(headers, separators=(",", ":")), "body": bytes(body),
+        "oidc_email": oidc_email, "oidc_audience": oidc_audience,
+        "app_engine": t.HasField("app_engine_http_request"), "dispatch_deadline_s": deadline,
+        "state": State.PENDING.value, "eta_us": eta_us, "attempts": 0, "executions": 0,
+        "lease_owner": None, "lease_expires_us": None, "last_status": None,
+        "last_error": None, "first_attempt_us": None, "last_attempt_us": None,
+        "created_us": now_us, "finished_us": None, "reserve_us": reserve,
+    }  # fmt: skip
+
+
+def insert_task(conn: sa.Connection, row: dict[str, Any]) -> bool:
+    """Inserts the row; False if its name is live or still within its tombstone window.
+
+    One statement, so it never aborts the caller's transaction: a conflicting
+    row that is finished and past its window is overwritten in place.
+    """
+    return conn.execute(_insert_statement(conn.dialect.name), row).first() is not None
+
+
+@functools.cache
+def _insert_statement(dialect: str) -> Any:
+    # Built once per dialect: constructing an upsert costs more than running it.
+    stmt = (sqlite.insert if dialect == "sqlite" else postgresql.insert)(tasks)
+    # finished_us is set exactly on finished rows (done, failed, deleted).
+    reusable = (
+        tasks.c.finished_us + sa.func.coalesce(tasks.c.reserve_us, 0) <= stmt.excluded.created_us
+    )
+    return stmt.on_conflict_do_update(
+        index_elements=[tasks.c.queue, tasks.c.name],
+        set_={c.name: stmt.excluded[c.name] for c in tasks.c if c.name != "id"},
+        where=reusable,
+    ).returning(tasks.c.id)
+
+
+def _method_name(method: int) -> str:
+    try:
+        name = str(target.HttpMethod(method).name)
+    except ValueError:
+        raise _invalid(f"unknown HTTP method {method}") from None
+    return "POST" if name == "HTTP_METHOD_UNSPECIFIED" else name
+
+
+def _invalid(msg: str) -> SubmitError:
+    return SubmitError(grpc.StatusCode.INVALID_ARGUMENT, f"database queue: {msg}")
+
+
+def _already_exists(row: dict[str, Any]) -> SubmitError:
+    return SubmitError(
+        grpc.StatusCode.ALREADY_EXISTS,
+        f"task {row['name']!r} exists in queue {row['queue']!r} or finished within the "
+        "tombstone window",
+    )
