@@ -11,8 +11,9 @@ from collections.abc import Callable, Sequence
 from typing import Any, Protocol, TypeVar
 
 from google.protobuf.message import Message
+from opentelemetry.trace import Span, SpanKind
 
-from tq import _metrics, _request, clock
+from tq import _observe, _request, _tracing, clock
 from tq._errors import ConfigError, PayloadTooLarge, SubmitError, TransactionError, ValidationError
 from tq._reminder import Reminder, encode_payload, fresh_until
 from tq._submitter import Submission, Submitter, current_submitter
@@ -25,6 +26,7 @@ log = logging.getLogger("tq")
 H = TypeVar("H", bound=Handler)
 _NAMESPACE_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_")
 MAX_BATCH = 1000
+_PRODUCER = SpanKind.PRODUCER
 
 
 class Sweeper(Protocol):
@@ -227,7 +229,14 @@ class Dispatcher:
         ConfigError, or SubmitError (a non-transactional submit failed; tasks
         before it in the call may have been created).
         """
-        plan = self._plan(tasks)
+        if _tracing.tracer() is None:
+            self._add(tasks, None)
+            return
+        with _tracing.span("tq.add_task", {"tq.tasks": len(tasks)}, kind=_PRODUCER) as span:
+            self._add(tasks, span)
+
+    def _add(self, tasks: Sequence[Task], span: Span | None) -> None:
+        plan = self._plan(tasks, span)
         if isinstance(plan, _TxnPlan):
             for p in plan.pending:
                 plan.txn.save_reminder(p)
@@ -237,7 +246,14 @@ class Dispatcher:
 
     async def add_task_async(self, *tasks: Task) -> None:
         """Adds tasks from async code; same semantics as `add_task`."""
-        plan = self._plan(tasks)
+        if _tracing.tracer() is None:
+            await self._add_async(tasks, None)
+            return
+        with _tracing.span("tq.add_task", {"tq.tasks": len(tasks)}, kind=_PRODUCER) as span:
+            await self._add_async(tasks, span)
+
+    async def _add_async(self, tasks: Sequence[Task], span: Span | None) -> None:
+        plan = self._plan(tasks, span)
         if isinstance(plan, _TxnPlan):
             for p in plan.pending:
                 plan.txn.save_reminder(p)
@@ -279,11 +295,15 @@ class Dispatcher:
             s = self._submitter = CloudTasksSubmitter()
         return s
 
-    def _plan(self, tasks: Sequence[Task]) -> _TxnPlan | list[tuple[Submission, Submitter]]:
+    def _plan(
+        self, tasks: Sequence[Task], span: Span | None = None
+    ) -> _TxnPlan | list[tuple[Submission, Submitter]]:
         if not tasks:
             return []
         if len(tasks) > MAX_BATCH:
             raise ValidationError(f"add_task takes at most {MAX_BATCH} tasks per call")
+        # The trace context of the add_task span travels in every task's headers.
+        trace_headers = _tracing.outgoing_headers() if span is not None else None
         txn = current_transaction()
         now = clock.now()
         submitter = self.submitter()
@@ -311,7 +331,9 @@ class Dispatcher:
                 task_id = deduplicated_task_id(self.namespace, cls.id, task.deduplication_key)
             else:
                 task_id = None
-            req = _request.build(cls, task, self._target, now=now, task_id=task_id)
+            req = _request.build(
+                cls, task, self._target, now=now, task_id=task_id, extra_headers=trace_headers
+            )
             subs.append(
                 Submission(
                     request=req, task_class=cls.id, created=now, payload=task.payload,
@@ -319,8 +341,19 @@ class Dispatcher:
                 )
             )  # fmt: skip
             transactional.append(in_txn)
-            if not cls.quiet:
-                log.debug("tq: adding task of class %s: %s", cls.id, task.payload)
+            if not cls.quiet and log.isEnabledFor(logging.DEBUG):
+                fields = {"tq_class": cls.id, "tq_queue": cls.queue.rsplit("/", 1)[-1]}
+                if in_txn and task_id:
+                    fields["tq_reminder"] = task_id
+                log.debug("tq: adding task of class %s: %s", cls.id, task.payload, extra=fields)
+        if span is not None:
+            _tracing.set_attributes(
+                span,
+                {
+                    "tq.task_class": sorted({s.task_class for s in subs}),
+                    "tq.transactional": txn is not None and any(transactional),
+                },
+            )
         if txn is None or not any(transactional):
             return [(s, submitter) for s in subs]
         if not all(transactional):
@@ -340,7 +373,6 @@ class Dispatcher:
                     f"over the {txn.store.max_payload_size} bytes store {txn.store.name!r} takes"
                 )
             pending.append(PendingTask(rem, s, submitter))
-        _metrics.add("tq_reminders_created", n=len(pending))
         return _TxnPlan(txn, pending)
 
 
@@ -372,19 +404,17 @@ def _kind_in(cls: TaskClass, txn: Transaction | None) -> bool:
 
 def _submit_now(submitter: Submitter, sub: Submission) -> None:
     try:
-        submitter.submit(sub)
+        with _observe.submitting(sub, "direct"):
+            submitter.submit(sub)
     except SubmitError as e:
         if not e.already_exists:
-            _metrics.add("tq_submits", task_class=sub.task_class, code=e.code.name, path="direct")
             raise
-    _metrics.add("tq_submits", task_class=sub.task_class, code="OK", path="direct")
 
 
 async def _submit_now_async(submitter: Submitter, sub: Submission) -> None:
     try:
-        await submitter.submit_async(sub)
+        with _observe.submitting(sub, "direct"):
+            await submitter.submit_async(sub)
     except SubmitError as e:
         if not e.already_exists:
-            _metrics.add("tq_submits", task_class=sub.task_class, code=e.code.name, path="direct")
             raise
-    _metrics.add("tq_submits", task_class=sub.task_class, code="OK", path="direct")

@@ -15,8 +15,9 @@ import enum
 import logging
 import time
 from collections.abc import Sequence
+from typing import Any
 
-from tq import _metrics, clock
+from tq import _metrics, _observe, _tracing, clock
 from tq._errors import SubmitError
 from tq._reminder import parked_extra
 from tq._submitter import Submission, Submitter, submit_deadline
@@ -35,45 +36,52 @@ class Outcome(enum.Enum):
     PARKED = "parked"  # permanent failure; set aside for an operator
 
 
-def _submit_with_retries(submitter: Submitter, sub: Submission) -> None:
+def _submit_with_retries(submitter: Submitter, sub: Submission, path: str) -> None:
     # The deadline also bounds the submitter's own retries (CloudTasksSubmitter
     # has some), so the whole happy path of one task stays within BUDGET_S.
     deadline = time.monotonic() + BUDGET_S
-    for attempt in range(ATTEMPTS):
-        try:
-            with submit_deadline(BUDGET_S):
-                submitter.submit(sub)
-            return
-        except SubmitError as e:
-            if e.already_exists:
+    with _observe.submitting(sub, path) as observed:
+        for attempt in range(ATTEMPTS):
+            try:
+                with submit_deadline(BUDGET_S):
+                    submitter.submit(sub)
                 return
-            if not e.transient or attempt == ATTEMPTS - 1 or time.monotonic() >= deadline:
-                raise
-        time.sleep(_PAUSES_S[min(attempt, len(_PAUSES_S) - 1)])
+            except SubmitError as e:
+                if e.already_exists:
+                    observed.code = e.code.name
+                    return
+                if not e.transient or attempt == ATTEMPTS - 1 or time.monotonic() >= deadline:
+                    raise
+            time.sleep(_PAUSES_S[min(attempt, len(_PAUSES_S) - 1)])
 
 
-async def _submit_with_retries_async(submitter: Submitter, sub: Submission) -> None:
+async def _submit_with_retries_async(submitter: Submitter, sub: Submission, path: str) -> None:
     deadline = time.monotonic() + BUDGET_S
-    for attempt in range(ATTEMPTS):
-        try:
-            with submit_deadline(BUDGET_S):
-                await submitter.submit_async(sub)
-            return
-        except SubmitError as e:
-            if e.already_exists:
+    with _observe.submitting(sub, path) as observed:
+        for attempt in range(ATTEMPTS):
+            try:
+                with submit_deadline(BUDGET_S):
+                    await submitter.submit_async(sub)
                 return
-            if not e.transient or attempt == ATTEMPTS - 1 or time.monotonic() >= deadline:
-                raise
-        await asyncio.sleep(_PAUSES_S[min(attempt, len(_PAUSES_S) - 1)])
+            except SubmitError as e:
+                if e.already_exists:
+                    observed.code = e.code.name
+                    return
+                if not e.transient or attempt == ATTEMPTS - 1 or time.monotonic() >= deadline:
+                    raise
+            await asyncio.sleep(_PAUSES_S[min(attempt, len(_PAUSES_S) - 1)])
 
 
 def _failed(store: ReminderStore, sub: Submission, err: Exception, path: str) -> Outcome:
     rid = sub.reminder_id or ""
+    fields = _observe.log_fields(sub)
     if isinstance(err, SubmitError) and not err.transient:
         try:
             store.park_reminder(rid, parked_extra(err.code.name, err.message, clock.now()))
         except Exception:
-            log.exception("tq: could not park reminder %s (class %s)", rid, sub.task_class)
+            log.exception(
+                "tq: could not park reminder %s (class %s)", rid, sub.task_class, extra=fields
+            )
             _metrics.add("tq_reminders_park_failed", task_class=sub.task_class)
             return Outcome.KEPT
         log.error(
@@ -82,6 +90,7 @@ def _failed(store: ReminderStore, sub: Submission, err: Exception, path: str) ->
             rid,
             path,
             err,
+            extra=fields,
         )
         _metrics.add("tq_reminders_parked", task_class=sub.task_class, code=err.code.name)
         return Outcome.PARKED
@@ -92,6 +101,7 @@ def _failed(store: ReminderStore, sub: Submission, err: Exception, path: str) ->
         sub.task_class,
         path,
         err,
+        extra=fields,
     )
     _metrics.add("tq_submits_failed", task_class=sub.task_class, path=path, code=code)
     return Outcome.KEPT
@@ -112,10 +122,10 @@ def submit_reminder(
 ) -> Outcome:
     """Submits one reminder's task and deletes (or parks) the reminder."""
     try:
-        _submit_with_retries(submitter, sub)
+        _submit_with_retries(submitter, sub, path)
     except Exception as e:
         return _failed(store, sub, e, path)
-    _metrics.add("tq_reminders_processed", task_class=sub.task_class, path=path)
+    _observe.reminder_done(sub, path)
     _delete(store, [sub.reminder_id or ""])
     return Outcome.SUBMITTED
 
@@ -125,50 +135,65 @@ async def submit_reminder_async(
 ) -> Outcome:
     """Like `submit_reminder`, for async code (store calls run in a thread)."""
     try:
-        await _submit_with_retries_async(submitter, sub)
+        await _submit_with_retries_async(submitter, sub, path)
     except Exception as e:
         return await asyncio.to_thread(_failed, store, sub, e, path)
-    _metrics.add("tq_reminders_processed", task_class=sub.task_class, path=path)
+    _observe.reminder_done(sub, path)
     await asyncio.to_thread(_delete, store, [sub.reminder_id or ""])
     return Outcome.SUBMITTED
 
 
 def _fresh(pending: Sequence[PendingTask]) -> list[PendingTask]:
     now = clock.now()
-    fresh = [p for p in pending if now < p.reminder.fresh_until]
+    fresh = []
+    for p in pending:
+        is_fresh = now < p.reminder.fresh_until
+        if is_fresh:
+            fresh.append(p)
+        _metrics.add(
+            "tq_reminders_created",
+            task_class=p.submission.task_class,
+            staleness="fresh" if is_fresh else "stale",
+        )
     if len(fresh) < len(pending):
         _metrics.add("tq_reminders_stale_at_commit", n=len(pending) - len(fresh))
     return fresh
 
 
+def _post_commit_attributes(store: ReminderStore, pending: Sequence[PendingTask]) -> dict[str, Any]:
+    return {"tq.store": store.name, "tq.reminders": len(pending)}
+
+
 def after_commit(store: ReminderStore, pending: Sequence[PendingTask]) -> None:
     """The happy path for a committed transaction (blocking). Never raises."""
-    done: list[str] = []
-    for p in _fresh(pending):
-        try:
-            _submit_with_retries(p.submitter, p.submission)
-        except Exception as e:
-            _failed(store, p.submission, e, "happy")
-            continue
-        _metrics.add("tq_reminders_processed", task_class=p.submission.task_class, path="happy")
-        done.append(p.reminder.id)
-    _delete(store, done)
+    with _tracing.span("tq.post_commit", _post_commit_attributes(store, pending)):
+        done: list[str] = []
+        for p in _fresh(pending):
+            try:
+                _submit_with_retries(p.submitter, p.submission, "happy")
+            except Exception as e:
+                _failed(store, p.submission, e, "happy")
+                continue
+            _observe.reminder_done(p.submission, "happy")
+            done.append(p.reminder.id)
+        _delete(store, done)
 
 
 async def after_commit_async(store: ReminderStore, pending: Sequence[PendingTask]) -> None:
     """The happy path for a committed transaction, from async code. Never raises."""
-    fresh = _fresh(pending)
+    with _tracing.span("tq.post_commit", _post_commit_attributes(store, pending)):
+        fresh = _fresh(pending)
 
-    async def one(p: PendingTask) -> str | None:
-        try:
-            await _submit_with_retries_async(p.submitter, p.submission)
-        except Exception as e:
-            await asyncio.to_thread(_failed, store, p.submission, e, "happy")
-            return None
-        _metrics.add("tq_reminders_processed", task_class=p.submission.task_class, path="happy")
-        return p.reminder.id
+        async def one(p: PendingTask) -> str | None:
+            try:
+                await _submit_with_retries_async(p.submitter, p.submission, "happy")
+            except Exception as e:
+                await asyncio.to_thread(_failed, store, p.submission, e, "happy")
+                return None
+            _observe.reminder_done(p.submission, "happy")
+            return p.reminder.id
 
-    results = await asyncio.gather(*(one(p) for p in fresh))
-    done = [r for r in results if r is not None]
-    if done:
-        await asyncio.to_thread(_delete, store, done)
+        results = await asyncio.gather(*(one(p) for p in fresh))
+        done = [r for r in results if r is not None]
+        if done:
+            await asyncio.to_thread(_delete, store, done)

@@ -13,20 +13,36 @@ class or no handler; 400 bad envelope or body. Every rejection is counted in
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
 import inspect
 import logging
+import threading
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
-from tq import _envelope, _metrics
+from tq import _envelope, _metrics, _tracing, clock
 from tq._errors import Fatal, Ignore, Retry, Transient
 from tq._execution import ExecutionInfo, executing
+from tq._request import EXPECTED_ETA_HEADER
 
 if TYPE_CHECKING:
     from tq._dispatcher import Dispatcher
 
 log = logging.getLogger("tq.push")
+_EXPECTED_ETA = EXPECTED_ETA_HEADER.lower()
+
+# Handlers running now, by class: the tq_pushes_running gauge reads it.
+_running: collections.Counter[str] = collections.Counter()
+_running_lock = threading.Lock()
+
+
+def _running_now() -> list[_metrics.Observation]:
+    with _running_lock:
+        return [(float(n), {"task_class": c}) for c, n in _running.items()]
+
+
+_metrics.observe("tq_pushes_running", "tq.push", _running_now)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -46,7 +62,13 @@ class PushResult:
 
 def reject(status: int, reason: str, detail: str, class_id: str = "") -> PushResult:
     _metrics.add("tq_pushes_rejected", reason=reason)
-    log.warning("tq: push rejected (%d %s): %s", status, reason, detail)
+    log.warning(
+        "tq: push rejected (%d %s): %s",
+        status,
+        reason,
+        detail,
+        extra={"tq_class": class_id or None, "tq_outcome": reason, "tq_status": status},
+    )
     return PushResult(status, reason, class_id, ValueError(detail))
 
 
@@ -56,7 +78,44 @@ async def handle_push(
     headers: Mapping[str, str],
     body: bytes,
 ) -> PushResult:
-    """Decodes and runs one pushed task. `headers` keys must be lowercase."""
+    """Decodes and runs one pushed task. `headers` keys must be lowercase.
+
+    With tracing on, the push runs in a `tq.push` span linked to the span
+    that added the task (its context travels in the task's headers).
+    """
+    if _tracing.tracer() is None:
+        return await _handle(dispatcher, path_class_id, headers, body)
+    parent, links = _tracing.incoming(headers)
+    with _tracing.span(
+        "tq.push",
+        kind=_tracing.Kind.CONSUMER,
+        context=parent,
+        links=links,
+        record_exception=False,
+        set_status_on_exception=False,
+    ) as span:
+        result = await _handle(dispatcher, path_class_id, headers, body)
+        if span is not None and span.is_recording():
+            span.set_attributes(
+                {
+                    "tq.task_class": result.class_id,
+                    "tq.outcome": result.outcome,
+                    "http.response.status_code": result.status,
+                }
+            )
+            if result.status >= 500 or result.outcome in ("fatal", "error"):
+                if result.error is not None:
+                    span.record_exception(result.error)
+                _tracing.set_error(span, f"{result.status} {result.outcome}")
+        return result
+
+
+async def _handle(
+    dispatcher: Dispatcher,
+    path_class_id: str | None,
+    headers: Mapping[str, str],
+    body: bytes,
+) -> PushResult:
     try:
         class_id, type_name, json_body = _envelope.peek(body)
     except _envelope.EnvelopeError as e:
@@ -84,6 +143,19 @@ async def handle_push(
 
     info = ExecutionInfo.from_headers(class_id, headers, app_engine=dispatcher.app_engine)
     handler = cls.handler
+    if not cls.quiet and log.isEnabledFor(logging.DEBUG):
+        log.debug(
+            "tq: running task %s of class %s (attempt %d): %s",
+            info.task_id or "?",
+            cls.id,
+            info.execution_count + 1,
+            payload,
+            extra=_log_fields(info),
+        )
+    c = clock.current()
+    started = c.monotonic()
+    with _running_lock:
+        _running[cls.id] += 1
     try:
         with executing(info):
             if inspect.iscoroutinefunction(handler):
@@ -93,9 +165,51 @@ async def handle_push(
                 # never block the event loop.
                 await asyncio.to_thread(handler, payload)
     except Exception as e:
-        return _outcome_of(e, cls.id, info, cls.quiet_on_error)
-    _metrics.add("tq_pushes_handled", task_class=cls.id, result="ok")
-    return PushResult(200, "ok", cls.id)
+        result = _outcome_of(e, cls.id, info, cls.quiet_on_error)
+    else:
+        result = PushResult(200, "ok", cls.id)
+    finally:
+        with _running_lock:
+            _running[cls.id] -= 1
+    _count_handled(result.outcome, info, headers, c.monotonic() - started)
+    return result
+
+
+def _log_fields(info: ExecutionInfo) -> dict[str, object]:
+    return {
+        "tq_class": info.task_class,
+        "tq_task": info.task_id or None,
+        "tq_queue": info.queue or None,
+        "tq_attempt": info.execution_count + 1,
+    }
+
+
+def _count_handled(
+    outcome: str, info: ExecutionInfo, headers: Mapping[str, str], duration_s: float
+) -> None:
+    cls, queue = info.task_class, info.queue
+    retry = "true" if info.retry_count > 0 else "false"
+    _metrics.add("tq_pushes_handled", task_class=cls, queue=queue, result=outcome, retry=retry)
+    _metrics.record("tq_push_duration", duration_s, task_class=cls, queue=queue, result=outcome)
+    eta = _expected_eta(headers, info)
+    if eta is not None:
+        latency = max(clock.now().timestamp() - eta, 0.0)
+        _metrics.record("tq_push_latency", latency, task_class=cls, queue=queue, result=outcome)
+
+
+def _expected_eta(headers: Mapping[str, str], info: ExecutionInfo) -> float | None:
+    """When the task was meant to run (epoch seconds): tq's header, else Cloud Tasks' ETA.
+
+    Cloud Tasks moves its ETA header to each retry's time; tq's stays at the
+    first one, so the latency of a retried task includes its retries.
+    """
+    v = headers.get(_EXPECTED_ETA)
+    if v:
+        try:
+            return float(v)
+        except ValueError:
+            pass
+    return info.eta.timestamp() if info.eta is not None else None
 
 
 _OUTCOMES: list[tuple[type[Exception], int, str, int]] = [
@@ -124,6 +238,6 @@ def _outcome_of(err: Exception, class_id: str, info: ExecutionInfo, quiet: bool)
         outcome,
         err,
         exc_info=outcome == "error",
+        extra={**_log_fields(info), "tq_outcome": outcome, "tq_status": status},
     )
-    _metrics.add("tq_pushes_handled", task_class=class_id, result=outcome)
     return PushResult(status, outcome, class_id, err)
