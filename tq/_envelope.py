@@ -7,6 +7,7 @@ consumer.
 
 from __future__ import annotations
 
+import functools
 import json
 from typing import Any
 
@@ -21,19 +22,27 @@ class EnvelopeError(ValueError):
 def encode(class_id: str, payload: Message) -> bytes:
     """The envelope of `payload` for task class `class_id`, as UTF-8 JSON."""
     body = json_format.MessageToJson(payload, indent=None, preserving_proto_field_name=False)
-    type_name = payload.DESCRIPTOR.full_name
-    return b'{"class":%s,"type":%s,"body":%s}' % (
+    return _head(class_id, payload.DESCRIPTOR.full_name) + body.encode() + b"}"
+
+
+@functools.lru_cache(maxsize=1024)
+def _head(class_id: str, type_name: str) -> bytes:
+    # The same few (class, type) pairs over and over: quote them once.
+    return b'{"class":%s,"type":%s,"body":' % (
         json.dumps(class_id).encode(),
         json.dumps(type_name).encode(),
-        body.encode(),
     )
 
 
 def peek(raw: bytes) -> tuple[str, str, Any]:
     """Parses an envelope into (class ID, type name, JSON body)."""
     try:
-        doc = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        # Strict UTF-8 (json.loads on bytes would also take UTF-16/32, a BOM and
+        # encoded lone surrogates); standard JSON only (no NaN or Infinity).
+        # ValueError covers decoding errors and numbers over Python's
+        # int-digits limit.
+        doc = _DECODER.decode(raw.decode("utf-8"))
+    except (ValueError, RecursionError) as e:
         raise EnvelopeError(f"body is not valid JSON: {e}") from None
     if not isinstance(doc, dict):
         raise EnvelopeError("envelope must be a JSON object")
@@ -45,6 +54,14 @@ def peek(raw: bytes) -> tuple[str, str, Any]:
     if not isinstance(body, dict):
         raise EnvelopeError('envelope "body" must be a JSON object')
     return class_id, type_name, body
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+# One decoder for every push (json.loads with options makes one per call).
+_DECODER = json.JSONDecoder(parse_constant=_no_constant)
 
 
 def decode_body(body: Any, prototype: type[Message]) -> Message:

@@ -43,16 +43,21 @@ class ExecutionInfo:
 
         `headers` must have lowercase keys (as ASGI gives them).
         """
-        prefixes = ["x-cloudtasks-"]
         if app_engine:
-            prefixes.append("x-appengine-")
 
-        def get(name: str) -> str:
-            for p in prefixes:
-                v = headers.get(p + name)
-                if v:
-                    return v.strip()
-            return ""
+            def get(name: str) -> str:
+                for p in ("x-cloudtasks-", "x-appengine-"):
+                    v = headers.get(p + name)
+                    if v:
+                        return v.strip()
+                return ""
+
+        else:
+            # Once per push: the plain lookups of the common case.
+            h = headers.get
+
+            def get(name: str) -> str:
+                return (h(_CT[name]) or "").strip()
 
         queue = get("queuename")
         return cls(
@@ -65,6 +70,15 @@ class ExecutionInfo:
             retry_reason=get("taskretryreason"),
             previous_response=_int(get("taskpreviousresponse")) or None,
         )
+
+
+_CT = {
+    n: "x-cloudtasks-" + n
+    for n in (
+        "queuename", "taskexecutioncount", "taskretrycount", "taskname", "tasketa",
+        "taskretryreason", "taskpreviousresponse",
+    )
+}  # fmt: skip
 
 
 def _int(v: str) -> int:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import urllib.parse
+from typing import Any
 
 from google.cloud.tasks_v2.types import cloudtasks, target
 from google.protobuf import duration_pb2, timestamp_pb2
@@ -116,7 +117,7 @@ def build(
         h = t.app_engine_http_request
         h.relative_uri = uri
         h.http_method = method
-        h.headers.update(headers)
+        _set_headers(h.headers, headers)
         h.body = body
         if cls.target_host or target.default_target_host:
             h.app_engine_routing.host = target_host(cls, target)
@@ -131,7 +132,7 @@ def build(
         h = t.http_request
         h.url = url
         h.http_method = method
-        h.headers.update(headers)
+        _set_headers(h.headers, headers)
         h.body = body
         if target.push_as:
             h.oidc_token.service_account_email = target.push_as
@@ -144,6 +145,13 @@ def build(
             f"{MAX_TASK_SIZE} bytes; store the data elsewhere and pass a reference"
         )
     return req  # type: ignore[no-any-return]
+
+
+def _set_headers(field: Any, headers: dict[str, str]) -> None:
+    # The map's update() is MutableMapping's pure-Python one; plain item
+    # assignment does the same a few times faster.
+    for k, v in headers.items():
+        field[k] = v
 
 
 def _quote(title: str) -> str:

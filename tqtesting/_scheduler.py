@@ -35,6 +35,9 @@ class _RunState:
     stopping: bool = False
     error: SchedulerError | None = None
     failed: TaskRecord | None = None
+    # One waiter on the run's wake event, kept until it fires (making and
+    # cancelling one per wait cost as much as a task's push).
+    waiter: asyncio.Future[Any] | None = None
 
 
 class Scheduler:
@@ -190,6 +193,13 @@ class Scheduler:
 
         def waker() -> None:
             try:
+                running = asyncio.get_running_loop()
+            except RuntimeError:
+                running = None
+            if running is loop:  # a handler of this run added a task: no self-pipe write
+                wake.set()
+                return
+            try:
                 loop.call_soon_threadsafe(wake.set)
             except RuntimeError:  # the loop closed; the run is over
                 pass
@@ -198,8 +208,13 @@ class Scheduler:
             self._wakers.append(waker)
         unsubscribe = self._clock.on_change(waker) if isinstance(self._clock, FakeClock) else None
         try:
-            await self._loop(state, wake)
+            # Tasks started by the loop copy this context: the tasks their
+            # handlers add come back to this scheduler, on its clock.
+            with tq.use_submitter(self), tq.clock.use_clock(self._clock):
+                await self._loop(state, wake)
         finally:
+            if state.waiter is not None:
+                state.waiter.cancel()
             with self._lock:
                 self._wakers.remove(waker)
             if unsubscribe is not None:
@@ -236,34 +251,26 @@ class Scheduler:
                     if head.eta > self._clock.now():
                         self._clock.set(head.eta)
                     continue
-                await self._wait(wake, None, head.eta)
+                await self._wait(wake, state, head.eta)
                 continue
             # With a free slot, a task falling due must wake us too.
             free = len(state.in_flight) < cfg.parallel
             head = self._head() if free and not state.stopping else None
             await self._wait(wake, state, head.eta if head is not None else None)
 
-    async def _wait(
-        self, wake: asyncio.Event, state: _RunState | None, eta: dt.datetime | None
-    ) -> None:
+    async def _wait(self, wake: asyncio.Event, state: _RunState, eta: dt.datetime | None) -> None:
         """Waits for a running task to end, a new task, a clock change, or `eta`."""
         timeout = None
         if eta is not None and not isinstance(self._clock, FakeClock):
             timeout = max(0.0, (eta - self._clock.now()).total_seconds())
-        waiter = asyncio.ensure_future(wake.wait())
-        futures: set[asyncio.Future[Any]] = {waiter}
-        if state is not None:
-            futures.update(state.in_flight)
-        try:
-            done, _ = await asyncio.wait(
-                futures, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
-            )
-        finally:
-            waiter.cancel()
-        if state is not None:
-            for fut in done:
-                if fut is not waiter:
-                    self._ended(state, fut)
+        if state.waiter is None or state.waiter.done():
+            state.waiter = asyncio.ensure_future(wake.wait())
+        waiter = state.waiter
+        futures: set[asyncio.Future[Any]] = {waiter, *state.in_flight}
+        done, _ = await asyncio.wait(futures, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        for fut in done:
+            if fut is not waiter:
+                self._ended(state, fut)
 
     def _head(self) -> TaskRecord | None:
         with self._lock:
@@ -300,15 +307,9 @@ class Scheduler:
             if not rec.pushed:
                 self._check_stop_after(state, rec)
                 continue
-            fut = asyncio.ensure_future(self._execute(class_id, headers, body))
+            push = _push.handle_push(self._dispatcher, class_id, headers, body)
+            fut = asyncio.ensure_future(push)
             state.in_flight[fut] = rec
-
-    async def _execute(
-        self, class_id: str | None, headers: dict[str, str], body: bytes
-    ) -> _push.PushResult:
-        # Tasks added by the handler come back to this scheduler, on its clock.
-        with tq.use_submitter(self), tq.clock.use_clock(self._clock):
-            return await _push.handle_push(self._dispatcher, class_id, headers, body)
 
     def _ended(self, state: _RunState, fut: asyncio.Future[_push.PushResult]) -> None:
         # handle_push turns every Exception into a status; a BaseException

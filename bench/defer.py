@@ -1,0 +1,156 @@
+"""2. Transaction + add_task (SQLAlchemy Core) against procrastinate's defer, PostgreSQL.
+
+Every variant runs the same SQLAlchemy Core transaction on PostgreSQL (one
+business row), one after another on one connection, and queues one job in
+it:
+
+  procrastinate  `task.configure(connection=<the transaction's psycopg
+                 connection>).defer(n=i)`: procrastinate's job INSERT (its
+                 defer function and triggers) in the caller's transaction
+  tq dbqueue     tq's database queue backend: `add_task` inside
+                 `tq.txn.sql.transaction(engine)` writes the task row in the
+                 transaction (procrastinate's model: the job exists iff the
+                 transaction commits, nothing to do after it)
+  tq outbox      the Cloud Tasks backend's outbox: the reminder INSERT, the
+                 happy path off (what happens inside the transaction)
+  tq outbox + happy  the same plus the post-commit submit (no-op submitter)
+                 and DELETE of the reminder
+
+Goal: tq >= 1.25x procrastinate. Needs procrastinate, which is not a
+dependency of tq: `scripts/bench` installs it in the bench environment
+(.tq-run/benchenv); without it the script says so and compares nothing.
+
+Usage: python -m bench.defer [--n 1000] [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+import sqlalchemy as sa
+
+import tq
+import tq.txn.sql
+from bench import _common as c
+from tests.testpb import payloads_pb2 as pb
+from tq import dbqueue
+
+
+def dispatcher(submitter: Any) -> tq.Dispatcher:
+    disp = tq.Dispatcher(
+        cloud_project="bench", cloud_region="us-central1",
+        default_target_host="app.example.com", submitter=submitter,
+    )  # fmt: skip
+    disp.register_task_class(
+        tq.TaskClass(id="count", prototype=pb.Count, kind=tq.Kind.TRANSACTIONAL, queue="q")
+    )
+    return disp
+
+
+def variants(url: str) -> tuple[dict[str, Callable[[int], None]], Callable[[], None], Any]:
+    import procrastinate
+
+    engine = sa.create_engine(url, pool_size=5)
+    store = tq.txn.sql.SQLStore(engine, name="bench-defer")
+    store.create_schema()
+    dbqueue.create_schema(engine)
+    with engine.begin() as conn:
+        conn.execute(sa.text("DROP TABLE IF EXISTS bench_orders"))
+        conn.execute(sa.text("CREATE TABLE bench_orders (id text PRIMARY KEY, n integer)"))
+    outbox = dispatcher(c.NullSubmitter())
+    queue = dispatcher(dbqueue.DbQueueSubmitter(engine))
+
+    libpq = url.replace("postgresql+psycopg://", "postgresql://", 1)
+    app = procrastinate.App(connector=procrastinate.SyncPsycopgConnector(conninfo=libpq))
+
+    @app.task(name="count", queue="q")
+    def count(n: int) -> None:
+        pass
+
+    app.open()
+    with contextlib.suppress(Exception):
+        app.schema_manager.apply_schema()
+    orders = sa.text("INSERT INTO bench_orders (id, n) VALUES (:id, :n)")
+
+    def business(conn: sa.Connection, i: int) -> None:
+        conn.execute(orders, {"id": os.urandom(16).hex(), "n": i})
+
+    def procrastinate_defer(i: int) -> None:
+        with engine.begin() as conn:
+            business(conn, i)
+            count.configure(connection=conn.connection.driver_connection).defer(n=i)
+
+    def tq_with(disp: tq.Dispatcher) -> Callable[[int], None]:
+        def go(i: int) -> None:
+            with tq.txn.sql.transaction(engine, store=store) as conn:
+                business(conn, i)
+                disp.add_task(tq.Task(payload=pb.Count(n=i)))
+
+        return go
+
+    def clean() -> None:
+        with engine.begin() as conn:
+            conn.execute(sa.text("TRUNCATE bench_orders, tq_reminders, tq_tasks"))
+            conn.execute(sa.text("TRUNCATE procrastinate_jobs CASCADE"))
+
+    def close() -> None:
+        app.close()
+        engine.dispose()
+
+    fns = {
+        "procrastinate": procrastinate_defer,
+        "tq dbqueue": tq_with(queue),
+        "tq outbox": tq_with(outbox),
+        "tq outbox + happy": tq_with(outbox),
+    }
+    return fns, clean, close
+
+
+def main() -> None:
+    ap = c.args(__doc__)
+    ap.add_argument("--n", type=int, default=1000)
+    a = ap.parse_args()
+    n, rounds = (20, 1) if a.tiny else (a.n, a.rounds)
+    table = c.Table("2. Transaction + add_task vs procrastinate's defer in the same transaction")
+    if importlib.util.find_spec("procrastinate") is None:
+        table.notes.append(
+            "Skipped: procrastinate is not installed here (scripts/bench installs it in "
+            ".tq-run/benchenv)."
+        )
+        table.print()
+        return
+    import procrastinate
+
+    started = time.perf_counter()
+    with c.postgres() as server:
+        url = c.fresh_database(server, "tq_bench_defer")
+        fns, clean, close = variants(url)
+        try:
+            around = {k: (lambda k=k: c.happy_path(k.endswith("happy"))) for k in fns}
+            res: dict[str, list[float]] = {k: [] for k in fns}
+            for _ in range(rounds):
+                for k, v in c.race(fns, n, warmup=min(100, n), around=around).items():
+                    res[k].append(v)
+                clean()
+        finally:
+            close()
+    base = res["procrastinate"]
+    table.ratio_row("tq database queue (task row in the txn)", res["tq dbqueue"], base, goal=1.25)
+    table.ratio_row("tq outbox, write path (reminder row)", res["tq outbox"], base, goal=1.25)
+    table.ratio_row("tq outbox + happy path", res["tq outbox + happy"], base)
+    table.notes.append(
+        f"Transactions per second (SQLAlchemy Core, psycopg 3, one business row each), "
+        f"baseline: procrastinate {procrastinate.__version__} defer on the transaction's own "
+        f"connection. PostgreSQL on loopback, fsync off. {n} transactions per variant and "
+        f"round; took {time.perf_counter() - started:.0f} s; load average {c.load_average()}."
+    )
+    table.print()
+
+
+if __name__ == "__main__":
+    main()
