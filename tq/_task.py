@@ -41,21 +41,43 @@ class Task:
         """Raises ValidationError for options that can never work."""
         if not isinstance(self.payload, Message):
             raise ValidationError(f"Task.payload must be a protobuf message, got {self.payload!r}")
+        for name, value, kind in (
+            ("title", self.title, str),
+            ("deduplication_key", self.deduplication_key, str),
+            ("delay", self.delay, (dt.timedelta, type(None))),
+            ("eta", self.eta, (dt.datetime, type(None))),
+        ):
+            if not isinstance(value, kind):
+                raise ValidationError(f"Task.{name} has the wrong type: {value!r}")
         if self.delay is not None and self.eta is not None:
             raise ValidationError("Task: give delay or eta, not both")
         if self.delay is not None and self.delay < dt.timedelta(0):
             raise ValidationError(f"Task: delay must not be negative, got {self.delay}")
         if self.eta is not None and self.eta.tzinfo is None:
             raise ValidationError("Task: eta must be timezone-aware (e.g. datetime.now(UTC))")
-        if any(c in _TITLE_FORBIDDEN or ord(c) < 32 for c in self.title):
+        if any(
+            c in _TITLE_FORBIDDEN or ord(c) < 32 or 0xD800 <= ord(c) <= 0xDFFF for c in self.title
+        ):
             raise ValidationError(
-                f"Task: title {self.title!r} has spaces or URL-reserved characters; "
+                f"Task: title {self.title!r} has spaces, control characters, lone "
+                "surrogates or URL-reserved characters; "
                 "use letters, digits and -_.~:@!$&'()*+,;=/"
             )
 
     def resolve_eta(self, now: dt.datetime) -> dt.datetime | None:
         """The absolute ETA of the task, or None to run as soon as possible."""
-        eta = self.eta if self.eta is not None else (now + self.delay if self.delay else None)
+        if self.delay is not None and self.delay > MAX_ETA_AHEAD:
+            # Checked first: now + a huge delay would overflow datetime.
+            raise ValidationError(
+                f"Task: delay {self.delay} is more than 30 days (Cloud Tasks' limit)"
+            )
+        if self.eta is not None:
+            try:
+                eta: dt.datetime | None = self.eta.astimezone(dt.UTC)
+            except OverflowError:  # e.g. 0001-01-01 at UTC+5
+                raise ValidationError(f"Task: ETA {self.eta!r} is out of range") from None
+        else:
+            eta = now + self.delay if self.delay else None
         if eta is not None and eta - now > MAX_ETA_AHEAD:
             raise ValidationError(
                 f"Task: ETA {eta.isoformat()} is more than 30 days ahead (Cloud Tasks' limit)"

@@ -14,10 +14,12 @@ from tq._errors import ConfigError
 
 Handler: TypeAlias = Callable[[Any], None] | Callable[[Any], Awaitable[None]]
 
-CLASS_ID_RE = re.compile(r"^[a-zA-Z0-9_\-.]{1,100}$")
-SHORT_QUEUE_RE = re.compile(r"^[a-zA-Z0-9-]{1,100}$")
+# \Z, not $: "$" also matches before a trailing newline, which would let
+# "send-email\n" through as a class ID or queue name.
+CLASS_ID_RE = re.compile(r"^[a-zA-Z0-9_\-.]{1,100}\Z")
+SHORT_QUEUE_RE = re.compile(r"^[a-zA-Z0-9-]{1,100}\Z")
 FULL_QUEUE_RE = re.compile(
-    r"^projects/[a-z0-9\-:.]{1,100}/locations/[a-z0-9\-]{1,100}/queues/[a-zA-Z0-9-]{1,100}$"
+    r"^projects/[a-z0-9\-:.]{1,100}/locations/[a-z0-9\-]{1,100}/queues/[a-zA-Z0-9-]{1,100}\Z"
 )
 DEFAULT_ROUTING_PREFIX = "/internal/tasks/t/"
 

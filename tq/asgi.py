@@ -185,7 +185,8 @@ class _Endpoint:
         class_id = _class_id(self.dispatcher, path)
         where = _where(class_id, headers)
         length = headers.get("content-length", "")
-        if length.isdigit() and int(length) > self.max_body_bytes:
+        # isdigit() alone passes "²" (latin-1 \xb2), which int() refuses.
+        if length.isascii() and length.isdigit() and int(length) > self.max_body_bytes:
             return self._refuse(400, "body_too_large", f"Content-Length {length}", where)
         if self.verifier is None:
             self._warn_insecure()
@@ -254,8 +255,14 @@ class _Endpoint:
 
 
 def _headers(scope: Scope) -> dict[str, str]:
-    # ASGI header names are lowercase already; for a repeated header the last wins.
-    return {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+    # ASGI header names are lowercase already. A repeated header's values are
+    # joined with ", " (RFC 9110, 5.3), never one picked: two Authorization
+    # headers then carry no valid token, whichever one a proxy looked at.
+    headers: dict[str, str] = {}
+    for k, v in scope["headers"]:
+        name, value = k.decode("latin-1").lower(), v.decode("latin-1")
+        headers[name] = f"{headers[name]}, {value}" if name in headers else value
+    return headers
 
 
 def _full_path(scope: Scope) -> str:
