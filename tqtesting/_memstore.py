@@ -13,7 +13,14 @@ from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from tq import _outbox
 from tq._errors import TransactionError
 from tq._reminder import Reminder
-from tq.txn import Lease, PendingTask, ReminderKey, ambient, current_transaction
+from tq.txn import (
+    Lease,
+    PendingTask,
+    ReminderKey,
+    ambient,
+    current_transaction,
+    subtract_ranges,
+)
 
 # As much as the Spanner store's Payload column takes, so that a test on
 # MemoryStore refuses what production would.
@@ -208,7 +215,7 @@ class MemoryStore:
     ) -> Lease:
         with self._lock:
             held = [lease for lease in self._leases.get(section, ()) if lease.expires_at > now]
-            free = _subtract(ranges, [r for lease in held for r in lease.ranges])
+            free = subtract_ranges(ranges, [r for lease in held for r in lease.ranges])
             lease = Lease(section, uuid.uuid4().hex, tuple(free), expires_at)
             if free:
                 held.append(lease)
@@ -249,33 +256,3 @@ class MemoryTransaction:
         if self.closed:
             raise TransactionError("MemoryStore: the transaction is over; open a new one")
         self.pending.append(pending)
-
-
-def _subtract(
-    ranges: Iterable[tuple[int, int]], taken: Iterable[tuple[int, int]]
-) -> list[tuple[int, int]]:
-    """The parts of `ranges` outside every range of `taken`, in order."""
-    holes = sorted(taken)
-    out: list[tuple[int, int]] = []
-    for low, high in _merge(ranges):
-        for h_low, h_high in holes:
-            if h_high <= low or h_low >= high:
-                continue
-            if h_low > low:
-                out.append((low, h_low))
-            low = max(low, h_high)
-        if low < high:
-            out.append((low, high))
-    return out
-
-
-def _merge(ranges: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
-    out: list[tuple[int, int]] = []
-    for low, high in sorted(ranges):
-        if low >= high:
-            continue
-        if out and low <= out[-1][1]:
-            out[-1] = (out[-1][0], max(out[-1][1], high))
-        else:
-            out.append((low, high))
-    return out

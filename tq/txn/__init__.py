@@ -24,8 +24,10 @@ from tq.txn._store import (
     current_transaction,
     get_store,
     key_bound,
+    merge_ranges,
     register_store,
     stores,
+    subtract_ranges,
     unregister_store,
 )
 
@@ -40,8 +42,10 @@ __all__ = [
     "current_transaction",
     "get_store",
     "key_bound",
+    "merge_ranges",
     "register_store",
     "stores",
+    "subtract_ranges",
     "unregister_store",
 ]
 

@@ -17,7 +17,7 @@ import contextvars
 import dataclasses
 import datetime as dt
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Protocol, runtime_checkable
 
 from tq._reminder import Reminder
@@ -40,6 +40,38 @@ def key_bound(key: int) -> str:
     if key >= KEY_SPACE:
         return "g"  # greater than any hex ID
     return f"{key:032x}"
+
+
+def merge_ranges(ranges: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Sorted, non-overlapping, non-empty half-open ranges covering the same keys."""
+    out: list[tuple[int, int]] = []
+    for low, high in sorted(r for r in ranges if r[0] < r[1]):
+        if out and low <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], high))
+        else:
+            out.append((low, high))
+    return out
+
+
+def subtract_ranges(
+    ranges: Iterable[tuple[int, int]], taken: Iterable[tuple[int, int]]
+) -> list[tuple[int, int]]:
+    """The keys of `ranges` outside every range of `taken`, as merged ranges.
+
+    What a lease can take of `ranges` when `taken` is held by other leases.
+    """
+    holes = merge_ranges(taken)
+    out: list[tuple[int, int]] = []
+    for low, high in merge_ranges(ranges):
+        for h_low, h_high in holes:
+            if h_high <= low or h_low >= high:
+                continue
+            if h_low > low:
+                out.append((low, h_low))
+            low = max(low, h_high)
+        if low < high:
+            out.append((low, high))
+    return out
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

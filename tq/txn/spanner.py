@@ -53,6 +53,7 @@ from tq.txn._store import (
     ambient,
     register_store,
     stores,
+    subtract_ranges,
 )
 
 __all__ = [
@@ -304,7 +305,7 @@ class SpannerStore:
                     held.extend(_decode_range(p) for p in parts)
             if expired:
                 transaction.delete(LEASES, _keys(expired))
-            free = _subtract(ranges, held)
+            free = tuple(subtract_ranges(ranges, held))
             if free:
                 transaction.insert(
                     LEASES,
@@ -328,28 +329,6 @@ def _encode_range(r: tuple[int, int]) -> str:
 def _decode_range(s: str) -> tuple[int, int]:
     low, _, high = s.partition(":")
     return int(low, 16), int(high, 16)
-
-
-def _subtract(
-    ranges: Sequence[tuple[int, int]], taken: Sequence[tuple[int, int]]
-) -> tuple[tuple[int, int], ...]:
-    """The parts of half-open `ranges` outside every range in `taken`, merged."""
-    out: list[tuple[int, int]] = []
-    for low, high in sorted(r for r in ranges if r[0] < r[1]):
-        pieces = [(low, high)]
-        for t_low, t_high in taken:
-            pieces = [
-                p
-                for a, b in pieces
-                for p in ((a, min(b, t_low)), (max(a, t_high), b))
-                if p[0] < p[1]
-            ]
-        for a, b in pieces:
-            if out and a <= out[-1][1]:
-                out[-1] = (out[-1][0], max(out[-1][1], b))
-            else:
-                out.append((a, b))
-    return tuple(out)
 
 
 def store_for(database: Any) -> SpannerStore:

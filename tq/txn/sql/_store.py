@@ -15,7 +15,15 @@ from sqlalchemy.engine import make_url
 from tq._errors import ConfigError
 from tq._reminder import Reminder
 from tq._request import MAX_TASK_SIZE
-from tq.txn._store import Lease, ReminderKey, register_store, stores, unregister_store
+from tq.txn._store import (
+    Lease,
+    ReminderKey,
+    merge_ranges,
+    register_store,
+    stores,
+    subtract_ranges,
+    unregister_store,
+)
 from tq.txn.sql import _schema
 from tq.txn.sql._schema import leases, reminders
 
@@ -236,7 +244,7 @@ class SQLStore:
         expires_at: dt.datetime,
         now: dt.datetime,
     ) -> Lease:
-        wanted = _normalize(ranges)
+        wanted = merge_ranges(ranges)
         lease_id = os.urandom(16).hex()
         with self._engine.connect() as conn:
             self._lock_section(conn, section)
@@ -244,7 +252,7 @@ class SQLStore:
             held: list[tuple[int, int]] = []
             for (encoded,) in conn.execute(_LEASES_HELD, {"section": section}):
                 held.extend((int(lo), int(hi)) for lo, hi in json.loads(encoded))
-            free = _subtract(wanted, _normalize(held))
+            free = subtract_ranges(wanted, held)
             if free:
                 conn.execute(
                     leases.insert(),
@@ -270,32 +278,3 @@ class SQLStore:
             conn.exec_driver_sql("BEGIN IMMEDIATE")
         else:
             conn.execute(_PG_LOCK, {"c": _PG_LEASE_LOCK_CLASS, "section": section})
-
-
-def _normalize(ranges: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
-    """Sorted, merged, non-empty half-open ranges."""
-    out: list[tuple[int, int]] = []
-    for lo, hi in sorted((lo, hi) for lo, hi in ranges if lo < hi):
-        if out and lo <= out[-1][1]:
-            out[-1] = (out[-1][0], max(out[-1][1], hi))
-        else:
-            out.append((lo, hi))
-    return out
-
-
-def _subtract(wanted: list[tuple[int, int]], held: list[tuple[int, int]]) -> list[tuple[int, int]]:
-    """`wanted` minus `held`, both normalized."""
-    out: list[tuple[int, int]] = []
-    for lo, hi in wanted:
-        cur = lo
-        for hlo, hhi in held:
-            if hhi <= cur or hlo >= hi:
-                continue
-            if hlo > cur:
-                out.append((cur, hlo))
-            cur = max(cur, hhi)
-            if cur >= hi:
-                break
-        if cur < hi:
-            out.append((cur, hi))
-    return out
