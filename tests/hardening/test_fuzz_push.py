@@ -68,7 +68,7 @@ PROTOTYPES: dict[str, type[Message]] = {
 }
 WITH_HANDLER = frozenset({"greet", "count", "fail"})
 FAIL_STATUS = {"fatal": 202, "ignore": 204, "retry": 429, "transient": 500}
-DESIGN_STATUSES = frozenset({200, 202, 204, 400, 403, 404, 429, 500})
+DOCUMENTED_STATUSES = frozenset({200, 202, 204, 400, 403, 404, 429, 500})
 KNOWN_FIELDS = frozenset({"name", "n", "tag", "how", "data"})
 
 
@@ -559,7 +559,7 @@ def test_push_endpoint_answers_only_documented_statuses_and_runs_only_valid_task
     world.stats["cases"] += 1
     world.stats[f"status_{ex.status}"] += 1
     assert ex.starts == 1
-    assert ex.status in DESIGN_STATUSES | v.allowed
+    assert ex.status in DOCUMENTED_STATUSES | v.allowed
     assert ex.pulled_bytes <= LIMIT + MAX_CHUNK
     assert world.sweeps == []
     if v.valid:
