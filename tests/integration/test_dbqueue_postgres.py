@@ -143,6 +143,9 @@ async def test_worker_processes_push_each_task_once(
         )
         for _ in range(3)
     ]  # fmt: skip
+    # A worker stops cleanly on SIGTERM once it serves; before that (still
+    # importing) it would just die. Wait until every worker says it serves.
+    started = [await _read_until(p, "serving", 120) for p in procs]
     names = [f"t{i}" for i in range(300)]
     sub = dbqueue.DbQueueSubmitter(engine)
     for n in names:
@@ -156,7 +159,10 @@ async def test_worker_processes_push_each_task_once(
     for p in procs:
         if p.returncode is None:
             p.send_signal(signal.SIGTERM)
-    errs = [(await p.communicate())[1].decode(errors="replace")[-3000:] for p in procs]
+    errs = [
+        (head + (await p.communicate())[1].decode(errors="replace"))[-3000:]
+        for head, p in zip(started, procs, strict=True)
+    ]
     assert delivered, errs
     assert [p.returncode for p in procs] == [0, 0, 0], errs  # SIGTERM: a clean stop
     pushed = _dbqueue_apps.pushes(marks)
@@ -254,3 +260,17 @@ def test_pull_consumers_share_a_pull_queue(
     admin = dbqueue.Admin(engine)
     assert admin.count_tasks(queue="pq", state=State.DONE) == 6
     assert admin.count_tasks(queue="pq", state=State.PENDING) == 4
+
+
+async def _read_until(proc: asyncio.subprocess.Process, text: str, timeout_s: float) -> str:
+    """The process's stderr up to the first line containing `text`."""
+    assert proc.stderr is not None
+    seen = ""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while text not in seen:
+        left = deadline - asyncio.get_running_loop().time()
+        line = await asyncio.wait_for(proc.stderr.readline(), max(left, 0.01))
+        if not line:
+            raise AssertionError(f"worker exited before {text!r}: {seen}")
+        seen += line.decode(errors="replace")
+    return seen
