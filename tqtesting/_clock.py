@@ -33,13 +33,12 @@ class FakeClock:
 
     def now(self) -> dt.datetime:
         """The fake current time (UTC)."""
-        with self._lock:
-            return self._now
+        # One attribute read is atomic; the lock keeps writers consistent.
+        return self._now
 
     def monotonic(self) -> float:
         """Fake monotonic seconds; never goes back."""
-        with self._lock:
-            return self._mono
+        return self._mono
 
     def advance(self, delta: dt.timedelta | float) -> dt.datetime:
         """Moves time forward by `delta` (a timedelta or seconds); returns the new now.

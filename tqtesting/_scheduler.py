@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextvars
 import dataclasses
 import datetime as dt
 import heapq
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from typing import Any
 
 import grpc
@@ -17,8 +19,9 @@ from tq import _push
 from tq._taskclass import FULL_QUEUE_RE
 from tq.clock import Clock
 from tqtesting._clock import FakeClock
-from tqtesting._delivery import decode_payload, push_class_id, push_headers
+from tqtesting._delivery import Delivery, decode_payload, delivery
 from tqtesting._errors import RunLimitExceeded, SchedulerError, TaskFailed
+from tqtesting._in_context import InContext
 from tqtesting._options import RetryConfig, RunConfig, RunOption, matches
 from tqtesting._records import Attempt, TaskList, TaskRecord, TaskStatus
 
@@ -27,17 +30,27 @@ from tqtesting._records import Attempt, TaskList, TaskRecord, TaskStatus
 _EXPECTED_FAILURES = frozenset({"retry", "transient"})
 
 
+# A heap entry: when a task is due, its submission number (the tie-break
+# that keeps tasks due together in submission order), the task, its pushes.
+_Due = tuple[dt.datetime, int, TaskRecord, Delivery]
+
+# A serial run lets the event loop run other tasks (a producer of tasks, a
+# test's own coroutines) at least once every this many executions.
+_YIELD_EVERY = 16
+
+
 @dataclasses.dataclass(slots=True)
 class _RunState:
     cfg: RunConfig
-    in_flight: dict[asyncio.Future[_push.PushResult], TaskRecord]
+    # Tasks running in tasks of their own (parallel runs), and the ones that
+    # ended and are still to be recorded, in the order they ended.
+    in_flight: dict[asyncio.Future[_push.PushResult], tuple[TaskRecord, Delivery]]
+    ended: collections.deque[asyncio.Future[_push.PushResult]]
     executions: int = 0
     stopping: bool = False
+    cancelled: bool = False  # the caller of run_async was cancelled
     error: SchedulerError | None = None
     failed: TaskRecord | None = None
-    # One waiter on the run's wake event, kept until it fires (making and
-    # cancelling one per wait cost as much as a task's push).
-    waiter: asyncio.Future[Any] | None = None
 
 
 class Scheduler:
@@ -92,7 +105,9 @@ class Scheduler:
         self._lock = threading.Lock()
         self._records: list[TaskRecord] = []
         self._names: set[str] = set()
-        self._due: list[tuple[dt.datetime, int, TaskRecord]] = []  # heap of pending tasks
+        self._due: list[_Due] = []  # heap of pending tasks
+        self._queue_names: set[str] = set()  # queue names found valid
+        self._last_attempt: Attempt | None = None
         self._wakers: list[Callable[[], None]] = []
 
     @property
@@ -108,19 +123,21 @@ class Scheduler:
     def submit(self, submission: tq.Submission) -> None:
         """Takes one task. Raises `tq.SubmitError` ALREADY_EXISTS for a taken name."""
         payload = decode_payload(self._dispatcher, submission)
-        pushed = (
-            push_class_id(self._dispatcher, submission.task_class, submission.request) is not None
-        )
         req = submission.request
         parent = str(req.parent)  # type: ignore[attr-defined]
         task = req.task  # type: ignore[attr-defined]
-        if not FULL_QUEUE_RE.match(parent):
-            raise tq.SubmitError(grpc.StatusCode.INVALID_ARGUMENT, f"bad queue name {parent!r}")
+        if parent not in self._queue_names:
+            if not FULL_QUEUE_RE.match(parent):
+                raise tq.SubmitError(grpc.StatusCode.INVALID_ARGUMENT, f"bad queue name {parent!r}")
+            self._queue_names.add(parent)
         name = str(task.name)
         if name and not name.startswith(parent + "/tasks/"):
             raise tq.SubmitError(
                 grpc.StatusCode.INVALID_ARGUMENT, f"task {name!r} is not in queue {parent!r}"
             )
+        scheduled = (
+            task.schedule_time.ToDatetime(dt.UTC) if task.HasField("schedule_time") else None
+        )
         with self._lock:
             seq = len(self._records) + 1
             if name in self._names:
@@ -131,18 +148,20 @@ class Scheduler:
                     auto += 1_000_000
                 name = f"{parent}/tasks/{auto}"
             now = self._clock.now()
-            eta = task.schedule_time.ToDatetime(dt.UTC) if task.HasField("schedule_time") else now
+            eta = scheduled if scheduled is not None else now
+            push = delivery(self._dispatcher, submission.task_class, req, name)
             rec = TaskRecord(
                 name=name, class_id=submission.task_class, payload=payload, eta=eta,
-                request=req, created=now, seq=seq, pushed=pushed,
+                request=req, created=now, seq=seq, pushed=push.class_id is not None,
                 reminder_id=submission.reminder_id,
             )  # fmt: skip
             self._names.add(name)
             self._records.append(rec)
-            heapq.heappush(self._due, (eta, seq, rec))
-            wakers = list(self._wakers)
-        for wake in wakers:
-            wake()
+            heapq.heappush(self._due, (eta, seq, rec, push))
+            wakers = list(self._wakers) if self._wakers else None
+        if wakers is not None:
+            for wake in wakers:
+                wake()
 
     async def submit_async(self, submission: tq.Submission) -> None:
         """Like `submit` (it never blocks)."""
@@ -182,12 +201,16 @@ class Scheduler:
         `stop_after_task(...)`, `stop_before_task(...)`, `parallel(n)`,
         `max_executions(n)` (default 1,000), `wait_when_drained()`.
 
+        Every execution runs in a copy of the run's context, as a push
+        handled by the ASGI endpoint runs in a task of its own: the context
+        variables a handler sets stay its own.
+
         Raises `TaskFailed` (see `raise_on_task_error`), `RunLimitExceeded`,
         or `SchedulerError` when nothing is left to run but the stop
         condition was not met (and `wait_when_drained()` was not given).
         Tasks running when the run stops or raises finish first.
         """
-        state = _RunState(RunConfig.of(options), {})
+        state = _RunState(RunConfig.of(options), {}, collections.deque())
         loop = asyncio.get_running_loop()
         wake = asyncio.Event()
 
@@ -208,13 +231,14 @@ class Scheduler:
             self._wakers.append(waker)
         unsubscribe = self._clock.on_change(waker) if isinstance(self._clock, FakeClock) else None
         try:
-            # Tasks started by the loop copy this context: the tasks their
-            # handlers add come back to this scheduler, on its clock.
+            # Executions copy this context: the tasks their handlers add come
+            # back to this scheduler, on its clock. The loop runs in a task of
+            # its own: serial executions run in it, and what a handler does to
+            # its task (a timeout, a task group) stays off the caller's task.
             with tq.use_submitter(self), tq.clock.use_clock(self._clock):
-                await self._loop(state, wake)
+                worker = asyncio.ensure_future(self._loop(state, wake))
+            await self._join(worker, state)
         finally:
-            if state.waiter is not None:
-                state.waiter.cancel()
             with self._lock:
                 self._wakers.remove(waker)
             if unsubscribe is not None:
@@ -224,12 +248,31 @@ class Scheduler:
             cause = state.failed.error if state.failed is not None else None
             raise state.error from cause
 
+    async def _join(self, worker: asyncio.Task[None], state: _RunState) -> None:
+        """Awaits the run's loop; cancelling the caller cancels it (and says so)."""
+        cancelled: asyncio.CancelledError | None = None
+        while not worker.done():
+            try:
+                await asyncio.wait((worker,))
+            except asyncio.CancelledError as e:
+                cancelled = cancelled or e
+                state.cancelled = True
+                worker.cancel()
+        if cancelled is not None:
+            if not worker.cancelled():
+                worker.exception()  # retrieved: the caller's cancellation wins
+            raise cancelled
+        worker.result()
+
     async def _loop(self, state: _RunState, wake: asyncio.Event) -> None:
         cfg = state.cfg
         while True:
             wake.clear()
             if not state.stopping:
-                self._start_due(state)
+                if cfg.parallel == 1:
+                    await self._run_due(state)
+                else:
+                    self._start_due(state, wake)
             if not state.in_flight:
                 if state.stopping:
                     return
@@ -244,7 +287,7 @@ class Scheduler:
                         )
                     await wake.wait()
                     continue
-                if any(matches(m, head) for m in cfg.stop_before):
+                if cfg.stop_before and any(matches(m, head) for m in cfg.stop_before):
                     return
                 if self._auto_advance:
                     assert isinstance(self._clock, FakeClock)
@@ -260,33 +303,48 @@ class Scheduler:
 
     async def _wait(self, wake: asyncio.Event, state: _RunState, eta: dt.datetime | None) -> None:
         """Waits for a running task to end, a new task, a clock change, or `eta`."""
-        timeout = None
-        if eta is not None and not isinstance(self._clock, FakeClock):
-            timeout = max(0.0, (eta - self._clock.now()).total_seconds())
-        if state.waiter is None or state.waiter.done():
-            state.waiter = asyncio.ensure_future(wake.wait())
-        waiter = state.waiter
-        futures: set[asyncio.Future[Any]] = {waiter, *state.in_flight}
-        done, _ = await asyncio.wait(futures, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-        for fut in done:
-            if fut is not waiter:
-                self._ended(state, fut)
+        if not state.ended:
+            timer = None
+            if eta is not None and not isinstance(self._clock, FakeClock):
+                timeout = max(0.0, (eta - self._clock.now()).total_seconds())
+                timer = asyncio.get_running_loop().call_later(timeout, wake.set)
+            try:
+                await wake.wait()
+            finally:
+                if timer is not None:
+                    timer.cancel()
+        while state.ended:
+            fut = state.ended.popleft()
+            if fut in state.in_flight:
+                rec, push = state.in_flight.pop(fut)
+                # handle_push turns every Exception into a status; a
+                # BaseException escapes here (`_abandon` requeues the task).
+                try:
+                    result = fut.result()
+                except BaseException:
+                    self._requeue(rec, push)
+                    raise
+                self._ended(state, rec, push, result)
 
     def _head(self) -> TaskRecord | None:
         with self._lock:
             return self._due[0][2] if self._due else None
 
-    def _start_due(self, state: _RunState) -> None:
+    def _take_due(self, state: _RunState) -> tuple[TaskRecord, Delivery] | None:
+        """Takes the next task to execute now, or None (nothing due, or the run stops).
+
+        Tasks that are not for tq's push endpoint end here, recorded as such.
+        """
         cfg = state.cfg
-        while len(state.in_flight) < cfg.parallel:
+        while True:
             now = self._clock.now()
             with self._lock:
                 if not self._due or self._due[0][0] > now:
-                    return
+                    return None
                 rec = self._due[0][2]
-                if any(matches(m, rec) for m in cfg.stop_before):
+                if cfg.stop_before and any(matches(m, rec) for m in cfg.stop_before):
                     state.stopping = True
-                    return
+                    return None
                 if state.executions >= cfg.max_executions:
                     state.stopping = True
                     state.error = RunLimitExceeded(
@@ -294,28 +352,66 @@ class Scheduler:
                         "due: a task chain that never ends? (raise the cap with "
                         "tqtesting.max_executions(n))"
                     )
-                    return
-                heapq.heappop(self._due)
+                    return None
+                _, _, _, push = heapq.heappop(self._due)
                 state.executions += 1
-                if not rec.pushed:
-                    rec.status = TaskStatus.FINISHED
-                    rec.outcome = "not_pushed"
-                else:
+                if push.class_id is not None:
                     rec.status = TaskStatus.EXECUTING
-                    headers, body = push_headers(rec)
-                    class_id = push_class_id(self._dispatcher, rec.class_id, rec.request)
-            if not rec.pushed:
-                self._check_stop_after(state, rec)
-                continue
-            push = _push.handle_push(self._dispatcher, class_id, headers, body)
-            fut = asyncio.ensure_future(push)
-            state.in_flight[fut] = rec
+                    return rec, push
+                rec.status = TaskStatus.FINISHED
+                rec.outcome = "not_pushed"
+            self._check_stop_after(state, rec)
+            if state.stopping:
+                return None
 
-    def _ended(self, state: _RunState, fut: asyncio.Future[_push.PushResult]) -> None:
-        # handle_push turns every Exception into a status; a BaseException
-        # escapes here with the task still in flight (`_abandon` requeues it).
-        result = fut.result()
-        rec = state.in_flight.pop(fut)
+    def _handle(self, rec: TaskRecord, push: Delivery) -> Coroutine[Any, Any, _push.PushResult]:
+        headers = push.attempt_headers(rec.attempts, rec.eta, rec.last_status, rec.outcome)
+        return _push.handle_push(self._dispatcher, push.class_id, headers, push.body)
+
+    async def _run_due(self, state: _RunState) -> None:
+        """Executes due tasks one after the other, each awaited in the run's own task."""
+        while not state.stopping:
+            taken = self._take_due(state)
+            if taken is None:
+                return
+            rec, push = taken
+            try:
+                result = await InContext(self._handle(rec, push), contextvars.copy_context())
+            except BaseException:  # cancelled, or an exception handle_push lets through
+                self._requeue(rec, push)
+                raise
+            self._ended(state, rec, push, result)
+            if state.cancelled:
+                # The handler swallowed the run's cancellation: it ran to its
+                # end (recorded above), and the run is cancelled all the same.
+                raise asyncio.CancelledError
+            if state.executions % _YIELD_EVERY == 0:
+                await asyncio.sleep(0)
+
+    def _start_due(self, state: _RunState, wake: asyncio.Event) -> None:
+        """Starts due tasks, each in a task of its own, while a slot is free."""
+
+        def ended(fut: asyncio.Future[_push.PushResult]) -> None:
+            state.ended.append(fut)
+            wake.set()
+
+        while len(state.in_flight) < state.cfg.parallel and not state.stopping:
+            taken = self._take_due(state)
+            if taken is None:
+                return
+            fut = asyncio.ensure_future(self._handle(*taken))
+            state.in_flight[fut] = taken
+            fut.add_done_callback(ended)
+
+    def _requeue(self, rec: TaskRecord, push: Delivery) -> None:
+        """Makes a task that never ran to the end due again."""
+        with self._lock:
+            rec.status = TaskStatus.PENDING
+            heapq.heappush(self._due, (rec.eta, rec.seq, rec, push))
+
+    def _ended(
+        self, state: _RunState, rec: TaskRecord, push: Delivery, result: _push.PushResult
+    ) -> None:
         now = self._clock.now()
         failed_for_good = False
         with self._lock:
@@ -323,18 +419,31 @@ class Scheduler:
             rec.last_status = result.status
             rec.outcome = result.outcome
             rec.error = result.error
-            rec.history.append(Attempt(now, result.status, result.outcome, result.error))
+            # Attempts are immutable: equal ones without an error (many tasks
+            # ending at one fake instant) share one object.
+            attempt = self._last_attempt
+            if (
+                result.error is not None
+                or attempt is None
+                or attempt.at != now
+                or attempt.status != result.status
+                or attempt.outcome != result.outcome
+            ):
+                attempt = Attempt(now, result.status, result.outcome, result.error)
+                if result.error is None:
+                    self._last_attempt = attempt
+            rec.history.append(attempt)
             if result.done:
                 rec.status = TaskStatus.FAILED if result.outcome == "fatal" else TaskStatus.FINISHED
             else:
-                retry = self._queues.get(rec.queue, self._retry)
+                retry = self._queues.get(rec.queue, self._retry) if self._queues else self._retry
                 if rec.attempts >= retry.max_attempts:
                     rec.status = TaskStatus.FAILED
                     failed_for_good = True
                 else:
                     rec.status = TaskStatus.PENDING
                     rec.eta = now + retry.backoff(rec.attempts)
-                    heapq.heappush(self._due, (rec.eta, rec.seq, rec))
+                    heapq.heappush(self._due, (rec.eta, rec.seq, rec, push))
         if (
             failed_for_good
             and self.raise_on_task_error
@@ -347,7 +456,8 @@ class Scheduler:
         self._check_stop_after(state, rec)
 
     def _check_stop_after(self, state: _RunState, rec: TaskRecord) -> None:
-        if any(matches(m, rec) for m in state.cfg.stop_after):
+        stop_after = state.cfg.stop_after
+        if stop_after and any(matches(m, rec) for m in stop_after):
             state.stopping = True
 
     async def _abandon(self, state: _RunState) -> None:
@@ -359,13 +469,11 @@ class Scheduler:
             fut.cancel()
         await asyncio.gather(*futures, return_exceptions=True)
         for fut in futures:
+            rec, push = state.in_flight.pop(fut)
             if fut.cancelled() or fut.exception() is not None:
-                rec = state.in_flight.pop(fut)
-                with self._lock:  # never ran to the end: due again
-                    rec.status = TaskStatus.PENDING
-                    heapq.heappush(self._due, (rec.eta, rec.seq, rec))
+                self._requeue(rec, push)  # never ran to the end: due again
             else:
-                self._ended(state, fut)
+                self._ended(state, rec, push, fut.result())
 
     def __repr__(self) -> str:
         with self._lock:

@@ -545,6 +545,98 @@ async def test_cancelled_run_leaves_the_running_task_pending(
     assert rec.attempts == 0
 
 
+@pytest.mark.parametrize("n", [1, 2])
+def test_context_variables_a_handler_sets_stay_its_own(
+    disp: tq.Dispatcher, sched: Scheduler, n: int
+) -> None:
+    var: contextvars.ContextVar[str] = contextvars.ContextVar("var", default="unset")
+    seen: list[str] = []
+
+    async def handler(p: pb.Greet) -> None:
+        seen.append(var.get())
+        var.set(p.name)
+
+    register(disp, "greet", pb.Greet, handler=handler)
+    disp.add_task(*(tq.Task(payload=pb.Greet(name=str(i))) for i in range(4)))
+    sched.run(tqtesting.parallel(n))
+    assert seen == ["unset"] * 4
+    assert var.get() == "unset"
+
+
+def test_handler_timeout_and_task_group_act_on_the_handler_alone(
+    disp: tq.Dispatcher, clock: FakeClock
+) -> None:
+    async def times_out(p: pb.Greet) -> None:
+        async with asyncio.timeout(0):
+            await asyncio.Event().wait()
+
+    async def fails(p: pb.Count) -> None:
+        async def boom() -> None:
+            raise ValueError("boom")
+
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(boom())
+            tg.create_task(asyncio.Event().wait())
+
+    register(disp, "greet", pb.Greet, handler=times_out)
+    register(disp, "count", pb.Count, handler=fails)
+    register(disp, "after", pb.Blob, handler=lambda p: None)
+    with tqtesting.testing_context(
+        disp, clock, retry=RetryConfig(max_attempts=1), raise_on_task_error=False
+    ) as sched:
+        disp.add_task(
+            tq.Task(payload=pb.Greet()), tq.Task(payload=pb.Count()), tq.Task(payload=pb.Blob())
+        )
+        sched.run()  # the run itself is not cancelled by either
+
+    greet, count, after = sched.tasks()
+    assert isinstance(greet.error, TimeoutError)
+    assert isinstance(count.error, ExceptionGroup)
+    assert after.status is TaskStatus.FINISHED
+
+
+async def test_cancelled_run_is_cancelled_even_if_the_handler_swallows_it(
+    disp: tq.Dispatcher, sched: Scheduler
+) -> None:
+    started = asyncio.Event()
+
+    async def handler(p: pb.Greet) -> None:
+        started.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            pass  # ends normally
+
+    register(disp, "greet", pb.Greet, handler=handler)
+    await disp.add_task_async(tq.Task(payload=pb.Greet()), tq.Task(payload=pb.Greet()))
+    run = asyncio.create_task(sched.run_async())
+    await asyncio.wait_for(started.wait(), timeout=10)
+    run.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await run
+    first, second = sched.tasks()
+    assert first.status is TaskStatus.FINISHED
+    assert second.status is TaskStatus.PENDING
+
+
+async def test_long_run_lets_other_coroutines_run(disp: tq.Dispatcher, sched: Scheduler) -> None:
+    other_ran = asyncio.Event()
+    seen: list[bool] = []
+
+    async def handler(p: pb.Greet) -> None:  # never suspends
+        seen.append(other_ran.is_set())
+
+    async def other() -> None:
+        other_ran.set()
+
+    register(disp, "greet", pb.Greet, handler=handler)
+    await disp.add_task_async(*(tq.Task(payload=pb.Greet()) for _ in range(100)))
+    other_task = asyncio.create_task(other())
+    await sched.run_async()
+    await other_task
+    assert seen[-1] is True
+
+
 # Where tasks come from.
 
 
