@@ -66,12 +66,15 @@ class Embedded:
         self.started: dict[int, float] = {}
         self.expect = 0
         self.all_started = asyncio.Event()
+        self.warm = asyncio.Event()  # the warm-up task (n=-1) reached its handler
 
         @self.disp.task_class(
             id="count", prototype=pb.Count, kind=tq.Kind.FOLLOWS_CONTEXT, queue="q"
         )
         async def count(payload: pb.Count) -> None:
             self.started[payload.n] = time.perf_counter()
+            if payload.n == -1:
+                self.warm.set()
             if len(self.started) >= self.expect:
                 self.all_started.set()
 
@@ -134,7 +137,9 @@ async def measure(mode: str, n: int, interval: float) -> list[float]:
         emb.expect = n + 1
         try:
             await worker.start()
-            add(-1)  # warm up (creates the queue)
+            add(-1)  # warm up (creates the queue, compiles the statements)
+            await asyncio.wait_for(emb.warm.wait(), 60)
+            await asyncio.sleep(0.05)  # and its outcome recorded
             t = threading.Thread(target=produce, daemon=True)
             t.start()
             with contextlib.suppress(TimeoutError):

@@ -17,6 +17,11 @@ Load comes from `wrk` in another process (the Debian package; without it,
 a slower Python generator, bench/_load.py), on keep-alive connections,
 the servers alternating every second. Goal: tq >= 0.8x baseline.
 
+Besides requests per second of wall time, each server's own CPU time (from
+/proc) gives pushes per CPU-second of the server process: on a shared
+machine it moves less than wall-time rates, and it is what the endpoint
+itself costs.
+
 Usage: python -m bench.push [--seconds 5] [--connections 16] [--rounds 3]
 """
 
@@ -57,8 +62,19 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+class Server(str):
+    """A running server's URL, with its process ID."""
+
+    pid: int
+
+    def cpu_s(self) -> float:
+        """CPU seconds (user + system) the server process has used so far."""
+        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 @contextlib.contextmanager
-def server(factory: str, env: dict[str, str]) -> Iterator[str]:
+def server(factory: str, env: dict[str, str]) -> Iterator[Server]:
     """Runs `uvicorn --factory bench._apps:<factory>` on a free loopback port."""
     port = _free_port()
     proc = subprocess.Popen(
@@ -75,7 +91,9 @@ def server(factory: str, env: dict[str, str]) -> Iterator[str]:
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"uvicorn ({factory}) did not start")
             time.sleep(0.05)
-        yield f"http://127.0.0.1:{port}"
+        url = Server(f"http://127.0.0.1:{port}")
+        url.pid = proc.pid
+        yield url
     finally:
         proc.terminate()
         try:
@@ -97,8 +115,10 @@ def _lua_str(s: str) -> str:
     return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def load(url: str, body: bytes, headers: dict[str, str], seconds: float, conns: int) -> float:
-    """Requests per second that `wrk` (or bench/_load.py) got; raises on non-2xx answers."""
+def load(
+    url: str, body: bytes, headers: dict[str, str], seconds: float, conns: int
+) -> tuple[float, int]:
+    """(requests per second, requests) that `wrk` (or bench/_load.py) got; raises on non-2xx."""
     with tempfile.TemporaryDirectory() as d:
         if shutil.which("wrk"):
             proc = subprocess.run(
@@ -112,9 +132,10 @@ def load(url: str, body: bytes, headers: dict[str, str], seconds: float, conns: 
             if "Non-2xx" in out:
                 raise RuntimeError(f"the server refused pushes:\n{out}")
             m = re.search(r"Requests/sec:\s+([\d.]+)", out)
-            if not m:
+            n = re.search(r"(\d+) requests in", out)
+            if not m or not n:
                 raise RuntimeError(f"cannot read wrk's output:\n{out}")
-            return float(m.group(1))
+            return float(m.group(1)), int(n.group(1))
         body_file = Path(d, "body")
         body_file.write_bytes(body)
         out = subprocess.run(
@@ -127,7 +148,7 @@ def load(url: str, body: bytes, headers: dict[str, str], seconds: float, conns: 
             raise RuntimeError(f"cannot read the load generator's output:\n{out}")
         if int(m.group(3)):
             raise RuntimeError(f"the server refused pushes: {out}")
-        return int(m.group(1)) / float(m.group(2))
+        return int(m.group(1)) / float(m.group(2)), int(m.group(1))
 
 
 def main() -> None:
@@ -139,7 +160,7 @@ def main() -> None:
     body = _envelope.encode("greet", pb.Greet(name="ann"))
     table = c.Table("3. Push endpoint under uvicorn vs a bare Starlette endpoint parsing the JSON")
     with tempfile.TemporaryDirectory() as d, contextlib.ExitStack() as stack:
-        targets = {
+        targets: dict[str, tuple[Server, dict[str, str]]] = {
             "tq": (stack.enter_context(server("tq_app", {})), HEADERS),
             "baseline": (stack.enter_context(server("bare_app", {})), HEADERS),
         }
@@ -157,22 +178,41 @@ def main() -> None:
         # Each round alternates the servers every second (wrk's least
         # duration): a busy machine's swings then hit all of them alike.
         res: dict[str, list[float]] = {k: [] for k in targets}
+        per_cpu: dict[str, list[float]] = {k: [] for k in targets}
         slices = max(1, round(seconds))
         for _ in range(rounds):
             got: dict[str, list[float]] = {k: [] for k in targets}
+            done = dict.fromkeys(targets, 0)
+            cpu = dict.fromkeys(targets, 0.0)
             names = list(targets)
             for _ in range(slices):
                 names.reverse()
                 for k in names:
                     url, hs = targets[k]
-                    got[k].append(load(url, body, hs, 1.0, a.connections))
+                    cpu0 = url.cpu_s()
+                    rps, n = load(url, body, hs, 1.0, a.connections)
+                    cpu[k] += url.cpu_s() - cpu0
+                    done[k] += n
+                    got[k].append(rps)
             for k, v in got.items():
                 res[k].append(sum(v) / len(v))
+                per_cpu[k].append(done[k] / cpu[k] if cpu[k] > 0 else 0.0)
     table.ratio_row("tq push endpoint, no auth", res["tq"], res["baseline"], goal=0.8)
     if "tq, mounted" in res:
         base = res["baseline"]
         table.ratio_row("tq push endpoint, mounted in an app", res["tq, mounted"], base)
         table.ratio_row("tq push endpoint, OIDC auth", res["tq + auth"], base)
+    base_cpu = per_cpu["baseline"]
+    table.ratio_row(
+        "the same, no auth, per server CPU-second", per_cpu["tq"], base_cpu, unit="/CPU-s"
+    )
+    if "tq, mounted" in res:
+        table.ratio_row(
+            "the same, OIDC auth, per server CPU-second",
+            per_cpu["tq + auth"],
+            base_cpu,
+            unit="/CPU-s",
+        )
     gen = "wrk -t1" if shutil.which("wrk") else "bench/_load.py (httpx; wrk not installed)"
     import uvicorn
 

@@ -217,8 +217,19 @@ class DistributedSweeper:
         log.debug("tq sweep: %s range %s level %d: %s", store.name, part, task.level, stats)
 
     async def _run(self, store: ReminderStore, task: SweepTask, part: Partition) -> SweepStats:
+        limits = _process.AsyncLimits(self.options)
+        try:
+            return await self._scan_and_submit(store, task, part, limits)
+        finally:
+            limits.close()
+
+    async def _scan_and_submit(
+        self, store: ReminderStore, task: SweepTask, part: Partition, limits: _process.AsyncLimits
+    ) -> SweepStats:
         stats = SweepStats()
-        result = await scan_async(store, part, task.level, self.options.scan_params())
+        result = await scan_async(
+            store, part, task.level, self.options.scan_params(), limits.threads
+        )
         stats.add(scans=1, stale=len(result.stale), follow_ups=len(result.follow_ups))
         stats.reached(task.level)
         follow = [
@@ -241,12 +252,7 @@ class DistributedSweeper:
         results = await asyncio.gather(
             self._dispatcher.add_task_async(*follow) if follow else _nothing(),
             _process.process_async(
-                store,
-                result,
-                section,
-                self._dispatcher.submitter(),
-                _process.AsyncLimits(self.options),
-                stats,
+                store, result, section, self._dispatcher.submitter(), limits, stats
             ),
             return_exceptions=True,
         )

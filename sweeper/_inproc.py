@@ -261,6 +261,7 @@ class InProcSweeper:
                 t.cancel()
             if running:
                 await asyncio.gather(*running, return_exceptions=True)
+            limits.close()
 
     async def _one_async(
         self,
@@ -270,7 +271,9 @@ class InProcSweeper:
         stats: SweepStats,
     ) -> list[_Scan]:
         try:
-            result = await scan_async(item.store, item.part, item.level, self.options.scan_params())
+            result = await scan_async(
+                item.store, item.part, item.level, self.options.scan_params(), limits.threads
+            )
         except Exception:
             _scan_failed(item, stats)
             return []

@@ -6,9 +6,12 @@ so that sweepers running at the same time split the work instead of
 submitting the same reminders twice. It then reads the stale reminders back
 in batches of `submit_batch_size` (at most `submit_concurrent_batches`
 batches held at once across the sweep) and submits them with at most
-`submit_concurrency` calls in flight, through `tq._outbox.submit_reminder`:
-created -> reminder deleted (once per batch), transient failure -> kept for
-the next sweep, permanent failure -> parked. No batch starts once the lease
+`submit_concurrency` calls in flight, through `tq._outbox.submit_reminders`:
+created -> deleted (one statement per batch, after its submits), transient
+failure -> kept for the next sweep, permanent failure -> parked. A batch is
+cut into slices, each submitted in turn by one thread (or one asyncio task):
+concurrency without a thread hop or a task per reminder; counters are added
+per slice and per batch, not per reminder. No batch starts once the lease
 has run out; what is left goes to the next sweep (a double submit would be
 absorbed by the task name).
 """
@@ -23,10 +26,10 @@ import logging
 import threading
 from collections.abc import AsyncIterator, Iterator, Sequence
 
-from sweeper._deferred import DeferredDeletes
 from sweeper._options import SweepOptions, SweepStats
 from sweeper._partition import Partition, covers, merge
 from sweeper._scan import ScanResult
+from sweeper._threads import SweepThreads
 from tq import _metrics, _outbox, clock
 from tq._reminder import Reminder, parked_extra
 from tq._submitter import Submission, Submitter
@@ -42,6 +45,13 @@ def section_of(store: ReminderStore, shard_index: int, shard_count: int) -> str:
 
 def _leased(keys: list[ReminderKey], lease: Lease) -> list[ReminderKey]:
     held = merge(lease.ranges)
+    if not keys or not held:
+        return []
+    # Keys are ascending: one range holding the first and last holds them all
+    # (the common case, with no other sweeper on the range).
+    first, last = int(keys[0].id, 16), int(keys[-1].id, 16)
+    if len(held) == 1 and held[0].low <= first and last < held[0].high:
+        return keys
     return [k for k in keys if covers(held, int(k.id, 16))]
 
 
@@ -50,32 +60,19 @@ def _chunks(keys: Sequence[ReminderKey], size: int) -> Iterator[list[str]]:
         yield [k.id for k in keys[i : i + size]]
 
 
-def _decode(store: ReminderStore, r: Reminder, stats: SweepStats) -> Submission | None:
-    """The reminder's submission; a reminder that cannot be decoded is parked."""
+def _unreadable(store: ReminderStore, r: Reminder, err: Exception, stats: SweepStats) -> None:
+    """Parks a reminder whose payload cannot be decoded."""
+    log.error(
+        "tq sweep: reminder %s of store %s is unreadable, parking it: %s", r.id, store.name, err
+    )
     try:
-        return r.submission()
-    except Exception as e:
-        log.error(
-            "tq sweep: reminder %s of store %s is unreadable, parking it: %s", r.id, store.name, e
+        store.park_reminder(
+            r.id, parked_extra("DATA_LOSS", f"unreadable reminder: {err}", clock.now())
         )
-        try:
-            store.park_reminder(
-                r.id, parked_extra("DATA_LOSS", f"unreadable reminder: {e}", clock.now())
-            )
-            stats.add(parked=1)
-            _metrics.add("tq_reminders_parked", task_class="?", code="DATA_LOSS")
-        except Exception:
-            log.exception("tq sweep: could not park unreadable reminder %s", r.id)
-            stats.add(kept=1)
-        return None
-
-
-def _count(stats: SweepStats, outcome: _outbox.Outcome) -> None:
-    if outcome is _outbox.Outcome.SUBMITTED:
-        stats.add(submitted=1)
-    elif outcome is _outbox.Outcome.PARKED:
         stats.add(parked=1)
-    else:
+        _metrics.add("tq_reminders_parked", task_class="?", code="DATA_LOSS")
+    except Exception:
+        log.exception("tq sweep: could not park unreadable reminder %s", r.id)
         stats.add(kept=1)
 
 
@@ -85,20 +82,57 @@ def _to_submit(
     # Read back now, a reminder may have been unparked with a new fresh_until.
     now = clock.now()
     subs = []
+    staleness = _metrics.instrument("tq_reminders_staleness")
+    attrs: dict[str, dict[str, str]] = {}  # per task class, built once per batch
     for r in reminders:
-        if r.parked or r.fresh_until > now:
+        fresh_until = r.fresh_until
+        if fresh_until > now or (r.extra and r.parked):
             continue
-        sub = _decode(store, r, stats)
-        if sub is not None:
-            staleness = (now - r.fresh_until).total_seconds()
-            _metrics.record("tq_reminders_staleness", staleness, task_class=sub.task_class)
-            subs.append(sub)
+        try:
+            sub = r.submission()
+        except Exception as e:
+            _unreadable(store, r, e, stats)
+            continue
+        subs.append(sub)
+        if staleness is not None:
+            a = attrs.get(sub.task_class)
+            if a is None:
+                a = attrs[sub.task_class] = {"task_class": sub.task_class}
+            staleness.record((now - fresh_until).total_seconds(), a)
     stats.add(gone=len(ids) - len(reminders))
     return subs
 
 
 def _fetch_to_submit(store: ReminderStore, ids: list[str], stats: SweepStats) -> list[Submission]:
     return _to_submit(store, ids, store.fetch_reminders(ids), stats)
+
+
+def _slices(subs: list[Submission], concurrency: int) -> list[list[Submission]]:
+    """At most `concurrency` slices of `subs`, each submitted in turn by one worker."""
+    k = min(concurrency, len(subs))
+    return [subs[i::k] for i in range(k)]
+
+
+def _finish(store: ReminderStore, results: list[_outbox.Submitted], stats: SweepStats) -> None:
+    """Deletes a batch's submitted reminders in one call; counts the outcomes. Never raises."""
+    done = [rid for r in results for rid in r.done]
+    stats.add(
+        submitted=len(done),
+        kept=sum(r.kept for r in results),
+        parked=sum(r.parked for r in results),
+    )
+    if not done:
+        return
+    try:
+        store.delete_reminders(done)
+    except Exception:
+        # The tasks exist; a later sweep resubmits them and their names absorb it.
+        log.exception("tq sweep: could not delete %d submitted reminders", len(done))
+
+
+# A slice whose submits took less than this each, on average, was in-process
+# work (a test scheduler, a no-op): threads would only add switching to it.
+QUICK_SUBMIT_S = 0.001
 
 
 class SyncWorkers:
@@ -110,6 +144,23 @@ class SyncWorkers:
             opts.submit_concurrency, thread_name_prefix="tq-sweep-submit"
         )
         self.batches = threading.BoundedSemaphore(opts.submit_concurrent_batches)
+        # Slices run by the pool or by the batch's own thread: together at
+        # most submit_concurrency at once.
+        self.in_flight = threading.BoundedSemaphore(opts.submit_concurrency)
+
+    def submit_slice(
+        self,
+        store: ReminderStore,
+        subs: list[Submission],
+        submitter: Submitter,
+        out: _outbox.Submitted,
+    ) -> float:
+        """Submits one slice, within the concurrency limit; returns its duration."""
+        with self.in_flight:
+            c = clock.current()
+            started = c.monotonic()
+            _outbox.submit_reminders(store, subs, submitter, "sweep", out)
+            return c.monotonic() - started
 
     def close(self) -> None:
         self.submits.shutdown(wait=True)
@@ -131,35 +182,43 @@ def process(
                 _lease_ran_out(store, section)
                 return
             with workers.batches:
-                subs = _fetch_to_submit(store, ids, stats)
-                view = DeferredDeletes(store)
-                # A few slices per batch, each submitted in turn by one pool
-                # thread: up to submit_concurrency calls in flight, without a
-                # thread hop per reminder.
-                k = min(opts.submit_concurrency, len(subs))
-                futures = [
-                    workers.submits.submit(
-                        contextvars.copy_context().run,
-                        _submit_each,
-                        view,
-                        subs[i::k],
-                        submitter,
-                        stats,
-                    )
-                    for i in range(k)
-                ]
-                try:
-                    for f in futures:
-                        f.result()
-                finally:
-                    view.flush()
+                _submit_batch(store, ids, submitter, workers, stats)
 
 
-def _submit_each(
-    view: DeferredDeletes, subs: list[Submission], submitter: Submitter, stats: SweepStats
+def _submit_batch(
+    store: ReminderStore,
+    ids: list[str],
+    submitter: Submitter,
+    workers: SyncWorkers,
+    stats: SweepStats,
 ) -> None:
-    for sub in subs:
-        _count(stats, _outbox.submit_reminder(view, sub, submitter, "sweep"))
+    subs = _fetch_to_submit(store, ids, stats)
+    parts = _slices(subs, workers.opts.submit_concurrency)
+    outs = [_outbox.Submitted() for _ in parts]
+    futures: list[concurrent.futures.Future[float]] = []
+    try:
+        # This thread submits slice after slice while the submits are quick
+        # (in-process); after a slow slice (network calls) the rest go to the
+        # pool, to be submitted concurrently.
+        i = 0
+        while i < len(parts):
+            took = workers.submit_slice(store, parts[i], submitter, outs[i])
+            i += 1
+            if took > QUICK_SUBMIT_S * len(parts[i - 1]):
+                break
+        futures = [
+            workers.submits.submit(
+                contextvars.copy_context().run, workers.submit_slice, store, part, submitter, out
+            )
+            for part, out in zip(parts[i:], outs[i:], strict=True)
+        ]
+        for f in futures:
+            f.result()
+    finally:
+        # After every submit of the batch returned: what succeeded is deleted
+        # even if a slice failed unexpectedly.
+        concurrent.futures.wait(futures)
+        _finish(store, outs, stats)
 
 
 @contextlib.contextmanager
@@ -202,12 +261,16 @@ def _lease_ran_out(store: ReminderStore, section: str) -> None:
 
 
 class AsyncLimits:
-    """Limits shared by every scan of one async sweep."""
+    """Limits and threads shared by every scan of one async sweep; `close()` at its end."""
 
     def __init__(self, opts: SweepOptions) -> None:
         self.opts = opts
         self.submits = asyncio.Semaphore(opts.submit_concurrency)
         self.batches = asyncio.Semaphore(opts.submit_concurrent_batches)
+        self.threads = SweepThreads(opts.sweep_shards + opts.submit_concurrent_batches)
+
+    def close(self) -> None:
+        self.threads.close()
 
 
 async def process_async(
@@ -220,32 +283,40 @@ async def process_async(
 ) -> None:
     """Like `process`, from async code (store calls run in threads)."""
     opts = limits.opts
-    async with _lease_async(store, result, section, opts, stats) as (keys, lease):
+    async with _lease_async(store, result, section, limits, stats) as (keys, lease):
         for ids in _chunks(keys, opts.submit_batch_size):
             if lease is not None and clock.now() >= lease.expires_at:
                 _lease_ran_out(store, section)
                 return
             async with limits.batches:
-                subs = await asyncio.to_thread(_fetch_to_submit, store, ids, stats)
-                view = DeferredDeletes(store)
+                subs = await limits.threads.run(_fetch_to_submit, store, ids, stats)
+                parts = _slices(subs, opts.submit_concurrency)
+                outs = [_outbox.Submitted() for _ in parts]
                 try:
-                    await asyncio.gather(
-                        *(_submit_one(view, s, submitter, limits, stats) for s in subs)
+                    settled = await asyncio.gather(
+                        *(
+                            _submit_slice(store, part, submitter, limits, out)
+                            for part, out in zip(parts, outs, strict=True)
+                        ),
+                        return_exceptions=True,
                     )
                 finally:
-                    await asyncio.to_thread(view.flush)
+                    # Also when cancelled midway: what was submitted is deleted.
+                    await limits.threads.run(_finish, store, outs, stats)
+                for r in settled:
+                    if isinstance(r, BaseException):
+                        raise r
 
 
-async def _submit_one(
-    view: DeferredDeletes,
-    sub: Submission,
+async def _submit_slice(
+    store: ReminderStore,
+    subs: list[Submission],
     submitter: Submitter,
     limits: AsyncLimits,
-    stats: SweepStats,
+    out: _outbox.Submitted,
 ) -> None:
     async with limits.submits:
-        outcome = await _outbox.submit_reminder_async(view, sub, submitter, "sweep")
-    _count(stats, outcome)
+        await _outbox.submit_reminders_async(store, subs, submitter, "sweep", out)
 
 
 @contextlib.asynccontextmanager
@@ -253,15 +324,15 @@ async def _lease_async(
     store: ReminderStore,
     result: ScanResult,
     section: str,
-    opts: SweepOptions,
+    limits: AsyncLimits,
     stats: SweepStats,
 ) -> AsyncIterator[tuple[list[ReminderKey], Lease | None]]:
-    keys = result.stale
+    keys, opts = result.stale, limits.opts
     if not keys or not opts.use_leases:
         yield keys, None
         return
     now = clock.now()
-    lease = await asyncio.to_thread(
+    lease = await limits.threads.run(
         store.take_lease, section, _ranges(result.covered), now + opts.lease_duration, now
     )
     try:
@@ -269,4 +340,4 @@ async def _lease_async(
         stats.add(not_leased=len(keys) - len(mine))
         yield mine, lease
     finally:
-        await asyncio.to_thread(_release, store, section, lease)
+        await limits.threads.run(_release, store, section, lease)

@@ -19,6 +19,7 @@ import logging
 from collections.abc import Iterator
 
 from sweeper._partition import Partition
+from sweeper._threads import SweepThreads
 from tq import _metrics, _tracing, clock
 from tq.txn import ReminderKey, ReminderStore
 
@@ -204,15 +205,25 @@ def scan(store: ReminderStore, part: Partition, level: int, params: ScanParams) 
 
 
 async def scan_async(
-    store: ReminderStore, part: Partition, level: int, params: ScanParams
+    store: ReminderStore,
+    part: Partition,
+    level: int,
+    params: ScanParams,
+    threads: SweepThreads | None = None,
 ) -> ScanResult:
-    """Like `scan`, from async code; the read runs in a thread, bounded by timeout_s."""
+    """Like `scan`, from async code; the read runs in a thread, bounded by timeout_s.
+
+    The thread is one of `threads` if given, else of the event loop's default executor.
+    """
     now = clock.now()
     low, high = part.query_bounds()
+    fetch, limit = store.fetch_reminder_keys, params.tasks_per_scan
     with _observed(store.name, part, level, params.tasks_per_scan) as read:
         try:
             keys: list[ReminderKey] | None = await asyncio.wait_for(
-                asyncio.to_thread(store.fetch_reminder_keys, low, high, params.tasks_per_scan),
+                threads.run(fetch, low, high, limit)
+                if threads
+                else asyncio.to_thread(fetch, low, high, limit),
                 params.timeout_s,
             )
         except Exception as e:

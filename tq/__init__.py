@@ -31,6 +31,7 @@ from tq._execution import ExecutionInfo, execution_info
 from tq._submitter import Submission, Submitter, current_submitter, use_submitter
 from tq._task import Task
 from tq._taskclass import CustomPayload, Handler, Kind, TaskClass
+from tq.cron import Cron
 
 __version__ = "0.1.0"
 
@@ -66,6 +67,7 @@ def sweep() -> None:
 __all__ = [
     "CloudTasksSubmitter",
     "ConfigError",
+    "Cron",
     "CustomPayload",
     "Dispatcher",
     "ExecutionInfo",

@@ -30,6 +30,12 @@ cause of refused pushes):
   the dispatcher.
 
 Certificates are fetched off the event loop and cached (see `tq._certs`).
+A token whose verification succeeded is remembered (by its exact text, up to
+`MAX_VERIFIED_TOKENS` of them), so the same token on later requests skips
+the signature check while the certificates it was checked against are still
+the ones in use and fresh; its claims (validity, audience, email) are
+checked again on every request, so a remembered token past its `exp` is
+refused all the same. Failed verifications are never remembered.
 When none can be had the request fails with `certs_unavailable`, which the
 endpoint answers with 500 so that Cloud Tasks retries it later (a 403 would
 be retried too, but reads as the caller's fault).
@@ -47,13 +53,20 @@ from __future__ import annotations
 import base64
 import dataclasses
 import json
+import threading
 from collections.abc import Collection, Mapping
 from typing import TYPE_CHECKING, Any
 
 from google.auth import crypt
 
 from tq import clock
-from tq._certs import DEFAULT_REFETCH_INTERVAL_S, GOOGLE_CERTS_URL, CertsCache, CertsUnavailable
+from tq._certs import (
+    DEFAULT_REFETCH_INTERVAL_S,
+    GOOGLE_CERTS_URL,
+    Certs,
+    CertsCache,
+    CertsUnavailable,
+)
 
 if TYPE_CHECKING:
     from tq._dispatcher import Dispatcher
@@ -74,6 +87,7 @@ REASONS = (
 
 DEFAULT_CLOCK_SKEW_S = 30.0
 MAX_TOKEN_CHARS = 16 * 1024
+MAX_VERIFIED_TOKENS = 1024
 
 
 class AuthError(Exception):
@@ -109,7 +123,8 @@ class OIDCVerifier:
         unknown key IDs.
 
     One verifier (and its certificate cache) may serve any number of
-    endpoints; `tq.asgi.app` makes one per app unless given one.
+    endpoints; `tq.asgi.app` makes one per app unless given one. It
+    remembers tokens it verified (see the module docstring).
     """
 
     def __init__(
@@ -121,6 +136,9 @@ class OIDCVerifier:
     ) -> None:
         self.certs = CertsCache(certs_url, refetch_interval_s=refetch_interval_s)
         self.clock_skew_s = clock_skew_s
+        # Token text -> (its claims, the certificates its signature was checked against).
+        self._verified: dict[str, tuple[dict[str, Any], Certs]] = {}
+        self._verified_lock = threading.Lock()
 
     async def verify(
         self,
@@ -131,6 +149,13 @@ class OIDCVerifier:
     ) -> Caller:
         """Checks an `Authorization` header value; raises AuthError if refused."""
         token = _bearer_token(authorization)
+        known = self._verified.get(token)
+        if known is not None:
+            claims, certs = known
+            if certs is self.certs.current and clock.current().monotonic() < certs.expires_at:
+                return self._check_claims(claims, audiences, allowed_emails)
+            with self._verified_lock:
+                self._verified.pop(token, None)
         header, claims, signed, signature = _split(token)
         alg = header.get("alg")
         if alg != "RS256":
@@ -139,14 +164,25 @@ class OIDCVerifier:
         if kid is not None and not isinstance(kid, str):
             raise AuthError("malformed", "token header has a non-string kid")
         try:
-            verifiers = await self.certs.verifiers_for(kid)
+            certs, verifiers = await self.certs.lookup(kid)
         except CertsUnavailable as e:
             raise AuthError("certs_unavailable", str(e)) from None
         if not verifiers:
             raise AuthError("bad_signature", f"token signed with unknown key {kid!r}")
         if not any(_verifies(v, signed, signature) for v in verifiers):
             raise AuthError("bad_signature", "token signature does not verify")
-        return self._check_claims(claims, audiences, allowed_emails)
+        caller = self._check_claims(claims, audiences, allowed_emails)
+        self._remember(token, claims, certs)
+        return caller
+
+    def _remember(self, token: str, claims: dict[str, Any], certs: Certs) -> None:
+        if clock.current().monotonic() >= certs.expires_at:
+            return  # stale certificates (a failed refetch): check again next time
+        with self._verified_lock:
+            verified = self._verified
+            if token not in verified and len(verified) >= MAX_VERIFIED_TOKENS:
+                del verified[next(iter(verified))]  # the oldest
+            verified[token] = (claims, certs)
 
     def _check_claims(
         self, claims: Mapping[str, Any], audiences: Collection[str], allowed: Collection[str]

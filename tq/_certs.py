@@ -52,8 +52,10 @@ class CertsUnavailable(Exception):
     """No usable certificates: never fetched, or stale beyond `MAX_STALE_S`."""
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class _Certs:
+@dataclasses.dataclass(frozen=True, slots=True, eq=False)
+class Certs:
+    """One fetched certificates document: verifiers by key ID, fresh until `expires_at`."""
+
     verifiers: Mapping[str, crypt.Verifier]
     expires_at: float  # on the monotonic clock
 
@@ -79,12 +81,19 @@ class CertsCache:
         self.timeout_s = timeout_s
         self.fetches = 0
         self._lock = threading.Lock()
-        self._certs: _Certs | None = None
+        self._certs: Certs | None = None
         self._next_fetch = float("-inf")
         self._inflight: asyncio.Task[None] | None = None
 
     async def verifiers_for(self, kid: str | None) -> list[crypt.Verifier]:
         """The verifiers for key `kid` (all known ones when None); [] if unknown.
+
+        Raises CertsUnavailable when no usable certificates exist.
+        """
+        return (await self.lookup(kid))[1]
+
+    async def lookup(self, kid: str | None) -> tuple[Certs, list[crypt.Verifier]]:
+        """(the certificates in use, `verifiers_for(kid)` among them).
 
         Raises CertsUnavailable when no usable certificates exist.
         """
@@ -101,9 +110,14 @@ class CertsCache:
         if certs is None or mono >= certs.expires_at + MAX_STALE_S:
             raise CertsUnavailable(f"could not fetch token-signing certificates from {self.url}")
         if kid is None:
-            return list(certs.verifiers.values())
+            return certs, list(certs.verifiers.values())
         found = certs.verifiers.get(kid)
-        return [found] if found is not None else []
+        return certs, [found] if found is not None else []
+
+    @property
+    def current(self) -> Certs | None:
+        """The certificates in use (a new object after each successful fetch)."""
+        return self._certs
 
     async def _refresh(self) -> None:
         loop = asyncio.get_running_loop()
@@ -133,7 +147,7 @@ class CertsCache:
                 self._next_fetch = started + FAILED_FETCH_BACKOFF_S
             return
         with self._lock:
-            self._certs = _Certs(verifiers, started + ttl)
+            self._certs = Certs(verifiers, started + ttl)
             self._next_fetch = started + self.refetch_interval_s
 
     def _download(self) -> tuple[dict[str, crypt.Verifier], float]:

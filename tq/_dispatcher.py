@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import datetime as dt
 import logging
 import os
 import threading
@@ -13,12 +14,20 @@ from typing import Any, Protocol, TypeVar
 from google.protobuf.message import Message
 from opentelemetry.trace import Span, SpanKind
 
-from tq import _observe, _request, _tracing, clock
+from tq import _observe, _request, _schedule, _tracing, clock
 from tq._errors import ConfigError, PayloadTooLarge, SubmitError, TransactionError, ValidationError
 from tq._reminder import Reminder, encode_payload, fresh_until
 from tq._submitter import Submission, Submitter, current_submitter
 from tq._task import Task, deduplicated_task_id
-from tq._taskclass import DEFAULT_ROUTING_PREFIX, CustomPayload, Handler, Kind, TaskClass
+from tq._taskclass import (
+    DEFAULT_ROUTING_PREFIX,
+    CustomPayload,
+    Handler,
+    Kind,
+    SchedulePayload,
+    TaskClass,
+)
+from tq.cron import Cron
 from tq.txn._store import PendingTask, Transaction, current_transaction
 
 log = logging.getLogger("tq")
@@ -88,6 +97,7 @@ class Dispatcher:
         self.app_engine = False
         self.target_scheme = "https"
         self._classes: dict[str, TaskClass] = {}
+        self._templates: dict[str, _request.Template] = {}  # by class ID
         self._by_type: dict[str, TaskClass] = {}
         self._lock = threading.Lock()
         self._submitter = submitter
@@ -177,6 +187,8 @@ class Dispatcher:
         quiet: bool = False,
         quiet_on_error: bool = False,
         dispatch_deadline_s: float | None = None,
+        schedule: Cron | None = None,
+        schedule_payload: SchedulePayload | None = None,
     ) -> Callable[[H], H]:
         """Decorator: registers a task class with the decorated handler."""
         cls = self.register_task_class(
@@ -184,7 +196,8 @@ class Dispatcher:
                 id=id, prototype=prototype, kind=kind, queue=queue,
                 routing_prefix=routing_prefix, target_host=target_host, custom=custom,
                 quiet=quiet, quiet_on_error=quiet_on_error,
-                dispatch_deadline_s=dispatch_deadline_s,
+                dispatch_deadline_s=dispatch_deadline_s, schedule=schedule,
+                schedule_payload=schedule_payload,
             )
         )  # fmt: skip
 
@@ -215,6 +228,43 @@ class Dispatcher:
 
     def task_classes(self) -> list[TaskClass]:
         return sorted(self._classes.values(), key=lambda c: c.id)
+
+    # Scheduled classes (see tq._schedule).
+
+    def schedules(self) -> list[TaskClass]:
+        """The task classes with a cron `schedule`, by ID."""
+        return [c for c in self.task_classes() if c.schedule is not None]
+
+    def add_scheduled_task(self, class_id: str, tick: dt.datetime | None = None) -> dt.datetime:
+        """Adds the task of a scheduled class for `tick`; returns the tick.
+
+        `tick` defaults to the latest tick at or before now. The task's name
+        derives from the class and the tick, so adding one tick's task again
+        (another process, a retried cron call) creates nothing new while the
+        queue remembers the name. Raises ConfigError for a class without a
+        schedule, ValidationError if `tick` is not a tick.
+        """
+        cls, tick = self._tick_of(class_id, tick)
+        self.add_task(_schedule.tick_task(cls, tick))
+        return tick
+
+    async def add_scheduled_task_async(
+        self, class_id: str, tick: dt.datetime | None = None
+    ) -> dt.datetime:
+        """`add_scheduled_task` from async code."""
+        cls, tick = self._tick_of(class_id, tick)
+        await self.add_task_async(_schedule.tick_task(cls, tick))
+        return tick
+
+    def _tick_of(self, class_id: str, tick: dt.datetime | None) -> tuple[TaskClass, dt.datetime]:
+        cls = self._classes.get(class_id)
+        if cls is None or cls.schedule is None:
+            raise ConfigError(f"no scheduled task class {class_id!r}")
+        if tick is None:
+            tick = _schedule.current_tick(cls, clock.now())
+            if tick is None:
+                raise ValidationError(f"task class {class_id!r}: its schedule has not ticked yet")
+        return cls, tick
 
     # Adding tasks.
 
@@ -307,73 +357,74 @@ class Dispatcher:
         txn = current_transaction()
         now = clock.now()
         submitter = self.submitter()
+        # In a transaction every task becomes a reminder (_check_kind refuses
+        # the others); outside one every task is submitted now.
         subs: list[Submission] = []
-        transactional: list[bool] = []
+        pending: list[PendingTask] = []
+        if txn is not None:
+            until = fresh_until(now, txn.deadline)
+            limit = txn.store.max_payload_size
         for task in tasks:
             if not isinstance(task, Task):
                 raise ValidationError(f"add_task takes tq.Task objects, got {task!r}")
             task.validate()
-            cls = self.task_class_for(task.payload)
+            cls = self._by_type.get(task.payload.DESCRIPTOR.full_name)
             if cls is None:
                 raise ValidationError(
                     f"no task class for payload type {task.payload.DESCRIPTOR.full_name}; "
                     "register one with Dispatcher.task_class(...)"
                 )
-            in_txn = _kind_in(cls, txn)
-            if in_txn and task.deduplication_key:
-                raise ValidationError(
-                    f"task of class {cls.id!r}: a deduplication key cannot be used on a task "
-                    "added in a transaction (its reminder already names it)"
-                )
-            if in_txn:
+            _check_kind(cls, txn)
+            if txn is not None:
+                if task.deduplication_key:
+                    raise ValidationError(
+                        f"task of class {cls.id!r}: a deduplication key cannot be used on a "
+                        "task added in a transaction (its reminder already names it)"
+                    )
                 task_id: str | None = self.random_bytes(16).hex()
             elif task.deduplication_key:
                 task_id = deduplicated_task_id(self.namespace, cls.id, task.deduplication_key)
             else:
                 task_id = None
-            req = _request.build(
-                cls, task, self._target, now=now, task_id=task_id, extra_headers=trace_headers
+            req = self._template(cls).build(
+                task, now=now, task_id=task_id, extra_headers=trace_headers
             )
-            subs.append(
-                Submission(
-                    request=req, task_class=cls.id, created=now, payload=task.payload,
-                    reminder_id=task_id if in_txn else None,
-                )
+            sub = Submission(
+                request=req, task_class=cls.id, created=now, payload=task.payload,
+                reminder_id=task_id if txn is not None else None,
             )  # fmt: skip
-            transactional.append(in_txn)
+            if txn is None:
+                subs.append(sub)
+            else:
+                payload = encode_payload(sub)
+                if len(payload) > limit:
+                    raise PayloadTooLarge(
+                        f"task of class {cls.id!r} is {len(payload)} bytes as a reminder, "
+                        f"over the {limit} bytes store {txn.store.name!r} takes"
+                    )
+                rem = Reminder(id=task_id or "", fresh_until=until, payload=payload)
+                pending.append(PendingTask(rem, sub, submitter))
             if not cls.quiet and log.isEnabledFor(logging.DEBUG):
                 fields = {"tq_class": cls.id, "tq_queue": cls.queue.rsplit("/", 1)[-1]}
-                if in_txn and task_id:
+                if txn is not None and task_id:
                     fields["tq_reminder"] = task_id
                 log.debug("tq: adding task of class %s: %s", cls.id, task.payload, extra=fields)
         if span is not None:
+            classes = {s.task_class for s in subs} | {p.submission.task_class for p in pending}
             _tracing.set_attributes(
-                span,
-                {
-                    "tq.task_class": sorted({s.task_class for s in subs}),
-                    "tq.transactional": txn is not None and any(transactional),
-                },
+                span, {"tq.task_class": sorted(classes), "tq.transactional": txn is not None}
             )
-        if txn is None or not any(transactional):
+        if txn is None:
             return [(s, submitter) for s in subs]
-        if not all(transactional):
-            # Mixed batch in a transaction: the non-transactional ones were refused
-            # by _kind_in already, so this cannot happen; keep the invariant loud.
-            raise TransactionError("a batch in a transaction must be all transactional")
-        deadline = txn.deadline
-        pending = []
-        for s in subs:
-            rem = Reminder(
-                id=s.reminder_id or "", fresh_until=fresh_until(now, deadline),
-                payload=encode_payload(s),
-            )  # fmt: skip
-            if len(rem.payload) > txn.store.max_payload_size:
-                raise PayloadTooLarge(
-                    f"task of class {s.task_class!r} is {len(rem.payload)} bytes as a reminder, "
-                    f"over the {txn.store.max_payload_size} bytes store {txn.store.name!r} takes"
-                )
-            pending.append(PendingTask(rem, s, submitter))
         return _TxnPlan(txn, pending)
+
+    def _template(self, cls: TaskClass) -> _request.Template:
+        # Built on first use (a class that cannot be routed fails at add_task,
+        # as before) and again after configure() or a change to the class.
+        tpl = self._templates.get(cls.id)
+        if tpl is None or not tpl.fits(cls, self._target):
+            tpl = self._templates[cls.id] = _request.Template(cls, self._target)
+        return tpl
 
 
 @dataclasses.dataclass(slots=True)
@@ -382,24 +433,20 @@ class _TxnPlan:
     pending: list[PendingTask]
 
 
-def _kind_in(cls: TaskClass, txn: Transaction | None) -> bool:
-    """Whether a task of `cls` goes into `txn`; raises on a kind mismatch."""
-    if cls.kind is Kind.TRANSACTIONAL:
-        if txn is None:
-            raise TransactionError(
-                f"task class {cls.id!r} is TRANSACTIONAL: add it inside a transaction opened "
-                "with tq.txn.sql.transaction(...), tq.txn.sql.bind(session) or "
-                "tq.txn.spanner.run_in_transaction(...)"
-            )
-        return True
-    if cls.kind is Kind.NON_TRANSACTIONAL:
-        if txn is not None:
-            raise TransactionError(
-                f"task class {cls.id!r} is NON_TRANSACTIONAL: add it outside the transaction "
-                "(or make the class FOLLOWS_CONTEXT)"
-            )
-        return False
-    return txn is not None
+def _check_kind(cls: TaskClass, txn: Transaction | None) -> None:
+    """Raises if a task of `cls` cannot be added here (in `txn`, or outside any)."""
+    kind = cls.kind
+    if kind is Kind.TRANSACTIONAL and txn is None:
+        raise TransactionError(
+            f"task class {cls.id!r} is TRANSACTIONAL: add it inside a transaction opened "
+            "with tq.txn.sql.transaction(...), tq.txn.sql.bind(session) or "
+            "tq.txn.spanner.run_in_transaction(...)"
+        )
+    if kind is Kind.NON_TRANSACTIONAL and txn is not None:
+        raise TransactionError(
+            f"task class {cls.id!r} is NON_TRANSACTIONAL: add it outside the transaction "
+            "(or make the class FOLLOWS_CONTEXT)"
+        )
 
 
 def _submit_now(submitter: Submitter, sub: Submission) -> None:

@@ -52,36 +52,34 @@ class ExecutionInfo:
                         return v.strip()
                 return ""
 
-        else:
-            # Once per push: the plain lookups of the common case.
-            h = headers.get
-
-            def get(name: str) -> str:
-                return (h(_CT[name]) or "").strip()
-
-        queue = get("queuename")
+            queue = get("queuename")
+            return cls(
+                task_class=task_class,
+                execution_count=_int(get("taskexecutioncount")),
+                retry_count=_int(get("taskretrycount")),
+                task_id=get("taskname").rsplit("/", 1)[-1],
+                queue=queue.rsplit("/", 1)[-1],  # the emulator sends the full path
+                eta=_eta(get("tasketa")),
+                retry_reason=get("taskretryreason"),
+                previous_response=_int(get("taskpreviousresponse")) or None,
+            )
+        # Once per push: the plain lookups of the common case, inline.
+        h = headers.get
         return cls(
             task_class=task_class,
-            execution_count=_int(get("taskexecutioncount")),
-            retry_count=_int(get("taskretrycount")),
-            task_id=get("taskname").rsplit("/", 1)[-1],
-            queue=queue.rsplit("/", 1)[-1],  # the emulator sends the full path
-            eta=_eta(get("tasketa")),
-            retry_reason=get("taskretryreason"),
-            previous_response=_int(get("taskpreviousresponse")) or None,
+            execution_count=_int(h("x-cloudtasks-taskexecutioncount", "").strip()),
+            retry_count=_int(h("x-cloudtasks-taskretrycount", "").strip()),
+            task_id=h("x-cloudtasks-taskname", "").strip().rsplit("/", 1)[-1],
+            queue=h("x-cloudtasks-queuename", "").strip().rsplit("/", 1)[-1],
+            eta=_eta(h("x-cloudtasks-tasketa", "").strip()),
+            retry_reason=h("x-cloudtasks-taskretryreason", "").strip(),
+            previous_response=_int(h("x-cloudtasks-taskpreviousresponse", "").strip()) or None,
         )
 
 
-_CT = {
-    n: "x-cloudtasks-" + n
-    for n in (
-        "queuename", "taskexecutioncount", "taskretrycount", "taskname", "tasketa",
-        "taskretryreason", "taskpreviousresponse",
-    )
-}  # fmt: skip
-
-
 def _int(v: str) -> int:
+    if len(v) < 10 and v.isdigit() and v.isascii():  # the common case, no exception
+        return int(v)
     try:
         return max(0, int(v))
     except ValueError:
@@ -118,3 +116,13 @@ def executing(info: ExecutionInfo) -> Iterator[ExecutionInfo]:
         yield info
     finally:
         _current.reset(token)
+
+
+def enter(info: ExecutionInfo) -> contextvars.Token[ExecutionInfo | None]:
+    """Makes `info` current (what `executing` does, without a context manager's cost)."""
+    return _current.set(info)
+
+
+def leave(token: contextvars.Token[ExecutionInfo | None]) -> None:
+    """Undoes `enter`."""
+    _current.reset(token)

@@ -124,6 +124,8 @@ CATALOGUE: tuple[Metric, ...] = (
        "Sweeps not started because one was running in this process"),
     _m("tq_sweeps_rejected", "counter", "{call}", "reason",
        "Calls to the sweep endpoint refused; reason=auth_ and the authentication failure"),
+    _m("tq_cron_calls_rejected", "counter", "{call}", "reason",
+       "Calls to the cron endpoint refused; reason=auth_ and the authentication failure"),
     _m("tq_sweep_submitted", "counter", "{reminder}", "mode",
        "Stale reminders submitted by sweeps"),
     _m("tq_sweep_scans", "counter", "{scan}", "store result",
@@ -223,6 +225,25 @@ def record(name: str, value: float, **labels: str) -> None:
     inst = _instruments.get(name)
     if inst is not None:
         inst.record(value, labels)
+
+
+def instrument(name: str) -> Any:
+    """Histogram `name`'s instrument, or None if recording would do nothing now.
+
+    For recording many values in a loop: `inst.record(value, attributes)` is
+    what `record` does, without building the attributes anew for every
+    value. None while no SDK is installed: the API's instruments are no-ops
+    then (a proxy gets a real instrument once a provider is set: take the
+    instrument anew for each batch, not once for good).
+    """
+    inst = _instruments.get(name)
+    if inst is None or isinstance(inst, otel_metrics.NoOpHistogram):
+        return None
+    # The API's proxy instrument before a real provider is set (a private
+    # attribute: if it ever goes, values are recorded as usual).
+    if getattr(inst, "_real_instrument", True) is None:
+        return None
+    return inst
 
 
 def observe(name: str, key: object, source: Source) -> Callable[[], None]:

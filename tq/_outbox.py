@@ -4,13 +4,15 @@ Stores call `after_commit` / `after_commit_async` with what the transaction
 saved. For each reminder still fresh: submit it (a few quick retries within a
 bounded time), then delete it. A transient failure keeps the reminder for the
 sweeper; a permanent one parks it (never deletes it). Nothing here raises into
-the caller: post-commit failures are logged and counted. The sweeper reuses
-`submit_reminder` for stale reminders.
+the caller: post-commit failures are logged and counted. The sweeper submits
+stale reminders in batches through `submit_reminders` (`tq parked replay` one
+at a time through `submit_reminder`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import enum
 import logging
 import time
@@ -36,13 +38,26 @@ class Outcome(enum.Enum):
     PARKED = "parked"  # permanent failure; set aside for an operator
 
 
-def _submit_with_retries(submitter: Submitter, sub: Submission, path: str) -> None:
+def _submit_with_retries(
+    submitter: Submitter,
+    sub: Submission,
+    path: str,
+    tally: _observe.Tally | None = None,
+    first: _FirstAttempt | None = None,
+) -> None:
     # The deadline also bounds the submitter's own retries (CloudTasksSubmitter
     # has some), so the whole happy path of one task stays within BUDGET_S.
     deadline = time.monotonic() + BUDGET_S
-    with _observe.submitting(sub, path) as observed:
+    if first is not None:
+        deadline -= clock.current().monotonic() - first.started
+    started = None if first is None else first.started
+    with _observe.submitting(sub, path, tally, started) as observed:
         for attempt in range(ATTEMPTS):
             try:
+                if first is not None:
+                    # The attempt `_submit_quick` made failed: go on from it.
+                    err, first = first.error, None
+                    raise err
                 with submit_deadline(BUDGET_S):
                     submitter.submit(sub)
                 return
@@ -55,11 +70,23 @@ def _submit_with_retries(submitter: Submitter, sub: Submission, path: str) -> No
             time.sleep(_PAUSES_S[min(attempt, len(_PAUSES_S) - 1)])
 
 
-async def _submit_with_retries_async(submitter: Submitter, sub: Submission, path: str) -> None:
+async def _submit_with_retries_async(
+    submitter: Submitter,
+    sub: Submission,
+    path: str,
+    tally: _observe.Tally | None = None,
+    first: _FirstAttempt | None = None,
+) -> None:
     deadline = time.monotonic() + BUDGET_S
-    with _observe.submitting(sub, path) as observed:
+    if first is not None:
+        deadline -= clock.current().monotonic() - first.started
+    started = None if first is None else first.started
+    with _observe.submitting(sub, path, tally, started) as observed:
         for attempt in range(ATTEMPTS):
             try:
+                if first is not None:
+                    err, first = first.error, None
+                    raise err
                 with submit_deadline(BUDGET_S):
                     await submitter.submit_async(sub)
                 return
@@ -70,6 +97,14 @@ async def _submit_with_retries_async(submitter: Submitter, sub: Submission, path
                 if not e.transient or attempt == ATTEMPTS - 1 or time.monotonic() >= deadline:
                     raise
             await asyncio.sleep(_PAUSES_S[min(attempt, len(_PAUSES_S) - 1)])
+
+
+@dataclasses.dataclass(slots=True)
+class _FirstAttempt:
+    """A first attempt that failed in `_submit_quick`, for the retries to go on from."""
+
+    error: Exception
+    started: float  # clock.current().monotonic() when it began
 
 
 def _failed(store: ReminderStore, sub: Submission, err: Exception, path: str) -> Outcome:
@@ -141,6 +176,169 @@ async def submit_reminder_async(
     _observe.reminder_done(sub, path)
     await asyncio.to_thread(_delete, store, [sub.reminder_id or ""])
     return Outcome.SUBMITTED
+
+
+@dataclasses.dataclass(slots=True)
+class Submitted:
+    """What `submit_reminders` did with a batch.
+
+    Attributes:
+      done: IDs of the reminders whose tasks exist now (created, or existing
+        already), for the caller to delete.
+      kept: transient failures, left for the next sweep.
+      parked: permanent failures, parked (or kept if parking failed: counted
+        in `kept`).
+    """
+
+    done: list[str] = dataclasses.field(default_factory=list)
+    kept: int = 0
+    parked: int = 0
+
+    def note(self, outcome: Outcome) -> None:
+        if outcome is Outcome.PARKED:
+            self.parked += 1
+        else:
+            self.kept += 1
+
+
+def submit_reminders(
+    store: ReminderStore,
+    subs: Sequence[Submission],
+    submitter: Submitter,
+    path: str = "sweep",
+    out: Submitted | None = None,
+) -> Submitted:
+    """Submits a batch of reminders' tasks one after another (blocking).
+
+    Each is submitted as `submit_reminder` does (quick retries within
+    BUDGET_S, a `tq.submit` span, permanent failures parked), except that
+    the reminders are not deleted: the caller deletes `Submitted.done` (one
+    statement for the batch). Outcomes go into `out` (default: a new
+    Submitted) as they come, so that a caller interrupted midway still
+    knows what was submitted. Counters are added once per call. Never
+    raises for a failed submit.
+    """
+    out = Submitted() if out is None else out
+    ok: list[Submission] = []
+    tally: _observe.Tally = {}
+    try:
+        if _tracing.tracer() is None:
+            _submit_quick(store, subs, submitter, path, out, ok, tally)
+            return out
+        for sub in subs:
+            try:
+                _submit_with_retries(submitter, sub, path, tally)
+            except Exception as e:
+                out.note(_failed(store, sub, e, path))
+                continue
+            ok.append(sub)
+            out.done.append(sub.reminder_id or "")
+    finally:
+        _observe.count_submits(tally, path)
+        _observe.reminders_done(ok, path)
+    return out
+
+
+def _submit_quick(
+    store: ReminderStore,
+    subs: Sequence[Submission],
+    submitter: Submitter,
+    path: str,
+    out: Submitted,
+    ok: list[Submission],
+    tally: _observe.Tally,
+) -> None:
+    """`submit_reminders`' loop while no tracer is installed (no span to make).
+
+    Each submit's first attempt runs here, bounded and measured as in
+    `_submit_with_retries` but without its span and context managers (the
+    sweeper makes thousands a second); one that fails goes on in
+    `_submit_with_retries` (retries, then the outcome) from that attempt.
+    """
+    observed = _observe.QuickSubmits(path, tally)
+    mono = clock.current().monotonic
+    done = out.done
+    for sub in subs:
+        started = mono()
+        try:
+            with submit_deadline(BUDGET_S):
+                submitter.submit(sub)
+            observed.done(sub, "OK", mono() - started)
+        except SubmitError as e:
+            if not e.already_exists:
+                if not _quick_failed(store, sub, submitter, path, out, tally, e, started):
+                    continue
+            else:
+                observed.done(sub, e.code.name, mono() - started)
+        except Exception as e:
+            if not _quick_failed(store, sub, submitter, path, out, tally, e, started):
+                continue
+        ok.append(sub)
+        done.append(sub.reminder_id or "")
+
+
+def _quick_failed(
+    store: ReminderStore,
+    sub: Submission,
+    submitter: Submitter,
+    path: str,
+    out: Submitted,
+    tally: _observe.Tally,
+    err: Exception,
+    started: float,
+) -> bool:
+    """Retries a submit whose first attempt failed; False if it failed for good."""
+    try:
+        _submit_with_retries(submitter, sub, path, tally, _FirstAttempt(err, started))
+    except Exception as e:
+        out.note(_failed(store, sub, e, path))
+        return False
+    return True
+
+
+async def submit_reminders_async(
+    store: ReminderStore,
+    subs: Sequence[Submission],
+    submitter: Submitter,
+    path: str = "sweep",
+    out: Submitted | None = None,
+) -> Submitted:
+    """Like `submit_reminders`, for async code (parking runs in a thread)."""
+    out = Submitted() if out is None else out
+    ok: list[Submission] = []
+    tally: _observe.Tally = {}
+    quick = _observe.QuickSubmits(path, tally) if _tracing.tracer() is None else None
+    mono = clock.current().monotonic
+    try:
+        for sub in subs:
+            try:
+                if quick is None:
+                    await _submit_with_retries_async(submitter, sub, path, tally)
+                else:
+                    # As in `_submit_quick`: the first attempt without a span.
+                    started = mono()
+                    try:
+                        with submit_deadline(BUDGET_S):
+                            await submitter.submit_async(sub)
+                        quick.done(sub, "OK", mono() - started)
+                    except SubmitError as e:
+                        if not e.already_exists:
+                            first = _FirstAttempt(e, started)
+                            await _submit_with_retries_async(submitter, sub, path, tally, first)
+                        else:
+                            quick.done(sub, e.code.name, mono() - started)
+                    except Exception as e:
+                        first = _FirstAttempt(e, started)
+                        await _submit_with_retries_async(submitter, sub, path, tally, first)
+            except Exception as e:
+                out.note(await asyncio.to_thread(_failed, store, sub, e, path))
+                continue
+            ok.append(sub)
+            out.done.append(sub.reminder_id or "")
+    finally:
+        _observe.count_submits(tally, path)
+        _observe.reminders_done(ok, path)
+    return out
 
 
 def _fresh(pending: Sequence[PendingTask]) -> list[PendingTask]:

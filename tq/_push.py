@@ -18,12 +18,13 @@ import dataclasses
 import inspect
 import logging
 import threading
-from collections.abc import Mapping
+import weakref
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
 from tq import _envelope, _metrics, _tracing, clock
 from tq._errors import Fatal, Ignore, Retry, Transient
-from tq._execution import ExecutionInfo, executing
+from tq._execution import ExecutionInfo, enter, leave
 from tq._request import EXPECTED_ETA_HEADER
 
 if TYPE_CHECKING:
@@ -156,23 +157,40 @@ async def _handle(
     started = c.monotonic()
     with _running_lock:
         _running[cls.id] += 1
+    token = enter(info)
     try:
-        with executing(info):
-            if inspect.iscoroutinefunction(handler):
-                await handler(payload)
-            else:
-                # Sync handlers run in a thread (with this context) so they
-                # never block the event loop.
-                await asyncio.to_thread(handler, payload)
+        if _is_async(handler):
+            await handler(payload)  # type: ignore[misc]  # _is_async: a coroutine function
+        else:
+            # Sync handlers run in a thread (with this context) so they
+            # never block the event loop.
+            await asyncio.to_thread(handler, payload)
     except Exception as e:
         result = _outcome_of(e, cls.id, info, cls.quiet_on_error)
     else:
         result = PushResult(200, "ok", cls.id)
     finally:
+        leave(token)
         with _running_lock:
             _running[cls.id] -= 1
     _count_handled(result.outcome, info, headers, c.monotonic() - started)
     return result
+
+
+_async_handlers: weakref.WeakKeyDictionary[Callable[..., object], bool] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _is_async(handler: Callable[..., object]) -> bool:
+    """inspect.iscoroutinefunction(handler), remembered per handler."""
+    try:
+        found = _async_handlers.get(handler)
+    except TypeError:  # not weakly referenceable
+        return inspect.iscoroutinefunction(handler)
+    if found is None:
+        found = _async_handlers[handler] = inspect.iscoroutinefunction(handler)
+    return found
 
 
 def _log_fields(info: ExecutionInfo) -> dict[str, object]:

@@ -41,25 +41,30 @@ class Task:
         """Raises ValidationError for options that can never work."""
         if not isinstance(self.payload, Message):
             raise ValidationError(f"Task.payload must be a protobuf message, got {self.payload!r}")
-        for name, value, kind in (
-            ("title", self.title, str),
-            ("deduplication_key", self.deduplication_key, str),
-            ("delay", self.delay, (dt.timedelta, type(None))),
-            ("eta", self.eta, (dt.datetime, type(None))),
-        ):
-            if not isinstance(value, kind):
-                raise ValidationError(f"Task.{name} has the wrong type: {value!r}")
-        if self.delay is not None and self.eta is not None:
-            raise ValidationError("Task: give delay or eta, not both")
-        if self.delay is not None and self.delay < dt.timedelta(0):
-            raise ValidationError(f"Task: delay must not be negative, got {self.delay}")
-        if self.eta is not None and self.eta.tzinfo is None:
-            raise ValidationError("Task: eta must be timezone-aware (e.g. datetime.now(UTC))")
-        if any(
-            c in _TITLE_FORBIDDEN or ord(c) < 32 or 0xD800 <= ord(c) <= 0xDFFF for c in self.title
+        # Spelled out rather than looped over: this runs on every add_task.
+        title, delay, eta = self.title, self.delay, self.eta
+        if not isinstance(title, str):
+            raise ValidationError(f"Task.title has the wrong type: {title!r}")
+        if not isinstance(self.deduplication_key, str):
+            raise ValidationError(
+                f"Task.deduplication_key has the wrong type: {self.deduplication_key!r}"
+            )
+        if delay is not None or eta is not None:
+            if delay is not None and not isinstance(delay, dt.timedelta):
+                raise ValidationError(f"Task.delay has the wrong type: {delay!r}")
+            if eta is not None and not isinstance(eta, dt.datetime):
+                raise ValidationError(f"Task.eta has the wrong type: {eta!r}")
+            if delay is not None and eta is not None:
+                raise ValidationError("Task: give delay or eta, not both")
+            if delay is not None and delay < dt.timedelta(0):
+                raise ValidationError(f"Task: delay must not be negative, got {delay}")
+            if eta is not None and eta.tzinfo is None:
+                raise ValidationError("Task: eta must be timezone-aware (e.g. datetime.now(UTC))")
+        if title and any(
+            c in _TITLE_FORBIDDEN or ord(c) < 32 or 0xD800 <= ord(c) <= 0xDFFF for c in title
         ):
             raise ValidationError(
-                f"Task: title {self.title!r} has spaces, control characters, lone "
+                f"Task: title {title!r} has spaces, control characters, lone "
                 "surrogates or URL-reserved characters; "
                 "use letters, digits and -_.~:@!$&'()*+,;=/"
             )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import enum
 import re
 from collections.abc import Awaitable, Callable, Mapping
@@ -11,8 +12,11 @@ from typing import Any, TypeAlias
 from google.protobuf.message import Message
 
 from tq._errors import ConfigError
+from tq.cron import Cron
 
 Handler: TypeAlias = Callable[[Any], None] | Callable[[Any], Awaitable[None]]
+SchedulePayload: TypeAlias = Message | Callable[[dt.datetime], Message]
+"""The payload of a scheduled task: a message, or a function of the tick (local time)."""
 
 # \Z, not $: "$" also matches before a trailing newline, which would let
 # "send-email\n" through as a class ID or queue name.
@@ -80,6 +84,13 @@ class TaskClass:
       quiet_on_error: log handler errors of this class as warnings, not errors.
       dispatch_deadline_s: how long Cloud Tasks waits for the handler
         (15 s to 1,800 s); None leaves the queue's default (10 min).
+      schedule: a `tq.cron.Cron`: add a task of this class at each tick
+        (see `Dispatcher.schedules`); the class must not be TRANSACTIONAL.
+        The database queue's workers fire it; on Cloud Tasks, Cloud
+        Scheduler calls `<mount>/c/cron/<class ID>` (`tq schedules`).
+      schedule_payload: the payload of a scheduled task: a message of the
+        prototype, or a function of the tick (an aware datetime on the
+        schedule's wall clock) returning one; default an empty message.
     """
 
     id: str
@@ -93,6 +104,8 @@ class TaskClass:
     quiet: bool = False
     quiet_on_error: bool = False
     dispatch_deadline_s: float | None = None
+    schedule: Cron | None = None
+    schedule_payload: SchedulePayload | None = None
 
     def validate(self) -> None:
         """Raises ConfigError saying what to fix if the class is misconfigured."""
@@ -135,6 +148,32 @@ class TaskClass:
         if self.dispatch_deadline_s is not None and not 15 <= self.dispatch_deadline_s <= 1800:
             raise ConfigError(
                 f"task class {self.id!r}: dispatch_deadline_s must be within 15 to 1800 seconds"
+            )
+        self._validate_schedule()
+
+    def _validate_schedule(self) -> None:
+        if self.schedule is None:
+            if self.schedule_payload is not None:
+                raise ConfigError(f"task class {self.id!r}: schedule_payload needs a schedule")
+            return
+        if not isinstance(self.schedule, Cron):
+            raise ConfigError(
+                f"task class {self.id!r}: schedule must be a tq.Cron, got {self.schedule!r}"
+            )
+        if self.kind is Kind.TRANSACTIONAL:
+            raise ConfigError(
+                f"task class {self.id!r}: a scheduled class is added outside transactions; "
+                "make it NON_TRANSACTIONAL or FOLLOWS_CONTEXT"
+            )
+        p = self.schedule_payload
+        if isinstance(p, Message) and not isinstance(p, self.prototype):
+            raise ConfigError(
+                f"task class {self.id!r}: schedule_payload must be a {self.type_name} "
+                f"(or a function of the tick returning one), got {type(p).__name__}"
+            )
+        if p is not None and not isinstance(p, Message) and not callable(p):
+            raise ConfigError(
+                f"task class {self.id!r}: schedule_payload must be a message or a callable"
             )
 
     @property

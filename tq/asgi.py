@@ -15,6 +15,13 @@ It serves:
   the same app mounted at `/jobs`.
 * `GET` (or `POST`) `<mount>/c/sweep`: runs `dispatcher.sweep_async()` once,
   for Cloud Scheduler or App Engine cron.
+* `GET` (or `POST`) `<mount>/c/cron/<class ID>`: adds the task of a
+  scheduled class (`TaskClass.schedule`) for the current tick, for the
+  Cloud Scheduler job or App Engine cron entry `tq schedules` prints. The
+  tick is the `X-CloudScheduler-ScheduleTime` header's (the latest tick at
+  or before it), else the latest tick at or before now; the task is named
+  after the class and the tick, so a retried call adds nothing new. 200
+  with the tick; 404 no such scheduled class; 403 as for the sweep.
 
 Push statuses (they tell Cloud Tasks what to do): 200 done; 202 the handler
 raised `Fatal` (dropped); 204 `Ignore` (dropped); 429 `Retry`; 500
@@ -34,16 +41,17 @@ it off, for local development only, and says so loudly in the logs.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 from collections.abc import Collection, Mapping
 
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route
-from starlette.types import Scope
+from starlette.types import Receive, Scope, Send
 
-from tq import _metrics, _push
+from tq import _metrics, _push, clock
 from tq._auth import (
     AuthError,
     OIDCVerifier,
@@ -134,8 +142,18 @@ def routes(
     endpoint = _Endpoint(dispatcher, auth, max_body_bytes, authorized_launchers, certs_url)
     return [
         Route("/c/sweep", endpoint.sweep, methods=["GET", "POST"]),
-        Route("/{path:path}", endpoint.push, methods=["POST"]),
+        Route("/c/cron/{class_id}", endpoint.cron, methods=["GET", "POST"]),
+        Route("/{path:path}", _PushApp(endpoint), methods=["POST"]),
     ]
+
+
+class _PushApp:
+    # An object, not a method: Starlette's Route then calls it as a plain ASGI app.
+    def __init__(self, endpoint: _Endpoint) -> None:
+        self._push = endpoint.push
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self._push(scope, receive, send)
 
 
 class _Endpoint:
@@ -178,16 +196,17 @@ class _Endpoint:
                 "will refuse every push (403 auth_email_not_allowed) until one is configured"
             )
 
-    async def push(self, request: Request) -> Response:
-        scope = request.scope
+    async def push(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Serves one push (a plain ASGI app: no Request or Response objects per push)."""
         headers = _headers(scope)
         path = _full_path(scope)
         class_id = _class_id(self.dispatcher, path)
-        where = _where(class_id, headers)
         length = headers.get("content-length", "")
         # isdigit() alone passes "²" (latin-1 \xb2), which int() refuses.
         if length.isascii() and length.isdigit() and int(length) > self.max_body_bytes:
-            return self._refuse(400, "body_too_large", f"Content-Length {length}", where)
+            where = _where(class_id, headers)
+            await self._refuse(send, 400, "body_too_large", f"Content-Length {length}", where)
+            return
         if self.verifier is None:
             self._warn_insecure()
         else:
@@ -200,40 +219,56 @@ class _Endpoint:
             try:
                 await authenticate_push(self.verifier, self.dispatcher, headers, audiences)
             except AuthError as e:
-                return self._refuse(e.status, "auth_" + e.reason, e.detail, where)
+                where = _where(class_id, headers)
+                await self._refuse(send, e.status, "auth_" + e.reason, e.detail, where)
+                return
         if class_id is None:
-            return self._refuse(404, "no_route", f"no routing prefix matches {path!r}", where)
-        body = await _read_body(request, self.max_body_bytes)
+            where = _where(class_id, headers)
+            await self._refuse(send, 404, "no_route", f"no routing prefix matches {path!r}", where)
+            return
+        body = await _read_body(receive, self.max_body_bytes)
         if body is None:
-            return self._refuse(
-                400, "body_too_large", f"body over {self.max_body_bytes} bytes", where
-            )
+            where = _where(class_id, headers)
+            detail = f"body over {self.max_body_bytes} bytes"
+            await self._refuse(send, 400, "body_too_large", detail, where)
+            return
         result = await _push.handle_push(self.dispatcher, class_id, headers, body)
         if log.isEnabledFor(logging.DEBUG):
-            log.debug("tq: push %s -> %d %s", where, result.status, result.outcome)
-        return _response(result.status, result.outcome)
+            log.debug(
+                "tq: push %s -> %d %s", _where(class_id, headers), result.status, result.outcome
+            )
+        await _respond(send, result.status, result.outcome)
 
-    async def sweep(self, request: Request) -> Response:
+    async def _launcher_refusal(self, request: Request, what: str) -> Response | None:
+        """None if the caller may launch sweeps and cron ticks, else the refusal."""
         scope = request.scope
         headers = _headers(scope)
         if self.verifier is None:
             self._warn_insecure()
-        else:
-            path = _full_path(scope)
-            audiences = request_audiences(
-                self.dispatcher.push_audience,
-                headers.get("host", ""),
-                _path_and_query(path, scope),
-                scope.get("scheme", "https"),
+            return None
+        audiences = request_audiences(
+            self.dispatcher.push_audience,
+            headers.get("host", ""),
+            _path_and_query(_full_path(scope), scope),
+            scope.get("scheme", "https"),
+        )
+        try:
+            await authenticate_launcher(
+                self.verifier, self.dispatcher, self.launchers, headers, audiences
             )
-            try:
-                await authenticate_launcher(
-                    self.verifier, self.dispatcher, self.launchers, headers, audiences
-                )
-            except AuthError as e:
+        except AuthError as e:
+            if what == "sweep":
                 _metrics.add("tq_sweeps_rejected", reason="auth_" + e.reason)
-                log.warning("tq: sweep call refused (%d auth_%s): %s", e.status, e.reason, e)
-                return PlainTextResponse(f"auth_{e.reason}\n", status_code=e.status)
+            else:
+                _metrics.add("tq_cron_calls_rejected", reason="auth_" + e.reason)
+            log.warning("tq: %s call refused (%d auth_%s): %s", what, e.status, e.reason, e)
+            return PlainTextResponse(f"auth_{e.reason}\n", status_code=e.status)
+        return None
+
+    async def sweep(self, request: Request) -> Response:
+        refused = await self._launcher_refusal(request, "sweep")
+        if refused is not None:
+            return refused
         try:
             await self.dispatcher.sweep_async()
         except ConfigError as e:
@@ -244,22 +279,48 @@ class _Endpoint:
             return PlainTextResponse("sweep failed\n", status_code=500)
         return PlainTextResponse("swept\n")
 
+    async def cron(self, request: Request) -> Response:
+        refused = await self._launcher_refusal(request, "cron")
+        if refused is not None:
+            return refused
+        class_id = request.path_params["class_id"]
+        cls = self.dispatcher.task_class_by_id(class_id)
+        if cls is None or cls.schedule is None:
+            log.warning("tq: cron call for %r, which is no scheduled task class", class_id)
+            return PlainTextResponse("no such scheduled class\n", status_code=404)
+        at = _schedule_time(request.headers.get("x-cloudscheduler-scheduletime", ""))
+        try:
+            tick = cls.schedule.last_at_or_before(at or clock.now())
+            if tick is None:
+                return PlainTextResponse("no tick yet\n", status_code=404)
+            await self.dispatcher.add_scheduled_task_async(class_id, tick)
+        except Exception:
+            log.exception("tq: cron call for %s failed", class_id)
+            return PlainTextResponse("cron failed\n", status_code=500)
+        return PlainTextResponse(f"added {tick.isoformat()}\n")
+
     def _warn_insecure(self) -> None:
         if not self._warned_insecure:
             self._warned_insecure = True
             log.warning(_BANNER)
 
-    def _refuse(self, status: int, reason: str, detail: str, where: str) -> Response:
+    async def _refuse(self, send: Send, status: int, reason: str, detail: str, where: str) -> None:
         _push.reject(status, reason, f"{detail} ({where})")
-        return _response(status, reason)
+        await _respond(send, status, reason)
 
 
 def _headers(scope: Scope) -> dict[str, str]:
     # ASGI header names are lowercase already. A repeated header's values are
     # joined with ", " (RFC 9110, 5.3), never one picked: two Authorization
     # headers then carry no valid token, whichever one a proxy looked at.
-    headers: dict[str, str] = {}
-    for k, v in scope["headers"]:
+    raw = scope["headers"]
+    if not isinstance(raw, list):
+        raw = list(raw)
+    headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in raw}
+    if len(headers) == len(raw):
+        return headers  # no header repeated: the common case, in one pass
+    headers = {}
+    for k, v in raw:
         name, value = k.decode("latin-1").lower(), v.decode("latin-1")
         headers[name] = f"{headers[name]}, {value}" if name in headers else value
     return headers
@@ -288,28 +349,60 @@ def _class_id(dispatcher: Dispatcher, path: str) -> str | None:
     return None
 
 
+def _schedule_time(value: str) -> dt.datetime | None:
+    """Cloud Scheduler's RFC 3339 schedule time, or None if absent or unreadable."""
+    try:
+        t = dt.datetime.fromisoformat(value.strip().replace("Z", "+00:00")) if value else None
+    except ValueError:
+        return None
+    return t if t is not None and t.tzinfo is not None else None
+
+
 def _where(class_id: str | None, headers: Mapping[str, str]) -> str:
     task = headers.get("x-cloudtasks-taskname") or headers.get("x-appengine-taskname") or "?"
     queue = headers.get("x-cloudtasks-queuename") or headers.get("x-appengine-queuename") or "?"
     return f"class {class_id or '?'}, task {task}, queue {queue.rsplit('/', 1)[-1]}"
 
 
-async def _read_body(request: Request, limit: int) -> bytes | None:
-    """The body, or None as soon as it grows past `limit` bytes."""
+async def _read_body(receive: Receive, limit: int) -> bytes | None:
+    """The body, or None as soon as it grows past `limit` bytes.
+
+    Raises starlette's ClientDisconnect if the client goes away first (as
+    `Request.stream()` does).
+    """
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            return None
-        chunks.append(chunk)
-    return b"".join(chunks)
+    while True:
+        message = await receive()
+        kind = message["type"]
+        if kind == "http.request":
+            chunk: bytes = message.get("body", b"")
+            if chunk:
+                size += len(chunk)
+                if size > limit:
+                    return None
+                chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        elif kind == "http.disconnect":
+            raise ClientDisconnect()
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
-def _response(status: int, outcome: str) -> Response:
+# What PlainTextResponse(outcome + "\n", status_code=status) would send
+# (Response(status_code=204) for 204: no body, no headers).
+_TEXT_PLAIN = (b"content-type", b"text/plain; charset=utf-8")
+
+
+async def _respond(send: Send, status: int, outcome: str) -> None:
     if status == 204:
-        return Response(status_code=204)
-    return PlainTextResponse(outcome + "\n", status_code=status)
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+        return
+    body = (outcome + "\n").encode()
+    headers = [(b"content-length", str(len(body)).encode()), _TEXT_PLAIN]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
 
 
 __all__ = [

@@ -40,7 +40,7 @@ run gcloud services enable cloudtasks.googleapis.com run.googleapis.com \
 # Service accounts and IAM.
 create gcloud iam service-accounts create orders-app --display-name="orders service"
 create gcloud iam service-accounts create tq-pusher --display-name="Cloud Tasks pushes (OIDC)"
-create gcloud iam service-accounts create tq-scheduler --display-name="Cloud Scheduler sweeps (OIDC)"
+create gcloud iam service-accounts create tq-scheduler --display-name="Cloud Scheduler sweeps and cron (OIDC)"
 for role in roles/cloudtasks.enqueuer roles/cloudtasks.viewer roles/cloudsql.client \
             roles/secretmanager.secretAccessor; do
   run gcloud projects add-iam-policy-binding "$PROJECT" --member="serviceAccount:$APP_SA" \
@@ -82,12 +82,15 @@ for sa in "$PUSH_SA" "$SCHED_SA"; do
     --member="serviceAccount:$sa" --role=roles/run.invoker
 done
 
-# Cloud Scheduler: the distributed sweep every minute, the daily report.
+# Cloud Scheduler: the distributed sweep every minute, and one job per task class
+# with a cron schedule (the daily report), as printed by
+#   tq schedules --app examples.orders.main:app --format gcloud --target-host "$HOST" \
+#     --cloud-region "$REGION" --authorized-launchers "$SCHED_SA"
 create gcloud scheduler jobs create http tq-sweep --location="$REGION" \
   --schedule="* * * * *" --uri="$URL/internal/tasks/c/sweep" --http-method=GET \
   --oidc-service-account-email="$SCHED_SA" --oidc-token-audience="$URL"
-create gcloud scheduler jobs create http orders-daily-report --location="$REGION" \
-  --schedule="5 0 * * *" --time-zone=UTC --uri="$URL/internal/cron/daily-report" \
+create gcloud scheduler jobs create http tq-cron-daily-report --location="$REGION" \
+  --schedule="5 0 * * *" --time-zone=Etc/UTC --uri="$URL/internal/tasks/c/cron/daily-report" \
   --http-method=POST --oidc-service-account-email="$SCHED_SA" --oidc-token-audience="$URL"
 
 # Tables: run once from a machine that reaches the database, e.g. through the

@@ -140,7 +140,9 @@ async def _run(
         submitter=dbqueue.DbQueueSubmitter(queue_engine),
     )  # fmt: skip
     commits = CommitTimes(service.Session)
-    worker = dbqueue.Worker(queue_engine, app=None if http else app, concurrency=32)
+    worker = dbqueue.Worker(
+        queue_engine, app=None if http else app, concurrency=32, dispatcher=service.dispatcher
+    )
     mode = "uvicorn on loopback" if http else "in-process ASGI"
     console.print(f"[bold]tq demo[/]: orders service on SQLite + database-queue workers ({mode})")
     started = time.perf_counter()

@@ -5,11 +5,12 @@
   order exists.
 * `count-down` is a FOLLOWS_CONTEXT chain: each step records itself and
   adds the next step in the same transaction, until 0.
-* `daily-report` is recurring. On Google Cloud, Cloud Scheduler or App
-  Engine cron calls a route that adds it (deduplicated by day, so repeated
-  calls add one task; see deploy/). On the database queue (`tq dev`, the
-  embedded default) it is a recurring task of the queue itself, run every
-  day at 00:05 UTC (`schedule_daily_report`).
+* `daily-report` has a cron schedule: every day at 00:05 UTC, a report on
+  the day before. On the database queue (`tq dev`, the embedded default)
+  the workers add it; on Google Cloud, a Cloud Scheduler job or App Engine
+  cron entry (`tq schedules` prints them; see deploy/) calls tq's cron
+  endpoint, which adds it. Either way one task per day, however many
+  workers or retried calls.
 
 Handlers may run more than once (delivery is at least once), so each one
 checks what it already did.
@@ -20,7 +21,6 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
-import sys
 from typing import Protocol
 
 import sqlalchemy as sa
@@ -47,6 +47,11 @@ class LogMailer:
 
     def send(self, to: str, subject: str, body: str) -> None:
         log.info("e-mail to %s: %s", to, subject)
+
+
+def report_of_day_before(tick: dt.datetime) -> pb.DailyReport:
+    """The payload of the daily report's scheduled task: the day before the tick."""
+    return pb.DailyReport(day=(tick.date() - dt.timedelta(days=1)).isoformat())
 
 
 class OrdersService:
@@ -82,6 +87,7 @@ class OrdersService:
         register(
             id="daily-report", prototype=pb.DailyReport,
             kind=tq.Kind.NON_TRANSACTIONAL, queue="default",
+            schedule=tq.Cron("5 0 * * *"), schedule_payload=report_of_day_before,
         )(self.daily_report)  # fmt: skip
 
     @classmethod
@@ -133,36 +139,13 @@ class OrdersService:
             return list(rows)
 
     def request_daily_report(self, day: dt.date) -> None:
-        """Adds the report task of `day` once, however often it is called (cron)."""
+        """Adds the report task of `day` once, however often it is called (e.g. to redo a day)."""
         self.dispatcher.add_task(
             tq.Task(
                 payload=pb.DailyReport(day=day.isoformat()),
                 deduplication_key=f"daily-report-{day.isoformat()}",
             )
         )
-
-    def schedule_daily_report(self) -> bool:
-        """On the database queue, makes the daily report a recurring task of the queue.
-
-        Returns False (and does nothing) on other backends, where a cron job
-        calls the report route instead. Idempotent: it replaces the schedule.
-        """
-        # Loaded only where something uses the database queue already.
-        dbqueue = sys.modules.get("tq.dbqueue")
-        try:
-            submitter = self.dispatcher.submitter()
-        except tq.ConfigError:
-            return False
-        if dbqueue is None or not isinstance(submitter, dbqueue.DbQueueSubmitter):
-            return False
-        first = dt.datetime.combine(tq.clock.now().date(), dt.time(0, 5), tzinfo=dt.UTC)
-        if first <= tq.clock.now():
-            first += dt.timedelta(days=1)
-        dbqueue.Recurring(submitter.engine).put(
-            "daily-report", every=dt.timedelta(days=1), dispatcher=self.dispatcher,
-            task=tq.Task(payload=pb.DailyReport()), first_run=first,
-        )  # fmt: skip
-        return True
 
     # Task handlers.
 
@@ -196,7 +179,7 @@ class OrdersService:
                 )
 
     def daily_report(self, task: pb.DailyReport) -> None:
-        # A recurring run carries no day: it reports on yesterday.
+        # A task without a day reports on yesterday.
         day = (
             dt.date.fromisoformat(task.day)
             if task.day

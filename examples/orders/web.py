@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 from collections.abc import AsyncIterator, Collection
 from typing import Any
 
@@ -27,18 +26,16 @@ def create_app(
 
     Routes: `POST /orders` {"email", "item", "quantity"} -> 201 {"id"};
     `GET /orders/{id}`; `POST /countdown` {"n", "chain"} -> 202;
-    `GET /countdown/{chain}`; `POST /internal/cron/daily-report` (called by
-    Cloud Scheduler or App Engine cron); `GET /healthz`; tq's push endpoint
-    under `/internal/tasks` (`push_auth` and `authorized_launchers`, who may
-    call its sweep endpoint, go to `tq.asgi.app`: None checks OIDC tokens).
-    Start-up creates the tables if missing and, on the database queue,
-    schedules the daily report.
+    `GET /countdown/{chain}`; `GET /healthz`; tq's push endpoint under
+    `/internal/tasks` (`push_auth` and `authorized_launchers`, who may call
+    its sweep and cron endpoints, go to `tq.asgi.app`: None checks OIDC
+    tokens), whose `/internal/tasks/c/cron/daily-report` Cloud Scheduler or
+    App Engine cron calls. Start-up creates the tables if missing.
     """
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
         service.create_schema()
-        service.schedule_daily_report()  # the database queue only
         yield
 
     # Sync endpoints: Starlette runs them in a thread pool (SQLAlchemy is sync here).
@@ -80,15 +77,6 @@ def create_app(
         chain = request.path_params["chain"]
         return JSONResponse({"chain": chain, "steps": service.countdown_steps(chain)})
 
-    def daily_report(request: Request) -> Response:
-        # On App Engine only cron requests carry X-Appengine-Cron (App Engine
-        # strips it from outside requests). Elsewhere protect the route at the
-        # platform (Cloud Run IAM: Cloud Scheduler calls it with an OIDC token).
-        if service.dispatcher.app_engine and request.headers.get("x-appengine-cron") != "true":
-            return JSONResponse({"error": "cron only"}, status_code=403)
-        service.request_daily_report(tq.clock.now().date() - dt.timedelta(days=1))
-        return JSONResponse({"requested": True})
-
     def healthz(request: Request) -> Response:
         return JSONResponse({"ok": True})
 
@@ -102,7 +90,6 @@ def create_app(
             Route("/orders/{order_id:int}", get_order),
             Route("/countdown", countdown, methods=["POST"]),
             Route("/countdown/{chain}", countdown_steps),
-            Route("/internal/cron/daily-report", daily_report, methods=["GET", "POST"]),
             Mount("/internal/tasks", app=push),
         ],
         lifespan=lifespan,

@@ -73,6 +73,14 @@ def test_delete_reminders_removes_only_those_ids(seeded: StoreHarness) -> None:
     assert seeded.store.count_reminders() == (len(IDS) - 2, 0)
 
 
+def test_ids_are_matched_whole_even_with_commas(seeded: StoreHarness) -> None:
+    joined = f"{IDS[0]},{IDS[1]}"  # no such ID: must not be split into two
+    assert seeded.store.fetch_reminders([joined]) == []
+    assert [r.id for r in seeded.store.fetch_reminders([joined, IDS[2]])] == [IDS[2]]
+    seeded.store.delete_reminders([joined, IDS[2]])
+    assert all_keys(seeded) == [i for i in IDS if i != IDS[2]]
+
+
 def test_many_reminders_are_fetched_and_deleted_in_one_call(harness: StoreHarness) -> None:
     ids = sorted(int_to_id(k * (KEY_SPACE // 1200)) for k in range(1200))
     for i in range(0, len(ids), 400):

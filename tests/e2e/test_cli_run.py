@@ -141,13 +141,15 @@ def test_dev_serves_the_app_and_runs_its_tasks_with_auth_off(
         forged = client.post("/internal/tasks/t/count-down", json={})
         assert forged.status_code == 400  # not 403: no authentication, a bad body
 
-    # On the database queue the app schedules its daily report as a recurring task.
+    # On the database queue the workers fire the daily report's cron schedule.
     from tq.cli._wiring import sql_engine
-    from tq.dbqueue import Recurring
+    from tq.dbqueue import cron_states
 
     engine = sql_engine(str(db))
     try:
-        assert [r.name for r in Recurring(engine).list()] == ["daily-report"]
+        assert [(s.name, s.schedule) for s in cron_states(engine)] == [
+            ("daily-report", "5 0 * * *")
+        ]
     finally:
         engine.dispose()
 

@@ -137,6 +137,8 @@ def test_sync_handler_runs_with_title_in_the_url(stack: Stack) -> None:
     wait_until(lambda: len(stack.handlers.runs) == 1, "the greet handler")
     [run] = stack.handlers.runs
     assert run.payload == pb.Greet(name="ada")
+    # The answer goes out just after the handler returns.
+    wait_until(lambda: bool(stack.pushes(PREFIX + "greet/user-42/welcome")), "the answer")
     assert stack.pushes(PREFIX + "greet/user-42/welcome") == [200]
 
 
@@ -162,6 +164,10 @@ async def test_add_task_async_reaches_an_async_handler(stack: Stack) -> None:
     )
     await wait_until_async(lambda: len(stack.handlers.runs) == 2, "two count handlers")
     assert sorted(r.payload.n for r in stack.handlers.runs) == [1, 2]
+    await wait_until_async(
+        lambda: all(stack.pushes(PREFIX + f"count/{t}") for t in ("first", "second")),
+        "the answers",
+    )
     assert stack.pushes(PREFIX + "count/first") == [200]
     assert stack.pushes(PREFIX + "count/second") == [200]
 

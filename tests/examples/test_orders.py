@@ -163,10 +163,28 @@ async def test_http_api_places_an_order_that_gets_confirmed(
     assert mailer.sent == [("ada@example.com", f"Order {order_id} confirmed")]
 
 
-def test_daily_report_is_not_scheduled_outside_the_database_queue(
-    service: OrdersService, tq_scheduler: tqtesting.Scheduler
+def test_the_daily_report_tick_reports_on_the_day_before(
+    service: OrdersService, tq_scheduler: tqtesting.Scheduler, tq_clock: tqtesting.FakeClock
 ) -> None:
-    assert service.schedule_daily_report() is False
+    import datetime as dt
+
+    service.place_order("ada@example.com", "tea", 1)
+    yesterday = tq_clock.now().date()
+    tq_clock.set(dt.datetime.combine(yesterday + dt.timedelta(days=1), dt.time(0, 7), dt.UTC))
+
+    # What the cron endpoint does when Cloud Scheduler calls it, twice: one task.
+    tick = service.dispatcher.add_scheduled_task("daily-report")
+    service.dispatcher.add_scheduled_task("daily-report")
+    tq_scheduler.run(tqtesting.stop_when_drained())
+
+    assert tick.time() == dt.time(0, 5)
+    assert tq_scheduler.tasks().of_class("daily-report").payloads() == [
+        pb.DailyReport(day=yesterday.isoformat())
+    ]
+    with service.Session() as session:
+        report = session.get(DailyReport, yesterday.isoformat())
+    assert report is not None
+    assert report.orders == 1
 
 
 async def test_daily_report_recurs_on_the_database_queue(
@@ -188,18 +206,16 @@ async def test_daily_report_recurs_on_the_database_queue(
         service.place_order("ada@example.com", "tea", 1)
         service.place_order("bob@example.com", "cake", 2)
         start = tq_clock.now()
-
-        assert service.schedule_daily_report() is True
-        (info,) = dbqueue.Recurring(queue_engine).list()
-        assert info.next_run == start.replace(hour=0, minute=5) + dt.timedelta(
-            days=0 if start.time() < dt.time(0, 5) else 1
-        )
-
-        tq_clock.advance(dt.timedelta(days=1, minutes=10))
         app = create_app(service, push_auth=tq.asgi.INSECURE_NO_AUTH)
-        async with dbqueue.Worker(queue_engine, app=app) as worker:
-            await worker.run_until_idle()
+        worker = dbqueue.Worker(queue_engine, app=app, dispatcher=service.dispatcher)
+        async with worker:
+            await worker.run_until_idle()  # the confirmations; the schedule starts
+            tq_clock.advance(dt.timedelta(days=1, minutes=10))
+            await worker.run_until_idle()  # the report of the day before
+            await worker.run_until_idle()  # nothing more: one task per tick
 
+        reports = dbqueue.Admin(queue_engine).list_tasks(task_class="daily-report")
+        assert len(reports) == 1
         with service.Session() as session:
             report = session.get(DailyReport, start.date().isoformat())
         assert report is not None

@@ -98,17 +98,23 @@ def test_db_init_creates_outbox_and_queue_tables_and_is_idempotent(db_url: str) 
     again = rows("db", "migrate", "--db", db_url)
 
     assert [(r["part"], r["before"], r["after"]) for r in first] == [
-        ("outbox", None, 1), ("dbqueue", None, 1),
+        ("outbox", None, 1), ("dbqueue", None, 2),
     ]  # fmt: skip
     assert [(r["part"], r["before"], r["after"]) for r in again] == [
-        ("outbox", 1, 1), ("dbqueue", 1, 1),
+        ("outbox", 1, 1), ("dbqueue", 2, 2),
     ]  # fmt: skip
     e = sql_engine(db_url)
     try:
         tables = set(sa.inspect(e).get_table_names())
+        # A version-1 database queue (before cron schedules) migrates to 2.
+        with e.begin() as conn:
+            conn.execute(sa.text("DROP TABLE tq_cron"))
+            conn.execute(sa.text("UPDATE tq_dbqueue_meta SET value = '1'"))
     finally:
         e.dispose()
-    assert {"tq_reminders", "tq_leases", "tq_tasks", "tq_queues"} <= tables
+    assert {"tq_reminders", "tq_leases", "tq_tasks", "tq_queues", "tq_cron"} <= tables
+    migrated = rows("db", "migrate", "--db", db_url, "--only", "dbqueue")
+    assert [(r["before"], r["after"], r["latest"]) for r in migrated] == [(1, 2, 2)]
 
 
 def test_db_init_only_one_part(tmp_path: Path) -> None:

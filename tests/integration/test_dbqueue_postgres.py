@@ -82,6 +82,27 @@ def test_names_are_deduplicated_within_the_tombstone_window(engine: sa.Engine) -
         assert task_state(engine, "n").state is State.PENDING
 
 
+def test_a_taken_name_does_not_abort_the_callers_transaction(engine: sa.Engine) -> None:
+    clock = FakeClock()
+    with tq.clock.use_clock(clock):
+        sub = dbqueue.DbQueueSubmitter(engine, tombstone_window=dt.timedelta(minutes=10))
+        sub.submit(submission(name="live"))
+        sub.submit(submission(name="old"))
+        dbqueue.Admin(engine).delete_task("q", "old")
+        clock.advance(dt.timedelta(minutes=10))
+        with engine.begin() as conn:
+            conn.exec_driver_sql("CREATE TABLE business (n integer)")
+            with pytest.raises(tq.SubmitError) as e:
+                sub.write_in_transaction(conn, submission(name="live"))
+            assert e.value.code == grpc.StatusCode.ALREADY_EXISTS
+            sub.write_in_transaction(conn, submission(name="old", body=b"new"))
+            conn.exec_driver_sql("INSERT INTO business VALUES (1)")  # not aborted
+        assert task_state(engine, "old").state is State.PENDING
+        with engine.connect() as conn:
+            assert conn.exec_driver_sql("SELECT count(*) FROM business").scalar_one() == 1
+            assert conn.exec_driver_sql("SELECT count(*) FROM tq_tasks").scalar_one() == 2
+
+
 def test_transactional_add_task_commits_with_the_callers_transaction(
     engine: sa.Engine, submitter: dbqueue.DbQueueSubmitter
 ) -> None:

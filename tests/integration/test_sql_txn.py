@@ -8,10 +8,11 @@ import datetime as dt
 import threading
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
-from sqlalchemy import Engine, create_engine, text
+from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -146,6 +147,35 @@ def test_deadline_caps_fresh_until(
     assert abs(key.fresh_until - deadline) < dt.timedelta(milliseconds=1)
 
 
+def test_reminders_read_back_in_utc_whatever_the_session_zone(
+    db_url: str, store: SQLStore, disp: tq.Dispatcher, sub: RecordingSubmitter, engine: Engine
+) -> None:
+    sub.fail_with = grpc.StatusCode.UNAVAILABLE  # left for the sweeper
+    deadline = (dt.datetime.now(dt.UTC) + dt.timedelta(seconds=20)).replace(microsecond=123456)
+    with tq.txn.sql.transaction(sessionmaker(engine), deadline=deadline):
+        disp.add_task(_task("a"))
+    reader, zoned = store, make_engine(db_url)
+    if store.dialect == "postgresql":
+
+        @event.listens_for(zoned, "connect")
+        def _zone(dbapi_conn: Any, _record: object) -> None:
+            dbapi_conn.execute("SET TIME ZONE 'Asia/Kolkata'")
+            dbapi_conn.commit()
+
+        reader = SQLStore(zoned, name="zoned", register=False)
+    try:
+        [key] = reader.fetch_reminder_keys("", "g", 10)
+        [back] = reader.fetch_reminders([key.id])
+        assert key.fresh_until == back.fresh_until == deadline
+        assert key.fresh_until.tzinfo is dt.UTC
+        assert back.fresh_until.tzinfo is dt.UTC
+        if store.dialect == "postgresql":
+            with zoned.connect() as conn:  # the store left the session's zone alone
+                assert conn.exec_driver_sql("SHOW TimeZone").scalar() == "Asia/Kolkata"
+    finally:
+        zoned.dispose()
+
+
 def test_happy_path_errors_never_reach_the_caller(
     engine: Engine, store: SQLStore, disp: tq.Dispatcher
 ) -> None:
@@ -182,6 +212,28 @@ def test_core_connection_commit_and_rollback(
     assert _names(sub) == ["a"]
     assert store.count_reminders() == (0, 0)
     assert _rows(engine) == {"a"}
+
+
+@pytest.mark.parametrize("paramstyle", ["named", "qmark", "numeric"])
+def test_reminders_go_in_with_any_driver_parameter_style(
+    tmp_path: Path, paramstyle: str, disp: tq.Dispatcher, sub: RecordingSubmitter
+) -> None:
+    # The reminder INSERT is written in the driver's own parameter style.
+    eng = create_engine(f"sqlite:///{tmp_path}/styles.db", paramstyle=paramstyle)
+    store = SQLStore(eng, name="sql-styles")
+    store.create_schema()
+    try:
+        with tq.txn.sql.transaction(eng) as conn:
+            disp.add_task(_task("core"))
+            assert store.count_reminders() == (0, 0)  # not committed yet
+            assert conn.exec_driver_sql("SELECT count(*) FROM tq_reminders").scalar() == 1
+        with tq.txn.sql.transaction(sessionmaker(eng)):
+            disp.add_task(_task("session"), _task("batch"))
+        assert sorted(_names(sub)) == ["batch", "core", "session"]
+        assert store.count_reminders() == (0, 0)
+    finally:
+        store.close()
+        eng.dispose()
 
 
 def test_core_savepoint_rollback_drops_its_tasks(

@@ -333,3 +333,127 @@ def test_audiences_are_host_and_full_url_without_push_audience() -> None:
         "http://app.test/t/x",
     )
     assert request_audiences(None, "", "/t/x") == ()
+
+
+# Verified tokens are remembered: the signature check runs once per token.
+
+
+@pytest.fixture
+def rsa_checks(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    checked: list[str] = []
+    real = _auth._verifies
+
+    def counting(verifier: object, signed: bytes, signature: bytes) -> bool:
+        checked.append(signed.decode())
+        return real(verifier, signed, signature)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(_auth, "_verifies", counting)
+    return checked
+
+
+async def test_a_verified_token_skips_the_signature_check_next_time(
+    clock: FakeClock, issuer: LocalIssuer, rsa_checks: list[str]
+) -> None:
+    verifier = OIDCVerifier(issuer.certs_url)
+    token = issuer.mint(email=EMAIL, audience=AUD)
+    for _ in range(3):
+        assert (await verify(verifier, token)).email == EMAIL
+    assert len(rsa_checks) == 1
+    # Its claims are still checked against each request's audiences and emails.
+    with pytest.raises(AuthError) as e:
+        await verifier.verify(
+            f"Bearer {token}", audiences={"https://other"}, allowed_emails={EMAIL}
+        )
+    assert e.value.reason == "wrong_audience"
+    with pytest.raises(AuthError) as e:
+        await verify(verifier, token, allowed="someone@else.com")
+    assert e.value.reason == "email_not_allowed"
+    assert len(rsa_checks) == 1
+
+
+async def test_a_remembered_token_past_its_expiry_is_refused(
+    clock: FakeClock, issuer: LocalIssuer, rsa_checks: list[str]
+) -> None:
+    issuer.max_age_s = 24 * 3600  # certificates outlive the token
+    verifier = OIDCVerifier(issuer.certs_url)
+    token = issuer.mint(email=EMAIL, audience=AUD, lifetime_s=600)
+    await verify(verifier, token)
+    clock.advance(600 + _auth.DEFAULT_CLOCK_SKEW_S - 1)
+    assert (await verify(verifier, token)).email == EMAIL
+    clock.advance(2)
+    assert await reason_of(verifier, token) == "expired"
+    assert len(rsa_checks) == 1  # refused from memory, by its claims
+
+
+async def test_forged_tokens_never_pass_through_the_memory(
+    clock: FakeClock, issuer: LocalIssuer, rsa_checks: list[str]
+) -> None:
+    verifier = OIDCVerifier(issuer.certs_url)
+    good = issuer.mint(email=EMAIL, audience=AUD)
+    await verify(verifier, good)
+    header, claims, sig = good.split(".")
+    other_sig = issuer.mint(email="other@x.com", audience=AUD).split(".")[2]
+    for forged in (f"{header}.{claims}.{other_sig}", f"{header}.{claims}.{sig[:-4]}AAAA"):
+        for _ in range(2):
+            assert await reason_of(verifier, forged) == "bad_signature"
+    assert len(rsa_checks) == 1 + 4  # every forged attempt was checked
+    assert (await verify(verifier, good)).email == EMAIL
+    assert len(rsa_checks) == 5
+
+
+async def test_refused_tokens_are_not_remembered(
+    clock: FakeClock, issuer: LocalIssuer, rsa_checks: list[str]
+) -> None:
+    verifier = OIDCVerifier(issuer.certs_url)
+    token = issuer.mint(email=EMAIL, audience="https://elsewhere")
+    for _ in range(3):
+        assert await reason_of(verifier, token) == "wrong_audience"
+    assert len(rsa_checks) == 3
+
+
+async def test_a_remembered_token_is_checked_again_with_new_certificates(
+    clock: FakeClock, issuer: LocalIssuer, rsa_checks: list[str]
+) -> None:
+    issuer.max_age_s = 600
+    verifier = OIDCVerifier(issuer.certs_url)
+    token = issuer.mint(email=EMAIL, audience=AUD, lifetime_s=7200)
+    await verify(verifier, token)
+    clock.advance(601)  # the certificates expire and are fetched again
+    assert (await verify(verifier, token)).email == EMAIL
+    assert (issuer.fetches, len(rsa_checks)) == (2, 2)
+    issuer.rotate(keep_old=False)  # the token's key is no longer served
+    clock.advance(601)
+    assert await reason_of(verifier, token) == "bad_signature"
+    assert issuer.fetches == 3
+
+
+async def test_the_memory_of_verified_tokens_is_bounded(
+    clock: FakeClock, issuer: LocalIssuer, monkeypatch: pytest.MonkeyPatch, rsa_checks: list[str]
+) -> None:
+    monkeypatch.setattr(_auth, "MAX_VERIFIED_TOKENS", 3)
+    verifier = OIDCVerifier(issuer.certs_url)
+    tokens = [issuer.mint(email=EMAIL, audience=AUD, jti=str(i)) for i in range(5)]
+    for t in tokens:
+        await verify(verifier, t)
+    assert len(verifier._verified) == 3
+    await verify(verifier, tokens[-1])  # remembered
+    assert len(rsa_checks) == 5
+    await verify(verifier, tokens[0])  # forgotten: checked again
+    assert len(rsa_checks) == 6
+    assert len(verifier._verified) == 3
+
+
+async def test_a_remembered_token_is_forgotten_when_certificates_rotate_early(
+    clock: FakeClock, issuer: LocalIssuer
+) -> None:
+    issuer.max_age_s = 24 * 3600
+    verifier = OIDCVerifier(issuer.certs_url, refetch_interval_s=30)
+    old = issuer.mint(email=EMAIL, audience=AUD)
+    await verify(verifier, old)
+    clock.advance(31)
+    issuer.rotate(keep_old=False)
+    # A token signed with the new key makes the verifier fetch before the old
+    # certificates expire; the old key is gone from them.
+    await verify(verifier, issuer.mint(email=EMAIL, audience=AUD))
+    assert issuer.fetches == 2
+    assert await reason_of(verifier, old) == "bad_signature"

@@ -146,6 +146,17 @@ def test_an_unknown_queue_is_not_found_without_auto_create(engine: sa.Engine) ->
     assert len(rows(engine)) == 1
 
 
+@pytest.mark.parametrize(("method", "stored"), [(0, "POST"), (2, "GET"), (4, "PUT"), (6, "PATCH")])
+def test_the_http_method_is_stored_by_name(
+    submitter: dbqueue.DbQueueSubmitter, engine: sa.Engine, method: int, stored: str
+) -> None:
+    sub = submission(name="t")
+    sub.request.task.http_request.http_method = method  # type: ignore[attr-defined]
+    submitter.submit(sub)
+    (row,) = rows(engine)
+    assert row.method == stored
+
+
 @pytest.mark.parametrize(
     "mutate",
     [
@@ -153,6 +164,7 @@ def test_an_unknown_queue_is_not_found_without_auto_create(engine: sa.Engine) ->
         lambda r: setattr(r.task, "name", "projects/x/locations/y/queues/other/tasks/t"),
         lambda r: setattr(r.task, "name", parent("q") + "/tasks/has space"),
         lambda r: r.task.ClearField("http_request"),
+        lambda r: setattr(r.task.http_request, "http_method", 99),
     ],
 )
 def test_malformed_requests_are_invalid_arguments(
@@ -245,6 +257,26 @@ def test_transactional_add_task_writes_the_row_in_the_callers_transaction(
     assert row.task_class == "count"
     assert len(row.name) == 32  # the reminder ID names the task
     assert reminder_count(engine) == 0  # no reminder: the row is the task
+
+
+def test_a_taken_name_in_the_callers_transaction_leaves_it_usable(
+    submitter: dbqueue.DbQueueSubmitter, engine: sa.Engine, clock: FakeClock
+) -> None:
+    submitter.submit(submission(name="live"))
+    submitter.submit(submission(name="old"))
+    assert dbqueue.Admin(engine).delete_task("q", "old")
+    clock.advance(submitter.tombstone_window)
+    with engine.begin() as conn:
+        with pytest.raises(tq.SubmitError) as e:
+            submitter.write_in_transaction(conn, submission(name="live", body=b"again"))
+        assert code_of(e) == grpc.StatusCode.ALREADY_EXISTS
+        # The finished name past its window is taken over in place, in the same transaction.
+        submitter.write_in_transaction(conn, submission(name="old", body=b"new"))
+        submitter.write_in_transaction(conn, submission(name="fresh"))
+    assert {r.name: bytes(r.body) for r in rows(engine)} == {
+        "live": b"{}", "old": b"new", "fresh": b"{}",
+    }  # fmt: skip
+    assert task_state(engine, "old").state is dbqueue.State.PENDING
 
 
 @pytest.mark.usefixtures("sql_store")

@@ -67,3 +67,10 @@ def test_body_not_matching_the_type_is_refused(body: dict[str, object]) -> None:
     proto = pb.Greet if "name" in body else pb.Count
     with pytest.raises(EnvelopeError, match="not a valid"):
         _envelope.decode_body(body, proto)
+
+
+def test_an_integer_too_large_for_a_float_field_is_a_bad_body() -> None:
+    from tests.testpb import kinds_pb2
+
+    with pytest.raises(EnvelopeError, match="not a valid"):
+        _envelope.decode_body({"db": 10**400}, kinds_pb2.AllKinds)

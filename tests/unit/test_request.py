@@ -271,3 +271,24 @@ def test_custom_payload_with_a_bad_uri_or_method_is_refused() -> None:
             tq.Task(payload=pb.Greet()),
             klass(custom=lambda p: tq.CustomPayload(body=b"", relative_uri="/h", method="BREW")),
         )
+
+
+def test_requests_follow_configure_and_a_changed_class() -> None:
+    s = _Keep()
+    d = tq.Dispatcher(
+        cloud_project="proj", cloud_region="us-central1", default_target_host=HOST, submitter=s
+    )
+    cls = d.register_task_class(klass())
+    d.add_task(tq.Task(payload=pb.Greet()))
+    d.configure(default_target_host="other.example.com", push_as="tq@p.iam.gserviceaccount.com")
+    d.add_task(tq.Task(payload=pb.Greet()))
+    cls.routing_prefix = "/moved/"
+    d.add_task(tq.Task(payload=pb.Greet()))
+    hs = [sub.request.task.http_request for sub in s.subs]  # type: ignore[attr-defined]
+    assert [h.url for h in hs] == [
+        f"https://{HOST}/internal/tasks/t/greet",
+        "https://other.example.com/internal/tasks/t/greet",
+        "https://other.example.com/moved/greet",
+    ]
+    assert not hs[0].HasField("oidc_token")
+    assert hs[1].oidc_token.service_account_email == "tq@p.iam.gserviceaccount.com"

@@ -87,7 +87,10 @@ def dev(app_spec: str, **kwargs: Any) -> None:
             f"{engine.url.render_as_string(hide_password=True)}; "
             f"{cfg.workers} worker(s), sweeps every {cfg.sweep_interval:g} s"
         )
-        jobs = [_workers_job(engine, cfg, app=front), _sweep_job(disp, cfg.sweep_interval)]
+        jobs = [
+            _workers_job(engine, cfg, app=front, dispatcher=disp),
+            _sweep_job(disp, cfg.sweep_interval),
+        ]
         with _server.graceful_signals():
             asyncio.run(_server.serve(front, sock, cfg.log_level, jobs))
     finally:
@@ -150,7 +153,7 @@ def serve(app_spec: str, sweep_loop: bool, with_workers: bool, **kwargs: Any) ->
         if cfg.queue_yaml:
             _wiring.apply_queue_yaml(engine, cfg.queue_yaml)
         if with_workers:
-            jobs.append(_workers_job(engine, cfg, app=app))
+            jobs.append(_workers_job(engine, cfg, app=app, dispatcher=disp))
     if with_workers and engine is None:
         raise fail("--with-workers needs the database queue (--db, no cloud project)", CONFIG)
     _wiring.install_sweeper(disp, cfg)
@@ -191,19 +194,26 @@ def worker(app_spec: str | None, insecure_no_auth: bool, until_idle: bool, **kwa
     """Deliver the database queue's tasks in --db (self-hosted mode).
 
     Pushes go into --app in-process, or over HTTP: to --push-url (keeping
-    each task's path and Host), or to each task's own URL. Runs until
-    SIGINT or SIGTERM, then finishes the pushes in flight and exits 0.
+    each task's path and Host), or to each task's own URL. The workers also
+    fire the cron schedules of the task classes of --app's dispatcher (or
+    --dispatcher). Runs until SIGINT or SIGTERM, then finishes the pushes in
+    flight and exits 0.
     """
     cfg = Config.take(kwargs)
     _logging(cfg.log_level)
     opts: dict[str, Any] = {}
-    if app_spec and not cfg.push_url:
+    if insecure_no_auth and not (app_spec and not cfg.push_url):
+        raise fail("--insecure-no-auth needs --app (and no --push-url)", CONFIG)
+    if app_spec:
         app, disp = _wiring.load_app(app_spec, cfg)
-        opts["app"] = _server.InsecurePushFront(app, disp) if insecure_no_auth else app
+        _wiring.configure_dispatcher(disp, cfg)
+        opts["dispatcher"] = disp  # the workers fire its classes' cron schedules
+        if not cfg.push_url:
+            opts["app"] = _server.InsecurePushFront(app, disp) if insecure_no_auth else app
         if insecure_no_auth:
             _output.err().print(_BANNER.format(address="this worker's pushes"))
-    elif insecure_no_auth:
-        raise fail("--insecure-no-auth needs --app (and no --push-url)", CONFIG)
+    elif cfg.dispatcher:
+        opts["dispatcher"] = _wiring.find_dispatcher(cfg)
     engine = _wiring.sql_engine(_wiring.require_db(cfg))
     try:
         if cfg.queue_yaml:

@@ -21,8 +21,11 @@ and rate and concurrency limits per queue. Two ways to run it:
 Inside a transaction (`tq.txn.sql`), `add_task` on this backend writes the
 task row in the caller's transaction (see `WritesInTransaction`). Queues
 configured with `pull=True` are not pushed: consumers lease their tasks
-with `PullQueue`. `Recurring` adds a task every so often (workers fire
-it). `Admin` lists, deletes, purges, pauses and reports.
+with `PullQueue`. `Recurring` adds a task every so often, and workers
+given a dispatcher (`Worker(..., dispatcher=disp)`) fire the cron
+schedules of its task classes (`TaskClass.schedule`; `cron_states` shows
+their next and last ticks). `Admin` lists, deletes, purges, pauses and
+reports.
 
 Requires SQLAlchemy 2 (and psycopg 3 for PostgreSQL) and httpx.
 """
@@ -32,6 +35,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 
 from tq.dbqueue._admin import Admin, QueueStats, TaskInfo
+from tq.dbqueue._cron import CronState, cron_states
 from tq.dbqueue._db import sqlite_engine
 from tq.dbqueue._delivery import Signer
 from tq.dbqueue._pull import PulledTask, PullQueue
@@ -60,6 +64,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "TOMBSTONE_WINDOW",
     "Admin",
+    "CronState",
     "DbQueueSubmitter",
     "PullQueue",
     "PulledTask",
@@ -75,6 +80,7 @@ __all__ = [
     "WritesInTransaction",
     "apply_queues",
     "create_schema",
+    "cron_states",
     "load_queue_yaml",
     "parse_queue_yaml",
     "run_workers",

@@ -19,8 +19,12 @@ import sqlalchemy as sa
 
 from tq._errors import ConfigError
 
-SCHEMA_VERSION = 1
-"""The version of the tables below; `create_schema` records it."""
+SCHEMA_VERSION = 2
+"""The version of the tables below; `create_schema` records it.
+
+1: tasks, queues, recurring. 2: adds `tq_cron` (the cron schedules of task
+classes); creating the missing table is the whole migration.
+"""
 
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
@@ -129,6 +133,21 @@ recurring = sa.Table(
     sa.Index("ix_tq_recurring_next", "next_run_us"),
 )
 
+# One row per cron-scheduled task class (see _cron): the next tick to fire.
+cron = sa.Table(
+    "tq_cron",
+    metadata,
+    # The class ID, prefixed with "<namespace>:" when the dispatcher has one.
+    sa.Column("name", sa.String(160), primary_key=True),
+    sa.Column("schedule", sa.String(200), nullable=False),
+    sa.Column("time_zone", sa.String(100), nullable=False),
+    sa.Column("next_tick_us", sa.BigInteger(), nullable=False),
+    sa.Column("last_tick_us", sa.BigInteger()),  # the last tick fired, if any
+    sa.Column("last_fired_us", sa.BigInteger()),  # when it was fired
+    sa.Column("created_us", sa.BigInteger(), nullable=False),
+    sa.Column("updated_us", sa.BigInteger(), nullable=False),
+)
+
 meta = sa.Table(
     "tq_dbqueue_meta",
     metadata,
@@ -151,8 +170,10 @@ def from_us(us: int) -> dt.datetime:
 def create_schema(engine: sa.Engine) -> None:
     """Creates the database queue's tables and indexes if missing; idempotent.
 
-    Records SCHEMA_VERSION in `tq_dbqueue_meta`. Refuses (ConfigError) a
-    database whose recorded version is newer than this code knows.
+    Records SCHEMA_VERSION in `tq_dbqueue_meta`, upgrading an older
+    recorded version (every migration so far only adds tables, which this
+    creates). Refuses (ConfigError) a database whose recorded version is
+    newer than this code knows.
     """
     metadata.create_all(engine, checkfirst=True)
     found = schema_version(engine)
@@ -164,6 +185,14 @@ def create_schema(engine: sa.Engine) -> None:
                 )
         except sa.exc.IntegrityError:
             found = schema_version(engine)  # another process recorded it first
+    if found is not None and found < SCHEMA_VERSION:
+        with engine.begin() as conn:
+            conn.execute(
+                sa.update(meta)
+                .where(meta.c.key == "schema_version", meta.c.value == str(found))
+                .values(value=str(SCHEMA_VERSION))
+            )
+        found = SCHEMA_VERSION
     if found is not None and found > SCHEMA_VERSION:
         raise ConfigError(
             f"the database queue schema is version {found}, newer than this tq "

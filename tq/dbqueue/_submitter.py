@@ -6,6 +6,7 @@ import asyncio
 import datetime as dt
 import functools
 import json
+import operator
 import os
 import re
 import threading
@@ -21,7 +22,6 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from tq import clock
 from tq._errors import SubmitError
-from tq._request import http_parts
 from tq._submitter import Submission
 from tq._taskclass import FULL_QUEUE_RE
 from tq.dbqueue import _db, _queuedb, _wakeup
@@ -31,8 +31,9 @@ TOMBSTONE_WINDOW = dt.timedelta(hours=1)
 """How long a finished task's name stays taken by default (Cloud Tasks: ~1 hour)."""
 
 _TASK_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,500}$")
-# Keys of Connection.info: queues written to in the open transaction, and
-# in a transaction committed since (waiting for the wakeup).
+# Keys of Connection.info (with the submitter's id: several submitters may
+# share an engine): queues written to in the open transaction, and in a
+# transaction committed since (waiting for the wakeup).
 _WRITTEN = "tq.dbqueue.written"
 _COMMITTED = "tq.dbqueue.committed"
 
@@ -96,6 +97,8 @@ class DbQueueSubmitter:
         self._known_queues: set[str] = set()
         self._lock = threading.Lock()
         self._hooked: weakref.WeakSet[sa.Engine] = weakref.WeakSet()
+        self._written = (_WRITTEN, id(self))
+        self._committed_key = (_COMMITTED, id(self))
 
     def submit(self, submission: Submission) -> None:
         """Inserts the task in its own transaction."""
@@ -129,7 +132,7 @@ class DbQueueSubmitter:
         self._hook_commits(connection.engine)
         if not insert_task(connection, row):
             raise _already_exists(row)
-        connection.info.setdefault(_WRITTEN, set()).add(queue)
+        connection.info.setdefault(self._written, set()).add(queue)
 
     # Queues.
 
@@ -157,6 +160,8 @@ class DbQueueSubmitter:
     # wakeup goes out once the connection begins again or returns to the pool.
 
     def _hook_commits(self, engine: sa.Engine) -> None:
+        if engine in self._hooked:  # the common case, without the lock
+            return
         with self._lock:
             if engine in self._hooked:
                 return
@@ -167,13 +172,13 @@ class DbQueueSubmitter:
         sa.event.listen(engine, "checkin", self._on_checkin)
 
     def _on_commit(self, conn: sa.Connection) -> None:
-        written = conn.info.pop(_WRITTEN, None)
+        written = conn.info.pop(self._written, None)
         if written:
-            conn.info.setdefault(_COMMITTED, set()).update(written)
+            conn.info.setdefault(self._committed_key, set()).update(written)
 
     def _on_rollback(self, conn: sa.Connection) -> None:
-        conn.info.pop(_WRITTEN, None)
-        conn.info.pop(_COMMITTED, None)
+        conn.info.pop(self._written, None)
+        conn.info.pop(self._committed_key, None)
 
     def _on_begin(self, conn: sa.Connection) -> None:
         self._committed(conn.info)
@@ -183,7 +188,7 @@ class DbQueueSubmitter:
             self._committed(record.info)
 
     def _committed(self, info: dict[Any, Any]) -> None:
-        queues = info.pop(_COMMITTED, None)
+        queues = info.pop(self._committed_key, None)
         if queues:
             with self._lock:
                 self._known_queues.update(queues)
@@ -209,29 +214,41 @@ def task_row(
     reserve_us: int,
     generated_name: Callable[[], str],
 ) -> dict[str, Any]:
-    """The `tq_tasks` row of a CreateTaskRequest; SubmitError if it is malformed."""
-    parent = str(req.parent)  # type: ignore[attr-defined]
+    """The values of a new `tq_tasks` row of a CreateTaskRequest; SubmitError if malformed.
+
+    Holds the columns `insert_task` binds; the rest take a new task's values.
+    """
+    parent: str = req.parent  # type: ignore[attr-defined]
     if not FULL_QUEUE_RE.match(parent):
         raise _invalid(f"parent {parent!r} is not a queue name 'projects/P/locations/L/queues/Q'")
-    queue = parent.rsplit("/", 1)[1]
     t = req.task  # type: ignore[attr-defined]
     reserve: int | None = reserve_us
     if t.name:
         prefix = parent + "/tasks/"
-        name = str(t.name)[len(prefix) :] if str(t.name).startswith(prefix) else ""
+        name = t.name[len(prefix) :] if t.name.startswith(prefix) else ""
         if not _TASK_ID_RE.match(name):
             raise _invalid(
                 f"task name {t.name!r} must be '{prefix}<ID>' with ID of 1 to 500 [A-Za-z0-9_-]"
             )
     else:
         name, reserve = generated_name(), None
-    if not (t.HasField("http_request") or t.HasField("app_engine_http_request")):
-        raise _invalid("the task has neither http_request nor app_engine_http_request")
-    url, method, headers, body = http_parts(req)
     oidc_email = oidc_audience = None
-    if t.HasField("http_request") and t.http_request.HasField("oidc_token"):
-        oidc_email = t.http_request.oidc_token.service_account_email or None
-        oidc_audience = t.http_request.oidc_token.audience or None
+    if t.HasField("http_request"):
+        app_engine = False
+        h = t.http_request
+        url = h.url
+        if h.HasField("oidc_token"):
+            oidc_email = h.oidc_token.service_account_email or None
+            oidc_audience = h.oidc_token.audience or None
+    elif t.HasField("app_engine_http_request"):
+        app_engine = True
+        h = t.app_engine_http_request
+        url = h.relative_uri
+    else:
+        raise _invalid("the task has neither http_request nor app_engine_http_request")
+    method = _METHOD_NAMES.get(h.http_method)
+    if method is None:
+        raise _invalid(f"unknown HTTP method {h.http_method}")
     eta_us = now_us
     if t.HasField("schedule_time"):
         eta_us = t.schedule_time.seconds * 1_000_000 + t.schedule_time.nanos // 1000
@@ -239,29 +256,56 @@ def task_row(
     if t.HasField("dispatch_deadline"):
         deadline = t.dispatch_deadline.seconds + t.dispatch_deadline.nanos / 1e9
     return {
-        "queue": queue, "name": name, "task_class": task_class,
-        "url": url, "method": _method_name(method),
-        "headers": json.dumps(headers, separators=(",", ":")), "body": bytes(body),
-        "oidc_email": oidc_email, "oidc_audience": oidc_audience,
-        "app_engine": t.HasField("app_engine_http_request"), "dispatch_deadline_s": deadline,
-        "state": State.PENDING.value, "eta_us": eta_us, "attempts": 0, "executions": 0,
-        "lease_owner": None, "lease_expires_us": None, "last_status": None,
-        "last_error": None, "first_attempt_us": None, "last_attempt_us": None,
-        "created_us": now_us, "finished_us": None, "reserve_us": reserve,
+        "queue": parent[parent.rindex("/") + 1 :], "name": name, "task_class": task_class,
+        "url": url, "method": method, "headers": _encode_json(dict(h.headers)),
+        "body": h.body, "oidc_email": oidc_email, "oidc_audience": oidc_audience,
+        "app_engine": app_engine, "dispatch_deadline_s": deadline, "eta_us": eta_us,
+        "created_us": now_us, "reserve_us": reserve,
     }  # fmt: skip
 
 
-def insert_task(conn: sa.Connection, row: dict[str, Any]) -> bool:
-    """Inserts the row; False if its name is live or still within its tombstone window.
+# The columns of a new row that `task_row` gives (bound in this order); those
+# the same for every new task (constants in the statement); the rest start NULL.
+_BOUND = (
+    "queue", "name", "task_class", "url", "method", "headers", "body", "oidc_email",
+    "oidc_audience", "app_engine", "dispatch_deadline_s", "eta_us", "created_us", "reserve_us",
+)  # fmt: skip
+_NEW_TASK = {"state": State.PENDING.value, "attempts": 0, "executions": 0}
+_ALL_NULL = {c.name: None for c in tasks.c if c.name != "id"}
+_bound_values = operator.itemgetter(*_BOUND)
 
-    One statement, so it never aborts the caller's transaction: a conflicting
-    row that is finished and past its window is overwritten in place.
+
+def insert_task(conn: sa.Connection, row: dict[str, Any]) -> bool:
+    """Inserts a `task_row`; False if its name is live or still within its tombstone window.
+
+    Never aborts the caller's transaction. The common case is one plain
+    `INSERT ... ON CONFLICT DO NOTHING` with positional parameters (no
+    statement compiled per call, no RETURNING). Only when the name is taken
+    does a second statement run: an upsert that overwrites the conflicting
+    row in place if it is finished and past its window (and inserts, should
+    that row have been deleted meanwhile).
     """
-    return conn.execute(_insert_statement(conn.dialect.name), row).first() is not None
+    dialect = conn.dialect.name
+    if conn.exec_driver_sql(_fast_insert(dialect), _bound_values(row)).rowcount == 1:
+        return True
+    full = {**_ALL_NULL, **row, **_NEW_TASK}
+    return conn.execute(_reuse_statement(dialect), full).first() is not None
 
 
 @functools.cache
-def _insert_statement(dialect: str) -> Any:
+def _fast_insert(dialect: str) -> str:
+    # Plain SQL in the driver's positional style (sqlite3: qmark, psycopg: format).
+    mark = "?" if dialect == "sqlite" else "%s"
+    consts = [f"'{v}'" if isinstance(v, str) else str(v) for v in _NEW_TASK.values()]
+    return (
+        f"INSERT INTO {tasks.name} ({', '.join([*_BOUND, *_NEW_TASK])}) "
+        f"VALUES ({', '.join([mark] * len(_BOUND) + consts)}) "
+        "ON CONFLICT (queue, name) DO NOTHING"
+    )
+
+
+@functools.cache
+def _reuse_statement(dialect: str) -> Any:
     # Built once per dialect: constructing an upsert costs more than running it.
     stmt = (sqlite.insert if dialect == "sqlite" else postgresql.insert)(tasks)
     # finished_us is set exactly on finished rows (done, failed, deleted).
@@ -275,12 +319,12 @@ def _insert_statement(dialect: str) -> Any:
     ).returning(tasks.c.id)
 
 
-def _method_name(method: int) -> str:
-    try:
-        name = str(target.HttpMethod(method).name)
-    except ValueError:
-        raise _invalid(f"unknown HTTP method {method}") from None
-    return "POST" if name == "HTTP_METHOD_UNSPECIFIED" else name
+# Cloud Tasks' HttpMethod numbers by name; unspecified means POST.
+_METHOD_NAMES: dict[int, str] = {
+    int(m): "POST" if m.name == "HTTP_METHOD_UNSPECIFIED" else str(m.name)
+    for m in target.HttpMethod.__members__.values()
+}
+_encode_json = json.JSONEncoder(separators=(",", ":")).encode
 
 
 def _invalid(msg: str) -> SubmitError:

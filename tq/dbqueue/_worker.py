@@ -17,7 +17,8 @@ import httpx
 import sqlalchemy as sa
 
 from tq import _metrics, clock
-from tq.dbqueue import _db, _gauges, _lease, _recurring, _wakeup
+from tq._dispatcher import Dispatcher
+from tq.dbqueue import _cron, _db, _gauges, _lease, _recurring, _wakeup
 from tq.dbqueue._delivery import Attempt, Pusher, Signer
 from tq.dbqueue._lease import Leased, Result
 from tq.dbqueue._schema import State, to_us
@@ -60,9 +61,12 @@ class Worker:
         async), for tasks whose request carries an `oidc_token`; without
         one such tasks are pushed without Authorization (logged once).
       worker_id: names the lease owner; default "<host>:<pid>:<random>".
+      dispatcher: fire the cron schedules of its task classes
+        (`TaskClass.schedule`, see `tq.dbqueue._cron`); default none.
 
     About once a second a worker also returns expired leases to their
-    queues and fires due recurring tasks (`tq.dbqueue.Recurring`). Pull
+    queues and fires due recurring tasks (`tq.dbqueue.Recurring`) and the
+    dispatcher's cron schedules. Pull
     queues are never pushed.
 
     Use `run()` in the foreground, `start()` / `stop()` in the background
@@ -85,6 +89,7 @@ class Worker:
         batch_size: int = 32,
         signer: Signer | None = None,
         worker_id: str | None = None,
+        dispatcher: Dispatcher | None = None,
     ) -> None:
         _db.check_dialect(engine)
         if concurrency < 1 or batch_size < 1:
@@ -107,9 +112,11 @@ class Worker:
         self._stop = asyncio.Event()
         self._runner: asyncio.Task[None] | None = None
         self._next_reclaim = 0.0  # time.monotonic() of the next look for expired leases
+        self._upkeeping: asyncio.Task[None] | None = None
         self._rotation = 0
         self.delivered = 0  # attempts made, for stats and tests
         self._unobserve: Callable[[], None] | None = None
+        self.dispatcher = dispatcher
 
     # Life cycle.
 
@@ -263,22 +270,48 @@ class Worker:
         free = self._free()
         if free <= 0:
             return _Round([], False, None)
-        if time.monotonic() >= self._next_reclaim:
-            reclaim = True
-        if reclaim:
+        # The periodic upkeep runs in the background once this round's pushes
+        # have started, adding nothing to their latency; when asked for
+        # (run_once), it runs first, in the round.
+        upkeep = not reclaim and time.monotonic() >= self._next_reclaim
+        if reclaim or upkeep:
             self._next_reclaim = time.monotonic() + RECLAIM_INTERVAL_S
         rnd = await asyncio.to_thread(self._lease_round, free, reclaim)
         for t in rnd.leased:
             task = asyncio.create_task(self._deliver(t))
             self._inflight.add(task)
             task.add_done_callback(self._delivery_done)
+        if upkeep and (self._upkeeping is None or self._upkeeping.done()):
+            self._upkeeping = asyncio.create_task(self._background_upkeep())
         return rnd
+
+    async def _background_upkeep(self) -> None:
+        try:
+            changed = await asyncio.to_thread(self._upkeep, to_us(clock.now()), True)
+        except Exception:
+            log.exception("tq.dbqueue: worker %s: upkeep failed", self.worker_id)
+            return
+        if changed and self._waiter is not None:
+            self._waiter.event.set()  # tasks came due: look again at once
+
+    def _upkeep(self, now_us: int, checkpoint: bool = False) -> int:
+        """Returns expired leases, fires due recurring tasks; how many tasks it changed.
+
+        `checkpoint`: also checkpoints a SQLite WAL (`_db.checkpoint`), here
+        rather than in whichever commit crosses the autocheckpoint threshold.
+        """
+        n = _lease.reclaim_expired(self.engine, now_us=now_us)
+        n += _recurring.fire_due(self.engine, now_us=now_us)
+        if self.dispatcher is not None:
+            n += _cron.fire_schedules(self.engine, self.dispatcher, now_us=now_us)
+        if checkpoint:
+            _db.checkpoint(self.engine)
+        return n
 
     def _lease_round(self, free: int, reclaim: bool) -> _Round:
         now_us = to_us(clock.now())
         if reclaim:
-            _lease.reclaim_expired(self.engine, now_us=now_us)
-            _recurring.fire_due(self.engine, now_us=now_us)
+            self._upkeep(now_us)
         leased: list[Leased] = []
         full = False
         next_eta: int | None = None
@@ -354,6 +387,8 @@ class Worker:
             await self._flushing
         if self._results:
             await self._flush()
+        if self._upkeeping is not None:
+            await self._upkeeping
 
 
 def _count(t: Leased, result: str) -> None:

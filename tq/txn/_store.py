@@ -82,6 +82,22 @@ class ReminderKey:
     fresh_until: dt.datetime
 
 
+_new = object.__new__
+_set_key_id, _set_key_fresh_until = (ReminderKey.__dict__[f].__set__ for f in ("id", "fresh_until"))
+
+
+def reminder_key(id: str, fresh_until: dt.datetime) -> ReminderKey:
+    """`ReminderKey(id, fresh_until)` at half the cost, for stores' scans.
+
+    Sets the frozen dataclass's slots directly rather than through
+    `object.__setattr__` by name (a scan reads up to thousands of keys).
+    """
+    key: ReminderKey = _new(ReminderKey)
+    _set_key_id(key, id)
+    _set_key_fresh_until(key, fresh_until)
+    return key
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class Lease:
     """A sweeper's hold on part of a key space section until `expires_at`."""

@@ -27,10 +27,11 @@ import weakref
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
-from sqlalchemy import Connection, Engine, event, text
+from sqlalchemy import Connection, Engine, event
 from sqlalchemy.orm import Session, SessionTransaction
 
 from tq import _outbox
+from tq._errors import ConfigError
 from tq.txn._store import PendingTask
 from tq.txn.sql._schema import to_micros
 from tq.txn.sql._store import SQLStore
@@ -38,13 +39,52 @@ from tq.txn.sql._store import SQLStore
 log = logging.getLogger("tq.txn.sql")
 
 INFO_KEY = "tq.txn.sql"
-# Plain SQL, converted by hand: the Core insert of the typed table spends
-# about as much in per-column bind processing as the statement itself costs
-# on SQLite. `parked` takes the column default (false).
-_INSERT = text(
-    "INSERT INTO tq_reminders (id, fresh_until, extra, payload) "
-    "VALUES (:id, :fresh_until, :extra, :payload)"
-)
+# The reminder INSERT goes to the driver as written (`exec_driver_sql`, in
+# the driver's parameter style), values converted by hand: a Core insert or
+# a text() statement costs a statement-cache lookup and per-parameter
+# processing that on SQLite add up to more than the statement itself.
+# `exec_driver_sql` keeps the rest (autobegin, events, error wrapping).
+# `parked` takes the column default (false).
+_COLUMNS = ("id", "fresh_until", "extra", "payload")
+_MARKS: dict[str, Callable[[int, str], str]] = {
+    "qmark": lambda i, c: "?",
+    "format": lambda i, c: "%s",
+    "numeric": lambda i, c: f":{i}",
+    "numeric_dollar": lambda i, c: f"${i}",
+    "named": lambda i, c: f":{c}",
+    "pyformat": lambda i, c: f"%({c})s",
+}
+_NAMED_STYLES = frozenset({"named", "pyformat"})
+_inserts: dict[str, str] = {}
+
+
+def _insert_sql(paramstyle: str) -> str:
+    sql = _inserts.get(paramstyle)
+    if sql is None:
+        mark = _MARKS.get(paramstyle)
+        if mark is None:
+            raise ConfigError(f"tq.txn.sql: unsupported driver parameter style {paramstyle!r}")
+        values = ", ".join(mark(i, c) for i, c in enumerate(_COLUMNS, 1))
+        sql = _inserts[paramstyle] = (
+            f"INSERT INTO tq_reminders ({', '.join(_COLUMNS)}) VALUES ({values})"
+        )
+    return sql
+
+
+def _insert(conn: Connection, pending: Sequence[PendingTask]) -> None:
+    """Inserts the reminders of `pending` in `conn`'s transaction."""
+    dialect = conn.dialect
+    sqlite = dialect.name == "sqlite"
+    rows: list[Any] = []
+    for p in pending:
+        r = p.reminder
+        # SQLite keeps times as integer microseconds (see _schema.Timestamp).
+        fu: Any = to_micros(r.fresh_until) if sqlite else r.fresh_until
+        rows.append((r.id, fu, r.extra, r.payload))
+    if dialect.paramstyle in _NAMED_STYLES:
+        rows = [dict(zip(_COLUMNS, row, strict=True)) for row in rows]
+    conn.exec_driver_sql(_insert_sql(dialect.paramstyle), rows[0] if len(rows) == 1 else rows)
+
 
 # "collect": the helper runs the happy path after the commit returns;
 # "sync" / "async": bind() runs it from the commit listener (async: as a task).
@@ -108,7 +148,7 @@ class SQLTransaction:
             if _writes_in_transaction(pending):
                 pending.submitter.write_in_transaction(self.conn, pending.submission)  # type: ignore[attr-defined]
             else:
-                self.conn.execute(_INSERT, _row(pending, self.conn.dialect.name))
+                _insert(self.conn, (pending,))
             self.written += 1
         elif self.session is not None and not self.session.in_transaction():
             # The reminder belongs to the session's transaction: open it now (no
@@ -121,9 +161,9 @@ class SQLTransaction:
         for p in todo:
             if _writes_in_transaction(p):
                 p.submitter.write_in_transaction(conn, p.submission)  # type: ignore[attr-defined]
-        rows = [_row(p, conn.dialect.name) for p in todo if not _writes_in_transaction(p)]
-        if rows:
-            conn.execute(_INSERT, rows[0] if len(rows) == 1 else rows)
+        reminders = [p for p in todo if not _writes_in_transaction(p)]
+        if reminders:
+            _insert(conn, reminders)
         self.written = len(self.pending)
 
     def savepoint_began(self, key: int) -> None:
@@ -163,13 +203,6 @@ def _writes_in_transaction(p: PendingTask) -> bool:
     the task row in the caller's transaction: no reminder, no happy path.
     """
     return callable(getattr(p.submitter, "write_in_transaction", None))
-
-
-def _row(p: PendingTask, dialect: str) -> dict[str, Any]:
-    r = p.reminder
-    # SQLite keeps times as integer microseconds (see _schema.Timestamp).
-    fu: Any = to_micros(r.fresh_until) if dialect == "sqlite" else r.fresh_until
-    return {"id": r.id, "fresh_until": fu, "extra": r.extra, "payload": r.payload}
 
 
 def happy_path(store: SQLStore, pending: Sequence[PendingTask]) -> None:
@@ -327,6 +360,8 @@ _LISTENERS: list[tuple[str, Callable[..., None]]] = [
 def _hook(engine: Engine) -> None:
     # A Connection's events join its engine's at every event point, so a
     # connection made before the engine was hooked is followed too.
+    if engine in _hooked:  # the common case, without the lock
+        return
     with _hook_lock:
         if engine in _hooked:
             return
