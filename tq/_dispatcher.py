@@ -308,6 +308,10 @@ class Dispatcher:
             for p in plan.pending:
                 plan.txn.save_reminder(p)
             return
+        if len(plan) == 1:  # the usual case: no asyncio task to gather
+            sub, submitter = plan[0]
+            await _submit_now_async(submitter, sub)
+            return
         results = await asyncio.gather(
             *(_submit_now_async(submitter, sub) for sub, submitter in plan),
             return_exceptions=True,
