@@ -7,7 +7,6 @@ import contextvars
 import datetime as dt
 import hashlib
 import threading
-from collections.abc import Iterator
 
 import grpc
 import pytest
@@ -19,13 +18,6 @@ from tq._reminder import HAPPY_PATH_WINDOW
 from tqtesting import FakeClock
 
 QUEUE = "projects/proj/locations/us-central1/queues/default"
-
-
-@pytest.fixture
-def clock() -> Iterator[FakeClock]:
-    clock = FakeClock()
-    with tq.clock.use_clock(clock):
-        yield clock
 
 
 @pytest.fixture

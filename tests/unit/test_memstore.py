@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterator
 
 import grpc
 import pytest
@@ -14,13 +13,6 @@ from tests.testpb import payloads_pb2 as pb
 from tq._reminder import Reminder, parked_extra
 from tq.txn import KEY_SPACE, key_bound
 from tqtesting import FakeClock, MemoryStore
-
-
-@pytest.fixture
-def clock() -> Iterator[FakeClock]:
-    clk = FakeClock()
-    with tq.clock.use_clock(clk):
-        yield clk
 
 
 def greet(name: str) -> tq.Task:

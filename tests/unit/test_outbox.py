@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterator
 
 import grpc
 import pytest
@@ -22,13 +21,6 @@ from tqtesting import FakeClock
 def no_pauses(monkeypatch: pytest.MonkeyPatch) -> None:
     # The quick in-call retries pause for real; the tests need no pause.
     monkeypatch.setattr(_outbox, "_PAUSES_S", (0.0, 0.0))
-
-
-@pytest.fixture
-def clock() -> Iterator[FakeClock]:
-    clock = FakeClock()
-    with tq.clock.use_clock(clock):
-        yield clock
 
 
 @pytest.fixture

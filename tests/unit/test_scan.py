@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import datetime as dt
 import threading
-from collections.abc import Iterator
 
 import pytest
 
-import tq
 from sweeper._partition import Partition
 from sweeper._scan import ScanParams, is_timeout, scan, scan_async
 from tests import _sweeping as sw
@@ -18,13 +16,6 @@ from tq.txn import ReminderKey
 from tqtesting import FakeClock, MemoryStore
 
 SPACE = 1 << 12
-
-
-@pytest.fixture
-def clock() -> Iterator[FakeClock]:
-    clk = FakeClock()
-    with tq.clock.use_clock(clk):
-        yield clk
 
 
 def reminder(key: int, fresh_until: dt.datetime, parked: bool = False) -> Reminder:

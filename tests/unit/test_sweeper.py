@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import threading
-from collections.abc import Iterator
 
 import grpc
 import pytest
@@ -19,13 +18,6 @@ from tq.txn import Lease, ReminderKey
 from tqtesting import FakeClock, MemoryStore
 
 SPACE = 1 << 12  # a tiny key space: IDs 0..4095
-
-
-@pytest.fixture
-def clock() -> Iterator[FakeClock]:
-    clk = FakeClock()
-    with tq.clock.use_clock(clk):
-        yield clk
 
 
 def stale_backlog(

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import threading
-from collections.abc import Iterator
 
 import grpc
 import pytest
@@ -17,13 +16,6 @@ from tq import _metrics, _outbox
 from tqtesting import FakeClock, MemoryStore
 
 SPACE = 1 << 12
-
-
-@pytest.fixture
-def clock() -> Iterator[FakeClock]:
-    clk = FakeClock()
-    with tq.clock.use_clock(clk):
-        yield clk
 
 
 @pytest.fixture(autouse=True)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import collections
 import random
 import threading
-from collections.abc import Iterator
 
 import pytest
 
@@ -62,13 +61,6 @@ class World:
             assert isinstance(t.payload, SweepTask)
             out.append((t.payload, t.status, t.attempts))
         return out
-
-
-@pytest.fixture
-def clock() -> Iterator[FakeClock]:
-    clk = FakeClock()
-    with tq.clock.use_clock(clk):
-        yield clk
 
 
 def test_a_distributed_sweep_runs_every_stale_task_once(clock: FakeClock) -> None:

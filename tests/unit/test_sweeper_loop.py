@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 
@@ -34,13 +34,6 @@ class CountingSweeper:
 
     async def sweep_async(self, dispatcher: tq.Dispatcher) -> None:
         self.sweep(dispatcher)
-
-
-@pytest.fixture
-def clock() -> Iterator[FakeClock]:
-    clk = FakeClock()
-    with tq.clock.use_clock(clk):
-        yield clk
 
 
 def test_blocking_loop_sweeps_every_interval_until_stopped(clock: FakeClock) -> None:

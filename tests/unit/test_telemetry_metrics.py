@@ -27,13 +27,6 @@ def otel() -> Iterator[Telemetry]:
         yield t
 
 
-@pytest.fixture
-def clock() -> Iterator[FakeClock]:
-    clk = FakeClock()
-    with tq.clock.use_clock(clk):
-        yield clk
-
-
 def dispatcher(**kw: object) -> tq.Dispatcher:
     return tq.Dispatcher(
         cloud_project="proj",
