@@ -15,6 +15,11 @@ it:
                  happy path off (what happens inside the transaction)
   tq outbox + happy  the same plus the post-commit submit (no-op submitter)
                  and DELETE of the reminder
+  task row by hand   the database queue's own INSERT of a task row prepared
+                 in advance (a fresh name each time), in a plain SQLAlchemy
+                 transaction: no `add_task`, no request building. The floor
+                 of storing a task row with its indexes; what the
+                 `tq dbqueue` variant can at most reach.
 
 Goal: tq >= 1.25x procrastinate. Needs procrastinate, which is not a
 dependency of tq: `scripts/bench` installs it in the bench environment
@@ -39,6 +44,7 @@ import tq.txn.sql
 from bench import _common as c
 from tests.testpb import payloads_pb2 as pb
 from tq import dbqueue
+from tq.dbqueue._submitter import insert_task, task_row
 
 
 def dispatcher(submitter: Any) -> tq.Dispatcher:
@@ -50,6 +56,32 @@ def dispatcher(submitter: Any) -> tq.Dispatcher:
         tq.TaskClass(id="count", prototype=pb.Count, kind=tq.Kind.TRANSACTIONAL, queue="q")
     )
     return disp
+
+
+def prepared_row() -> dict[str, Any]:
+    """The tq_tasks row of one `add_task` of the benchmark's class, built once."""
+    kept: list[tq.Submission] = []
+
+    class Keep:
+        def submit(self, submission: tq.Submission) -> None:
+            kept.append(submission)
+
+        async def submit_async(self, submission: tq.Submission) -> None:
+            kept.append(submission)
+
+    disp = tq.Dispatcher(
+        cloud_project="bench", cloud_region="us-central1",
+        default_target_host="app.example.com", submitter=Keep(),
+    )  # fmt: skip
+    disp.register_task_class(
+        tq.TaskClass(id="count", prototype=pb.Count, kind=tq.Kind.NON_TRANSACTIONAL, queue="q")
+    )
+    disp.add_task(tq.Task(payload=pb.Count(n=1)))
+    (sub,) = kept
+    return task_row(
+        sub.request, "count", now_us=time.time_ns() // 1000, reserve_us=0,
+        generated_name=lambda: "",
+    )  # fmt: skip
 
 
 def variants(url: str) -> tuple[dict[str, Callable[[int], None]], Callable[[], None], Any]:
@@ -93,6 +125,13 @@ def variants(url: str) -> tuple[dict[str, Callable[[int], None]], Callable[[], N
 
         return go
 
+    row = prepared_row()
+
+    def task_row_by_hand(i: int) -> None:
+        with engine.begin() as conn:
+            business(conn, i)
+            insert_task(conn, {**row, "name": os.urandom(16).hex()})
+
     def clean() -> None:
         with engine.begin() as conn:
             conn.execute(sa.text("TRUNCATE bench_orders, tq_reminders, tq_tasks"))
@@ -107,6 +146,7 @@ def variants(url: str) -> tuple[dict[str, Callable[[int], None]], Callable[[], N
         "tq dbqueue": tq_with(queue),
         "tq outbox": tq_with(outbox),
         "tq outbox + happy": tq_with(outbox),
+        "task row by hand": task_row_by_hand,
     }
     return fns, clean, close
 
@@ -143,6 +183,7 @@ def main() -> None:
     table.ratio_row("tq database queue (task row in the txn)", res["tq dbqueue"], base, goal=1.25)
     table.ratio_row("tq outbox, write path (reminder row)", res["tq outbox"], base, goal=1.25)
     table.ratio_row("tq outbox + happy path", res["tq outbox + happy"], base)
+    table.ratio_row("task row by hand (floor of the dbqueue row)", res["task row by hand"], base)
     table.notes.append(
         f"Transactions per second (SQLAlchemy Core, psycopg 3, one business row each), "
         f"baseline: procrastinate {procrastinate.__version__} defer on the transaction's own "
