@@ -47,14 +47,12 @@ from tq import dbqueue
 from tq.dbqueue._submitter import insert_task, task_row
 
 
-def dispatcher(submitter: Any) -> tq.Dispatcher:
+def dispatcher(submitter: Any, kind: tq.Kind = tq.Kind.TRANSACTIONAL) -> tq.Dispatcher:
     disp = tq.Dispatcher(
         cloud_project="bench", cloud_region="us-central1",
         default_target_host="app.example.com", submitter=submitter,
     )  # fmt: skip
-    disp.register_task_class(
-        tq.TaskClass(id="count", prototype=pb.Count, kind=tq.Kind.TRANSACTIONAL, queue="q")
-    )
+    disp.register_task_class(tq.TaskClass(id="count", prototype=pb.Count, kind=kind, queue="q"))
     return disp
 
 
@@ -69,13 +67,7 @@ def prepared_row() -> dict[str, Any]:
         async def submit_async(self, submission: tq.Submission) -> None:
             kept.append(submission)
 
-    disp = tq.Dispatcher(
-        cloud_project="bench", cloud_region="us-central1",
-        default_target_host="app.example.com", submitter=Keep(),
-    )  # fmt: skip
-    disp.register_task_class(
-        tq.TaskClass(id="count", prototype=pb.Count, kind=tq.Kind.NON_TRANSACTIONAL, queue="q")
-    )
+    disp = dispatcher(Keep(), tq.Kind.NON_TRANSACTIONAL)
     disp.add_task(tq.Task(payload=pb.Count(n=1)))
     (sub,) = kept
     return task_row(
