@@ -28,7 +28,7 @@ from tq._taskclass import (
     TaskClass,
 )
 from tq.cron import Cron
-from tq.txn._store import PendingTask, Transaction, current_transaction
+from tq.txn._store import PendingTask, Transaction, current_transaction, writes_tasks_itself
 
 log = logging.getLogger("tq")
 
@@ -368,6 +368,9 @@ class Dispatcher:
         if txn is not None:
             until = fresh_until(now, txn.deadline)
             limit = txn.store.max_payload_size
+            # The database queue writes its task row into the transaction
+            # itself: no reminder is stored, so none is encoded.
+            direct = writes_tasks_itself(txn, submitter)
         for task in tasks:
             if not isinstance(task, Task):
                 raise ValidationError(f"add_task takes tq.Task objects, got {task!r}")
@@ -399,6 +402,9 @@ class Dispatcher:
             )  # fmt: skip
             if txn is None:
                 subs.append(sub)
+            elif direct:
+                rem = Reminder(id=task_id or "", fresh_until=until, payload=b"")
+                pending.append(PendingTask(rem, sub, submitter))
             else:
                 payload = encode_payload(sub)
                 if len(payload) > limit:

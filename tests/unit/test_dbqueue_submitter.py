@@ -59,6 +59,15 @@ def test_submit_stores_the_request_as_a_pending_row(
     assert (info.attempts, info.executions, info.last_status) == (0, 0, None)
 
 
+def test_header_values_keep_quotes_backslashes_and_non_ascii(
+    submitter: dbqueue.DbQueueSubmitter, engine: sa.Engine
+) -> None:
+    headers = {"X-Quote": 'say "hi"\\', "X-Accent": "café ☕", "X-Ctl": "a\tb"}
+    submitter.submit(submission(name="h", headers=headers))
+    (row,) = rows(engine)
+    assert json.loads(row.headers) == headers
+
+
 def test_schedule_time_deadline_and_oidc_token_are_kept(
     submitter: dbqueue.DbQueueSubmitter, engine: sa.Engine, clock: FakeClock
 ) -> None:
@@ -277,6 +286,41 @@ def test_a_taken_name_in_the_callers_transaction_leaves_it_usable(
         "live": b"{}", "old": b"new", "fresh": b"{}",
     }  # fmt: skip
     assert task_state(engine, "old").state is dbqueue.State.PENDING
+
+
+def test_the_reminder_size_limit_does_not_apply_to_rows_written_in_the_transaction(
+    submitter: dbqueue.DbQueueSubmitter, engine: sa.Engine
+) -> None:
+    # No reminder is stored for a database-queue task added in a transaction,
+    # so the store's reminder limit does not apply; Cloud Tasks' does.
+    store = tq.txn.sql.SQLStore(engine, name="dbqueue-small", max_payload_size=200)
+    store.create_schema()
+    disp = dispatcher(submitter)
+    with tq.txn.sql.transaction(engine, store=store):
+        disp.add_task(tq.Task(pb.Greet(name="x" * 1000)))
+    assert len(rows(engine)) == 1
+    with (
+        pytest.raises(tq.PayloadTooLarge, match="Cloud Tasks"),
+        tq.txn.sql.transaction(engine, store=store),
+    ):
+        disp.add_task(tq.Task(pb.Greet(name="x" * (1024 * 1024))))
+    assert len(rows(engine)) == 1
+    # Tasks for a submitter that needs a reminder are held to the store's limit.
+    disp.configure(submitter=NeverCalled())
+    with (
+        pytest.raises(tq.PayloadTooLarge, match="as a reminder"),
+        tq.txn.sql.transaction(engine, store=store),
+    ):
+        disp.add_task(tq.Task(pb.Greet(name="x" * 1000)))
+    store.close()
+
+
+class NeverCalled:
+    def submit(self, submission: tq.Submission) -> None:
+        raise AssertionError("not submitted")
+
+    async def submit_async(self, submission: tq.Submission) -> None:
+        raise AssertionError("not submitted")
 
 
 @pytest.mark.usefixtures("sql_store")

@@ -5,13 +5,13 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import functools
-import json
 import operator
 import os
 import re
 import threading
 import weakref
 from collections.abc import Callable
+from json.encoder import encode_basestring_ascii as _quote
 from typing import Any, Protocol, runtime_checkable
 
 import grpc
@@ -219,8 +219,7 @@ def task_row(
     Holds the columns `insert_task` binds; the rest take a new task's values.
     """
     parent: str = req.parent  # type: ignore[attr-defined]
-    if not FULL_QUEUE_RE.match(parent):
-        raise _invalid(f"parent {parent!r} is not a queue name 'projects/P/locations/L/queues/Q'")
+    queue = _queue_id(parent)
     t = req.task  # type: ignore[attr-defined]
     reserve: int | None = reserve_us
     if t.name:
@@ -233,14 +232,15 @@ def task_row(
     else:
         name, reserve = generated_name(), None
     oidc_email = oidc_audience = None
-    if t.HasField("http_request"):
+    target_kind = t.WhichOneof("message_type")
+    if target_kind == "http_request":
         app_engine = False
         h = t.http_request
         url = h.url
         if h.HasField("oidc_token"):
             oidc_email = h.oidc_token.service_account_email or None
             oidc_audience = h.oidc_token.audience or None
-    elif t.HasField("app_engine_http_request"):
+    elif target_kind == "app_engine_http_request":
         app_engine = True
         h = t.app_engine_http_request
         url = h.relative_uri
@@ -256,8 +256,8 @@ def task_row(
     if t.HasField("dispatch_deadline"):
         deadline = t.dispatch_deadline.seconds + t.dispatch_deadline.nanos / 1e9
     return {
-        "queue": parent[parent.rindex("/") + 1 :], "name": name, "task_class": task_class,
-        "url": url, "method": method, "headers": _encode_json(dict(h.headers)),
+        "queue": queue, "name": name, "task_class": task_class,
+        "url": url, "method": method, "headers": _headers_json(h.headers),
         "body": h.body, "oidc_email": oidc_email, "oidc_audience": oidc_audience,
         "app_engine": app_engine, "dispatch_deadline_s": deadline, "eta_us": eta_us,
         "created_us": now_us, "reserve_us": reserve,
@@ -324,7 +324,19 @@ _METHOD_NAMES: dict[int, str] = {
     int(m): "POST" if m.name == "HTTP_METHOD_UNSPECIFIED" else str(m.name)
     for m in target.HttpMethod.__members__.values()
 }
-_encode_json = json.JSONEncoder(separators=(",", ":")).encode
+
+
+@functools.lru_cache(maxsize=1024)
+def _queue_id(parent: str) -> str:
+    """The short queue ID of a full queue name; SubmitError if it is not one."""
+    if not FULL_QUEUE_RE.match(parent):
+        raise _invalid(f"parent {parent!r} is not a queue name 'projects/P/locations/L/queues/Q'")
+    return parent[parent.rindex("/") + 1 :]
+
+
+def _headers_json(headers: Any) -> str:
+    """`json.dumps(dict(headers), separators=(",", ":"))` of a string map, twice as fast."""
+    return "{" + ",".join([_quote(k) + ":" + _quote(v) for k, v in headers.items()]) + "}"
 
 
 def _invalid(msg: str) -> SubmitError:

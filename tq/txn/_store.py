@@ -198,6 +198,18 @@ class Transaction(Protocol):
         ...
 
 
+def writes_tasks_itself(txn: Transaction, submitter: Submitter) -> bool:
+    """Whether `txn` hands the tasks of `submitter` to it to write in the transaction.
+
+    A transaction that can (the SQL stores', for the database queue's
+    submitter) says so with a `writes_tasks_of(submitter)` method; its
+    PendingTasks then carry a reminder that is never stored (empty payload),
+    and nothing runs after the commit.
+    """
+    ask = getattr(txn, "writes_tasks_of", None)
+    return ask is not None and bool(ask(submitter))
+
+
 _current: contextvars.ContextVar[Transaction | None] = contextvars.ContextVar(
     "tq_transaction", default=None
 )

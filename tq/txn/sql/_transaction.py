@@ -32,6 +32,7 @@ from sqlalchemy.orm import Session, SessionTransaction
 
 from tq import _outbox
 from tq._errors import ConfigError
+from tq._submitter import Submitter
 from tq.txn._store import PendingTask
 from tq.txn.sql._schema import to_micros
 from tq.txn.sql._store import SQLStore
@@ -143,6 +144,10 @@ class SQLTransaction:
     def deadline(self) -> dt.datetime | None:
         return self._deadline
 
+    def writes_tasks_of(self, submitter: Submitter) -> bool:
+        """Whether `submitter` writes its tasks into this transaction itself (no reminder)."""
+        return _writes_itself(submitter)
+
     def save_reminder(self, pending: PendingTask) -> None:
         if self.conn is not None:
             if _writes_in_transaction(pending):
@@ -202,7 +207,11 @@ def _writes_in_transaction(p: PendingTask) -> bool:
     The database queue's submitter (`tq.dbqueue.WritesInTransaction`) inserts
     the task row in the caller's transaction: no reminder, no happy path.
     """
-    return callable(getattr(p.submitter, "write_in_transaction", None))
+    return _writes_itself(p.submitter)
+
+
+def _writes_itself(submitter: Submitter) -> bool:
+    return callable(getattr(submitter, "write_in_transaction", None))
 
 
 def happy_path(store: SQLStore, pending: Sequence[PendingTask]) -> None:
