@@ -20,6 +20,12 @@ it:
                  transaction: no `add_task`, no request building. The floor
                  of storing a task row with its indexes; what the
                  `tq dbqueue` variant can at most reach.
+  least client work  the same row built from the payload in the fewest
+                 steps any client of this table must take (the envelope
+                 JSON, a fresh name, the headers JSON with the ETA, the
+                 times), then the same INSERT: no validation, no class
+                 lookup, no Cloud Tasks request, no transaction helper. What
+                 is left of the floor for a client that does anything at all.
 
 Goal: tq >= 1.25x procrastinate. Needs procrastinate, which is not a
 dependency of tq: `scripts/bench` installs it in the bench environment
@@ -32,6 +38,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import json
 import os
 import time
 from collections.abc import Callable
@@ -43,7 +50,9 @@ import tq
 import tq.txn.sql
 from bench import _common as c
 from tests.testpb import payloads_pb2 as pb
-from tq import dbqueue
+from tq import _envelope, dbqueue
+from tq._request import eta_header
+from tq.dbqueue._schema import to_us
 from tq.dbqueue._submitter import insert_task, task_row
 
 
@@ -124,6 +133,18 @@ def variants(url: str) -> tuple[dict[str, Callable[[int], None]], Callable[[], N
             business(conn, i)
             insert_task(conn, {**row, "name": os.urandom(16).hex()})
 
+    def least_client_work(i: int) -> None:
+        with engine.begin() as conn:
+            business(conn, i)
+            now = tq.clock.now()
+            now_us = to_us(now)
+            headers = {"Content-Type": "application/json", "X-Tq-Expected-Eta": eta_header(now)}
+            body = _envelope.encode("count", pb.Count(n=i))
+            insert_task(conn, {
+                **row, "name": os.urandom(16).hex(), "body": body, "headers": json.dumps(headers),
+                "eta_us": now_us, "created_us": now_us,
+            })  # fmt: skip
+
     def clean() -> None:
         with engine.begin() as conn:
             conn.execute(sa.text("TRUNCATE bench_orders, tq_reminders, tq_tasks"))
@@ -139,6 +160,7 @@ def variants(url: str) -> tuple[dict[str, Callable[[int], None]], Callable[[], N
         "tq outbox": tq_with(outbox),
         "tq outbox + happy": tq_with(outbox),
         "task row by hand": task_row_by_hand,
+        "least client work": least_client_work,
     }
     return fns, clean, close
 
@@ -176,6 +198,7 @@ def main() -> None:
     table.ratio_row("tq outbox, write path (reminder row)", res["tq outbox"], base, goal=1.25)
     table.ratio_row("tq outbox + happy path", res["tq outbox + happy"], base)
     table.ratio_row("task row by hand (floor of the dbqueue row)", res["task row by hand"], base)
+    table.ratio_row("least client work for that row (no checks)", res["least client work"], base)
     table.notes.append(
         f"Transactions per second (SQLAlchemy Core, psycopg 3, one business row each), "
         f"baseline: procrastinate {procrastinate.__version__} defer on the transaction's own "
