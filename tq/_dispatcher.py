@@ -16,8 +16,8 @@ from opentelemetry.trace import Span, SpanKind
 
 from tq import _observe, _request, _schedule, _tracing, clock
 from tq._errors import ConfigError, PayloadTooLarge, SubmitError, TransactionError, ValidationError
-from tq._reminder import Reminder, encode_payload, fresh_until
-from tq._submitter import Submission, Submitter, current_submitter
+from tq._reminder import encode_payload, fresh_until, reminder_row
+from tq._submitter import Submission, Submitter, current_submitter, new_submission
 from tq._task import Task, deduplicated_task_id
 from tq._taskclass import (
     DEFAULT_ROUTING_PREFIX,
@@ -396,14 +396,13 @@ class Dispatcher:
             req = self._template(cls).build(
                 task, now=now, task_id=task_id, extra_headers=trace_headers
             )
-            sub = Submission(
-                request=req, task_class=cls.id, created=now, payload=task.payload,
-                reminder_id=task_id if txn is not None else None,
-            )  # fmt: skip
+            sub = new_submission(
+                req, cls.id, now, task.payload, task_id if txn is not None else None
+            )
             if txn is None:
                 subs.append(sub)
             elif direct:
-                rem = Reminder(id=task_id or "", fresh_until=until, payload=b"")
+                rem = reminder_row(task_id or "", until, b"", b"")
                 pending.append(PendingTask(rem, sub, submitter))
             else:
                 payload = encode_payload(sub)
@@ -412,7 +411,7 @@ class Dispatcher:
                         f"task of class {cls.id!r} is {len(payload)} bytes as a reminder, "
                         f"over the {limit} bytes store {txn.store.name!r} takes"
                     )
-                rem = Reminder(id=task_id or "", fresh_until=until, payload=payload)
+                rem = reminder_row(task_id or "", until, payload, b"")
                 pending.append(PendingTask(rem, sub, submitter))
             if not cls.quiet and log.isEnabledFor(logging.DEBUG):
                 fields = {"tq_class": cls.id, "tq_queue": cls.queue.rsplit("/", 1)[-1]}

@@ -14,7 +14,7 @@ from google.protobuf import timestamp_pb2
 
 from tq._pb import reminder_pb2
 from tq._request import CreateTaskRequest, epoch_parts
-from tq._submitter import Submission, swept_submission
+from tq._submitter import Submission, new_submission
 
 # How long after add_task the happy path may still submit; after that the
 # reminder belongs to the sweeper.
@@ -34,10 +34,11 @@ class Reminder:
     def submission(self) -> Submission:
         """Decodes the payload back into what the submitter takes."""
         p = reminder_pb2.ReminderPayload.FromString(self.payload)
-        return swept_submission(
+        return new_submission(
             CreateTaskRequest.FromString(p.create_task_request),
             p.task_class,
             _datetime(p.created),
+            None,
             self.id,
         )
 
@@ -55,11 +56,12 @@ _set_id, _set_fresh_until, _set_payload, _set_extra = (
 
 
 def reminder_row(id: str, fresh_until: dt.datetime, payload: bytes, extra: bytes) -> Reminder:
-    """`Reminder(id, fresh_until, payload, extra)` at half the cost, for stores' reads.
+    """`Reminder(id, fresh_until, payload, extra)` at half the cost.
 
     The frozen dataclass's `__init__` sets each field through
     `object.__setattr__` by name; this sets the slots directly (a sweep reads
-    thousands of reminders a second).
+    thousands of reminders a second, and every `add_task` in a transaction
+    makes one).
     """
     r: Reminder = _new(Reminder)
     _set_id(r, id)
