@@ -236,6 +236,33 @@ def test_reminders_go_in_with_any_driver_parameter_style(
         eng.dispose()
 
 
+def test_core_helper_leaves_the_engine_without_listeners(
+    engine: Engine, store: SQLStore, disp: tq.Dispatcher, sub: RecordingSubmitter
+) -> None:
+    # A listener on the engine would tax every transaction of the
+    # application's engine, tq's or not.
+    with tq.txn.sql.transaction(engine) as conn:
+        conn.execute(text("INSERT INTO rows (key) VALUES ('a')"))
+        disp.add_task(_task("a"))
+    assert _names(sub) == ["a"]
+    assert not engine._has_events
+    assert not engine.pool.dispatch.checkin
+
+
+def test_core_reminder_of_a_released_savepoint_is_submitted_once_read_back(
+    engine: Engine, store: SQLStore, disp: tq.Dispatcher, sub: RecordingSubmitter
+) -> None:
+    with tq.txn.sql.transaction(engine) as conn:
+        with conn.begin_nested():
+            disp.add_task(_task("released"))
+        nested = conn.begin_nested()
+        disp.add_task(_task("rolled-back"))
+        nested.rollback()
+        disp.add_task(_task("outer"))
+    assert sorted(_names(sub)) == ["outer", "released"]
+    assert store.count_reminders() == (0, 0)
+
+
 def test_core_savepoint_rollback_drops_its_tasks(
     engine: Engine, store: SQLStore, disp: tq.Dispatcher, sub: RecordingSubmitter
 ) -> None:

@@ -25,8 +25,6 @@ from tq.txn.sql._transaction import (
     committed_only,
     happy_path,
     happy_path_async,
-    listen_connection,
-    unlisten_connection,
 )
 
 if TYPE_CHECKING:
@@ -158,18 +156,16 @@ def _connection_transaction(
 ) -> Iterator[Connection]:
     with engine.connect() as conn:
         txn = SQLTransaction(store or store_for(engine), deadline, "collect", conn=conn)
-        listeners = listen_connection(conn, txn)
         try:
             with ambient(txn):
                 yield conn
-            txn.closing = True
+            txn.sort_core(conn.get_transaction())
             conn.commit()
         except BaseException:
             txn.committed.clear()
             conn.rollback()
             raise
-        finally:
-            unlisten_connection(conn, listeners)
+        txn.commit_done()
     if txn.unverified:
         txn.committed[:0] = committed_only(txn.store, txn.unverified)
     if txn.committed:

@@ -8,9 +8,14 @@ How reminders get into the caller's transaction:
   Session events run in SQLAlchemy's sync greenlet, so this works for an
   AsyncSession too. Savepoints (`begin_nested`) are followed: a rolled-back
   savepoint drops the reminders added inside it.
-* Core Connection: each reminder is inserted when added; listeners on the
-  connection's engine (registered once) follow commits, rollbacks and
-  savepoints.
+* Core Connection: each reminder is inserted when added, and remembers the
+  database transaction it went into (and whether a savepoint was open).
+  No listener is registered: a listener on an engine would tax every
+  transaction of that engine (SQLAlchemy dispatches events per
+  connection). When the helper commits, a reminder added in an earlier
+  transaction of the block (ended by a commit or rollback inside it) or
+  under a savepoint is read back from the table before its happy path, so
+  only what committed is submitted; the rest are known to be in the commit.
 
 After the commit, the happy path (`tq._outbox`) submits the reminders and
 deletes them. It never raises into the caller, and runs nowhere after a
@@ -22,12 +27,10 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
-import threading
-import weakref
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
-from sqlalchemy import Connection, Engine, event
+from sqlalchemy import Connection, event
 from sqlalchemy.orm import Session, SessionTransaction
 
 from tq import _outbox
@@ -102,13 +105,13 @@ class SQLTransaction:
     __slots__ = (
         "_deadline",
         "_store",
-        "closing",
         "committed",
         "conn",
         "detach",
         "marks",
         "mode",
         "pending",
+        "scopes",
         "session",
         "unverified",
         "written",
@@ -133,8 +136,10 @@ class SQLTransaction:
         self.committed: list[PendingTask] = []  # committed, waiting for the happy path
         self.marks: dict[int, int] = {}  # savepoint -> len(pending) when it began
         self.detach = False  # bind() ended with reminders still uncommitted
-        self.closing = False  # Core: the helper's own commit is under way
-        self.unverified: list[PendingTask] = []  # Core: committed inside the block
+        # Core: for each of `pending`, the database transaction it went into,
+        # or None if a savepoint was open then (it may have been rolled back).
+        self.scopes: list[object | None] = []
+        self.unverified: list[PendingTask] = []  # Core: to read back after the commit
 
     @property
     def store(self) -> SQLStore:
@@ -149,12 +154,15 @@ class SQLTransaction:
         return _writes_itself(submitter)
 
     def save_reminder(self, pending: PendingTask) -> None:
-        if self.conn is not None:
+        conn = self.conn
+        if conn is not None:
             if _writes_in_transaction(pending):
-                pending.submitter.write_in_transaction(self.conn, pending.submission)  # type: ignore[attr-defined]
+                pending.submitter.write_in_transaction(conn, pending.submission)  # type: ignore[attr-defined]
             else:
-                _insert(self.conn, (pending,))
+                _insert(conn, (pending,))
             self.written += 1
+            nested = conn.get_nested_transaction() is not None
+            self.scopes.append(None if nested else conn.get_transaction())
         elif self.session is not None and not self.session.in_transaction():
             # The reminder belongs to the session's transaction: open it now (no
             # I/O yet) so the rollback or commit that follows covers it.
@@ -183,11 +191,32 @@ class SQLTransaction:
     def rolled_back(self) -> None:
         self.pending.clear()
         self.marks.clear()
+        self.scopes.clear()
         self.written = 0
+
+    def sort_core(self, current: object) -> None:
+        """Core, before the helper's commit: which reminders are surely in it.
+
+        Those saved in `current` (the connection's transaction now) outside
+        any savepoint commit with it. The others went into a transaction
+        that ended inside the block, or under a savepoint that may have been
+        rolled back: they move to `unverified`, to be read back after the
+        commit. Tasks written into the transaction by their submitter have
+        no happy path and are left alone.
+        """
+        sure: list[PendingTask] = []
+        for p, scope in zip(self.pending, self.scopes, strict=True):
+            if scope is current or _writes_in_transaction(p):
+                sure.append(p)
+            else:
+                self.unverified.append(p)
+        self.pending = sure
+        self.scopes = []
 
     def commit_done(self) -> None:
         done, self.pending = self.pending, []
         self.marks.clear()
+        self.scopes.clear()
         self.written = 0
         # Tasks written straight into the transaction exist already: no happy path.
         done = [p for p in done if not _writes_in_transaction(p)]
@@ -295,99 +324,6 @@ def _after_transaction_end(session: Session, trans: SessionTransaction) -> None:
         txn.rolled_back()
         if txn.detach:
             session.info.pop(INFO_KEY, None)
-
-
-# Core connections. Listeners registered once per engine (registering and
-# removing five listeners on each Connection cost more than the transaction's
-# own SQLAlchemy work); they find the helper's transaction by connection.
-# Connections of the engine outside a helper pay one dict lookup per event.
-
-
-class _Core:
-    __slots__ = ("savepoints", "txn")
-
-    def __init__(self, txn: SQLTransaction) -> None:
-        self.txn = txn
-        self.savepoints: list[int] = []
-
-
-_core: dict[Connection, _Core] = {}
-_hooked: weakref.WeakSet[Engine] = weakref.WeakSet()
-_hook_lock = threading.Lock()
-
-
-def _on_commit(conn: Connection) -> None:
-    c = _core.get(conn)
-    if c is None:
-        return
-    txn = c.txn
-    # Fires before the database commits. The helper's own commit: a failure
-    # raises into the helper, which then drops everything. A commit inside
-    # the block may fail and be swallowed by the caller, so its reminders
-    # are checked against the table before their happy path.
-    if txn.closing:
-        txn.commit_done()
-    else:
-        txn.unverified.extend(p for p in txn.pending if not _writes_in_transaction(p))
-        txn.rolled_back()
-
-
-def _on_rollback(conn: Connection) -> None:
-    c = _core.get(conn)
-    if c is not None:
-        c.txn.rolled_back()
-
-
-def _on_savepoint(conn: Connection, _name: str | None) -> None:
-    c = _core.get(conn)
-    if c is not None:
-        c.savepoints.append(len(c.savepoints))
-        c.txn.savepoint_began(c.savepoints[-1])
-
-
-def _on_rollback_savepoint(conn: Connection, _name: str, _ctx: Any) -> None:
-    c = _core.get(conn)
-    if c is not None and c.savepoints:
-        c.txn.savepoint_rolled_back(c.savepoints.pop())
-
-
-def _on_release_savepoint(conn: Connection, _name: str, _ctx: Any) -> None:
-    c = _core.get(conn)
-    if c is not None and c.savepoints:
-        c.txn.marks.pop(c.savepoints.pop(), None)
-
-
-_LISTENERS: list[tuple[str, Callable[..., None]]] = [
-    ("commit", _on_commit),
-    ("rollback", _on_rollback),
-    ("savepoint", _on_savepoint),
-    ("rollback_savepoint", _on_rollback_savepoint),
-    ("release_savepoint", _on_release_savepoint),
-]
-
-
-def _hook(engine: Engine) -> None:
-    # A Connection's events join its engine's at every event point, so a
-    # connection made before the engine was hooked is followed too.
-    if engine in _hooked:  # the common case, without the lock
-        return
-    with _hook_lock:
-        if engine in _hooked:
-            return
-        for name, fn in _LISTENERS:
-            event.listen(engine, name, fn)
-        _hooked.add(engine)
-
-
-def listen_connection(conn: Connection, txn: SQLTransaction) -> Connection:
-    """Follows `conn`'s commits, rollbacks and savepoints into `txn` until unlistened."""
-    _hook(conn.engine)
-    _core[conn] = _Core(txn)
-    return conn
-
-
-def unlisten_connection(conn: Connection, _token: Connection | None = None) -> None:
-    _core.pop(conn, None)
 
 
 def committed_only(store: SQLStore, pending: list[PendingTask]) -> list[PendingTask]:
