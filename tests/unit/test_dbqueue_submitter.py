@@ -372,6 +372,45 @@ async def test_transactional_tasks_wake_workers_only_after_commit(
 
 
 @pytest.mark.usefixtures("sql_store")
+async def test_helper_transactions_wake_workers_without_engine_listeners(
+    submitter: dbqueue.DbQueueSubmitter, engine: sa.Engine
+) -> None:
+    # Listeners on the engine would tax every transaction of the application.
+    disp = dispatcher(submitter)
+    waiter = _wakeup.subscribe(_wakeup.key_of(engine))
+    try:
+        with tq.txn.sql.transaction(engine):
+            disp.add_task(tq.Task(pb.Count(n=1)))
+        assert waiter.event.is_set()
+        waiter.event.clear()
+        with tq.txn.sql.transaction(orm.sessionmaker(engine)):
+            disp.add_task(tq.Task(pb.Count(n=2)))
+        assert waiter.event.is_set()
+    finally:
+        _wakeup.unsubscribe(_wakeup.key_of(engine), waiter)
+    assert len(rows(engine)) == 2
+    assert not engine._has_events
+    assert not engine.pool.dispatch.checkin
+
+
+@pytest.mark.usefixtures("sql_store")
+def test_a_queue_created_under_a_rolled_back_savepoint_is_created_again(
+    submitter: dbqueue.DbQueueSubmitter, engine: sa.Engine
+) -> None:
+    disp = dispatcher(submitter)
+    with tq.txn.sql.transaction(engine) as conn:
+        nested = conn.begin_nested()
+        disp.add_task(tq.Task(pb.Count(n=1)))  # creates queue "q" in the savepoint
+        nested.rollback()
+    assert rows(engine) == []
+    assert dbqueue.Admin(engine).list_queues() == []
+    with tq.txn.sql.transaction(engine):
+        disp.add_task(tq.Task(pb.Count(n=2)))
+    assert [q.name for q in dbqueue.Admin(engine).list_queues()] == ["q"]
+    assert len(rows(engine)) == 1
+
+
+@pytest.mark.usefixtures("sql_store")
 async def test_async_session_transaction_writes_the_row(
     submitter: dbqueue.DbQueueSubmitter, engine: sa.Engine
 ) -> None:

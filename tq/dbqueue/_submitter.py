@@ -121,18 +121,43 @@ class DbQueueSubmitter:
         """Inserts the task in the caller's transaction on `connection`.
 
         The task exists if and only if that transaction commits; in-process
-        workers wake up when it does. See `WritesInTransaction`.
+        workers wake up when it does. See `WritesInTransaction`. Called
+        directly, this follows the commit with listeners on the engine (which
+        every transaction on it then pays for); tq's transaction helpers call
+        `insert_in_transaction` and `transaction_committed` instead.
+        """
+        queue = self.insert_in_transaction(connection, submission)
+        self._hook_commits(connection.engine)
+        connection.info.setdefault(self._written, set()).add(queue)
+
+    def insert_in_transaction(self, connection: sa.Connection, submission: Submission) -> str:
+        """Inserts the task on `connection`, leaving the commit to the caller; returns its queue.
+
+        For a caller that reports the commit with `transaction_committed`.
         """
         row = self._row(submission)
-        queue = row["queue"]
+        queue: str = row["queue"]
         with self._lock:
             known = queue in self._known_queues
         if not known:
             self._ensure_queue(connection, queue)
-        self._hook_commits(connection.engine)
         if not insert_task(connection, row):
             raise _already_exists(row)
-        connection.info.setdefault(self._written, set()).add(queue)
+        return queue
+
+    def transaction_committed(self, sure: list[Submission], unsure: list[Submission]) -> None:
+        """After a commit: `sure` were inserted in it; `unsure` may have been undone before it.
+
+        Wakes the workers of this process. Only `sure` queues are taken as
+        existing from now on: an `unsure` one may have been created by a
+        savepoint or an earlier transaction that was rolled back.
+        """
+        if sure:
+            queues = {_queue_id(s.request.parent) for s in sure}  # type: ignore[attr-defined]
+            with self._lock:
+                self._known_queues.update(queues)
+        if sure or unsure:
+            _wakeup.notify(self.wakeup_key)
 
     # Queues.
 

@@ -113,6 +113,7 @@ class SQLTransaction:
         "pending",
         "scopes",
         "session",
+        "unsure_direct",
         "unverified",
         "written",
     )  # fmt: skip
@@ -140,6 +141,7 @@ class SQLTransaction:
         # or None if a savepoint was open then (it may have been rolled back).
         self.scopes: list[object | None] = []
         self.unverified: list[PendingTask] = []  # Core: to read back after the commit
+        self.unsure_direct: list[PendingTask] = []  # Core: the same, written by submitters
 
     @property
     def store(self) -> SQLStore:
@@ -157,7 +159,7 @@ class SQLTransaction:
         conn = self.conn
         if conn is not None:
             if _writes_in_transaction(pending):
-                pending.submitter.write_in_transaction(conn, pending.submission)  # type: ignore[attr-defined]
+                _write_task(conn, pending)
             else:
                 _insert(conn, (pending,))
             self.written += 1
@@ -173,7 +175,7 @@ class SQLTransaction:
         todo = self.pending[self.written :]
         for p in todo:
             if _writes_in_transaction(p):
-                p.submitter.write_in_transaction(conn, p.submission)  # type: ignore[attr-defined]
+                _write_task(conn, p)
         reminders = [p for p in todo if not _writes_in_transaction(p)]
         if reminders:
             _insert(conn, reminders)
@@ -192,6 +194,7 @@ class SQLTransaction:
         self.pending.clear()
         self.marks.clear()
         self.scopes.clear()
+        self.unsure_direct.clear()
         self.written = 0
 
     def sort_core(self, current: object) -> None:
@@ -202,12 +205,15 @@ class SQLTransaction:
         that ended inside the block, or under a savepoint that may have been
         rolled back: they move to `unverified`, to be read back after the
         commit. Tasks written into the transaction by their submitter have
-        no happy path and are left alone.
+        no happy path: the unsure ones go to `unsure_direct`, for the
+        submitter to hear of (`_report_direct`).
         """
         sure: list[PendingTask] = []
         for p, scope in zip(self.pending, self.scopes, strict=True):
-            if scope is current or _writes_in_transaction(p):
+            if scope is current:
                 sure.append(p)
+            elif _writes_in_transaction(p):
+                self.unsure_direct.append(p)
             else:
                 self.unverified.append(p)
         self.pending = sure
@@ -215,11 +221,16 @@ class SQLTransaction:
 
     def commit_done(self) -> None:
         done, self.pending = self.pending, []
+        unsure, self.unsure_direct = self.unsure_direct, []
         self.marks.clear()
         self.scopes.clear()
         self.written = 0
-        # Tasks written straight into the transaction exist already: no happy path.
-        done = [p for p in done if not _writes_in_transaction(p)]
+        # Tasks written straight into the transaction exist already: no happy
+        # path, only a word to their submitters.
+        direct = [p for p in done if _writes_in_transaction(p)]
+        if direct or unsure:
+            _report_direct(direct, unsure)
+            done = [p for p in done if not _writes_in_transaction(p)]
         if not done:
             return
         if self.mode == "collect":
@@ -241,6 +252,31 @@ def _writes_in_transaction(p: PendingTask) -> bool:
 
 def _writes_itself(submitter: Submitter) -> bool:
     return callable(getattr(submitter, "write_in_transaction", None))
+
+
+def _write_task(conn: Connection, p: PendingTask) -> None:
+    """Has the submitter write its task on `conn`; the commit is reported by `_report_direct`."""
+    insert = getattr(p.submitter, "insert_in_transaction", None)
+    if insert is not None and callable(getattr(p.submitter, "transaction_committed", None)):
+        insert(conn, p.submission)
+    else:  # a submitter that follows the commit itself
+        p.submitter.write_in_transaction(conn, p.submission)  # type: ignore[attr-defined]
+
+
+def _report_direct(sure: list[PendingTask], unsure: list[PendingTask]) -> None:
+    """Tells each submitter which of its tasks the commit holds (`sure`) or may not."""
+    by: dict[int, tuple[Any, list[Any], list[Any]]] = {}
+    for group, i in ((sure, 1), (unsure, 2)):
+        for p in group:
+            entry = by.setdefault(id(p.submitter), (p.submitter, [], []))
+            entry[i].append(p.submission)
+    for submitter, s, u in by.values():
+        report = getattr(submitter, "transaction_committed", None)
+        if callable(report) and callable(getattr(submitter, "insert_in_transaction", None)):
+            try:
+                report(s, u)
+            except Exception:  # a wakeup is an optimisation: never fail the commit's caller
+                log.exception("tq: %r failed to hear of a commit", submitter)
 
 
 def happy_path(store: SQLStore, pending: Sequence[PendingTask]) -> None:
