@@ -95,12 +95,19 @@ def variants(url: str) -> tuple[dict[str, Callable[[int], None]], Callable[[], N
     with engine.begin() as conn:
         conn.execute(sa.text("DROP TABLE IF EXISTS bench_orders"))
         conn.execute(sa.text("CREATE TABLE bench_orders (id text PRIMARY KEY, n integer)"))
-    outbox = dispatcher(c.NullSubmitter())
-    # The database queue's submitter follows commits with listeners on its
-    # engine, which every transaction on that engine pays for: it gets an
-    # engine of its own, so the other variants do not pay tq's toll.
-    queue_engine = sa.create_engine(url, pool_size=5)
+    # Each side gets an engine (and so a pool of connections) of its own:
+    # what one leaves on its connections or its engine (procrastinate's
+    # adapters, a submitter's listeners) must not slow the others.
+    engines = [engine]
+
+    def own_engine() -> sa.Engine:
+        engines.append(sa.create_engine(url, pool_size=5))
+        return engines[-1]
+
+    outbox_engine, queue_engine, peer_engine, floor_engine = (own_engine() for _ in range(4))
+    outbox_store = tq.txn.sql.SQLStore(outbox_engine, name="bench-defer-outbox")
     queue_store = tq.txn.sql.SQLStore(queue_engine, name="bench-defer-queue")
+    outbox = dispatcher(c.NullSubmitter())
     queue = dispatcher(dbqueue.DbQueueSubmitter(queue_engine))
 
     libpq = url.replace("postgresql+psycopg://", "postgresql://", 1)
@@ -119,12 +126,12 @@ def variants(url: str) -> tuple[dict[str, Callable[[int], None]], Callable[[], N
         conn.execute(orders, {"id": os.urandom(16).hex(), "n": i})
 
     def procrastinate_defer(i: int) -> None:
-        with engine.begin() as conn:
+        with peer_engine.begin() as conn:
             business(conn, i)
             count.configure(connection=conn.connection.driver_connection).defer(n=i)
 
     def tq_with(
-        disp: tq.Dispatcher, engine: sa.Engine = engine, store: tq.txn.sql.SQLStore = store
+        disp: tq.Dispatcher, engine: sa.Engine, store: tq.txn.sql.SQLStore
     ) -> Callable[[int], None]:
         def go(i: int) -> None:
             with tq.txn.sql.transaction(engine, store=store) as conn:
@@ -136,12 +143,12 @@ def variants(url: str) -> tuple[dict[str, Callable[[int], None]], Callable[[], N
     row = prepared_row()
 
     def task_row_by_hand(i: int) -> None:
-        with engine.begin() as conn:
+        with floor_engine.begin() as conn:
             business(conn, i)
             insert_task(conn, {**row, "name": os.urandom(16).hex()})
 
     def least_client_work(i: int) -> None:
-        with engine.begin() as conn:
+        with floor_engine.begin() as conn:
             business(conn, i)
             now = tq.clock.now()
             now_us = to_us(now)
@@ -159,14 +166,14 @@ def variants(url: str) -> tuple[dict[str, Callable[[int], None]], Callable[[], N
 
     def close() -> None:
         app.close()
-        engine.dispose()
-        queue_engine.dispose()
+        for e in engines:
+            e.dispose()
 
     fns = {
         "procrastinate": procrastinate_defer,
         "tq dbqueue": tq_with(queue, queue_engine, queue_store),
-        "tq outbox": tq_with(outbox),
-        "tq outbox + happy": tq_with(outbox),
+        "tq outbox": tq_with(outbox, outbox_engine, outbox_store),
+        "tq outbox + happy": tq_with(outbox, outbox_engine, outbox_store),
         "task row by hand": task_row_by_hand,
         "least client work": least_client_work,
     }
