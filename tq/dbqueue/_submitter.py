@@ -46,6 +46,11 @@ class WritesInTransaction(Protocol):
     instead of a reminder to submit after commit, they call it with the
     transaction's connection, and the task exists if and only if the
     transaction commits. No reminder, no sweeper, no happy path.
+
+    A submitter that also has `insert_in_transaction(connection, submission)`
+    and `transaction_committed(sure, unsure)` (as `DbQueueSubmitter` does) is
+    called through those by tq's transaction helpers, which report the
+    commit themselves, so that it needs no listener of its own.
     """
 
     def write_in_transaction(self, connection: sa.Connection, submission: Submission) -> None:

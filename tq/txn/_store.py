@@ -204,7 +204,7 @@ def writes_tasks_itself(txn: Transaction, submitter: Submitter) -> bool:
     A transaction that can (the SQL stores', for the database queue's
     submitter) says so with a `writes_tasks_of(submitter)` method; its
     PendingTasks then carry a reminder that is never stored (empty payload),
-    and nothing runs after the commit.
+    and no happy path runs after the commit.
     """
     ask = getattr(txn, "writes_tasks_of", None)
     return ask is not None and bool(ask(submitter))
