@@ -254,11 +254,17 @@ def _writes_itself(submitter: Submitter) -> bool:
     return callable(getattr(submitter, "write_in_transaction", None))
 
 
+def _hears_of_commits(submitter: Submitter) -> bool:
+    """Whether the submitter takes its commits from the helper (see `WritesInTransaction`)."""
+    return callable(getattr(submitter, "insert_in_transaction", None)) and callable(
+        getattr(submitter, "transaction_committed", None)
+    )
+
+
 def _write_task(conn: Connection, p: PendingTask) -> None:
     """Has the submitter write its task on `conn`; the commit is reported by `_report_direct`."""
-    insert = getattr(p.submitter, "insert_in_transaction", None)
-    if insert is not None and callable(getattr(p.submitter, "transaction_committed", None)):
-        insert(conn, p.submission)
+    if _hears_of_commits(p.submitter):
+        p.submitter.insert_in_transaction(conn, p.submission)  # type: ignore[attr-defined]
     else:  # a submitter that follows the commit itself
         p.submitter.write_in_transaction(conn, p.submission)  # type: ignore[attr-defined]
 
@@ -268,15 +274,14 @@ def _report_direct(sure: list[PendingTask], unsure: list[PendingTask]) -> None:
     by: dict[int, tuple[Any, list[Any], list[Any]]] = {}
     for group, i in ((sure, 1), (unsure, 2)):
         for p in group:
-            entry = by.setdefault(id(p.submitter), (p.submitter, [], []))
-            entry[i].append(p.submission)
+            if _hears_of_commits(p.submitter):
+                entry = by.setdefault(id(p.submitter), (p.submitter, [], []))
+                entry[i].append(p.submission)
     for submitter, s, u in by.values():
-        report = getattr(submitter, "transaction_committed", None)
-        if callable(report) and callable(getattr(submitter, "insert_in_transaction", None)):
-            try:
-                report(s, u)
-            except Exception:  # a wakeup is an optimisation: never fail the commit's caller
-                log.exception("tq: %r failed to hear of a commit", submitter)
+        try:
+            submitter.transaction_committed(s, u)
+        except Exception:  # a wakeup is an optimisation: never fail the commit's caller
+            log.exception("tq: %r failed to hear of a commit", submitter)
 
 
 def happy_path(store: SQLStore, pending: Sequence[PendingTask]) -> None:
