@@ -28,7 +28,13 @@ from tq._taskclass import (
     TaskClass,
 )
 from tq.cron import Cron
-from tq.txn._store import PendingTask, Transaction, current_transaction, writes_tasks_itself
+from tq.txn._store import (
+    PendingTask,
+    Transaction,
+    UntoldTransaction,
+    find_transaction,
+    writes_tasks_itself,
+)
 
 log = logging.getLogger("tq")
 
@@ -358,7 +364,13 @@ class Dispatcher:
             raise ValidationError(f"add_task takes at most {MAX_BATCH} tasks per call")
         # The trace context of the add_task span travels in every task's headers.
         trace_headers = _tracing.outgoing_headers() if span is not None else None
-        txn = current_transaction()
+        found = find_transaction()
+        untold: UntoldTransaction | None = None
+        txn: Transaction | None = None
+        if isinstance(found, UntoldTransaction):
+            untold = found
+        else:
+            txn = found
         now = clock.now()
         submitter = self.submitter()
         # In a transaction every task becomes a reminder (_check_kind refuses
@@ -381,6 +393,8 @@ class Dispatcher:
                     f"no task class for payload type {task.payload.DESCRIPTOR.full_name}; "
                     "register one with Dispatcher.task_class(...)"
                 )
+            if untold is not None:
+                _refuse_untold(cls, untold)
             _check_kind(cls, txn)
             if txn is not None:
                 if task.deduplication_key:
@@ -456,6 +470,21 @@ def _check_kind(cls: TaskClass, txn: Transaction | None) -> None:
             f"task class {cls.id!r} is NON_TRANSACTIONAL: add it outside the transaction "
             "(or make the class FOLLOWS_CONTEXT)"
         )
+
+
+def _refuse_untold(cls: TaskClass, untold: UntoldTransaction) -> None:
+    """Raises for a task added while a transaction tq was not told about is open."""
+    head = f"task of class {cls.id!r}: {untold.what} is open and tq was not told about it"
+    if cls.kind is Kind.TRANSACTIONAL:
+        raise TransactionError(f"{head}, so the task cannot be written into it. {untold.fix}")
+    if cls.kind is Kind.NON_TRANSACTIONAL:
+        then = "it would be submitted now, as if it were outside that transaction"
+    else:
+        then = "it would be submitted now, and run even if that transaction rolled back"
+    raise TransactionError(
+        f"{head}, so {then}. {untold.fix}; or, to submit it now regardless, add it "
+        "inside tq.txn.outside_transaction()"
+    )
 
 
 def _submit_now(submitter: Submitter, sub: Submission) -> None:

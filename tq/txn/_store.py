@@ -17,7 +17,7 @@ import contextvars
 import dataclasses
 import datetime as dt
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Protocol, runtime_checkable
 
 from tq._reminder import Reminder
@@ -210,14 +210,82 @@ def writes_tasks_itself(txn: Transaction, submitter: Submitter) -> bool:
     return ask is not None and bool(ask(submitter))
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class UntoldTransaction:
+    """An open database transaction that tq can see but was not told about.
+
+    A finder (see `register_finder`) returns one when it sees, say, a
+    SQLAlchemy session in a transaction that no tq helper made ambient.
+    `add_task` then refuses every task (a task submitted now would run even
+    if that transaction rolled back) with an error made of `what` (the
+    transaction, e.g. "a SQLAlchemy Session's transaction") and `fix` (how
+    to tell tq of it, e.g. "wrap it in tq.txn.sql.bind(session)").
+    """
+
+    what: str
+    fix: str
+
+
+TransactionFinder = Callable[[], "Transaction | UntoldTransaction | None"]
+"""Looks for an open transaction in the current context (see `register_finder`)."""
+
 _current: contextvars.ContextVar[Transaction | None] = contextvars.ContextVar(
     "tq_transaction", default=None
 )
+_outside: contextvars.ContextVar[bool] = contextvars.ContextVar("tq_outside", default=False)
+_finders: tuple[TransactionFinder, ...] = ()
+_finders_lock = threading.Lock()
+
+
+def register_finder(finder: TransactionFinder) -> None:
+    """Adds a way to find the transaction `add_task` runs in (idempotent).
+
+    The one seam for "which transaction am I in": tq's helpers make their
+    transaction ambient explicitly (`ambient`); a finder is asked when none
+    did, in the order finders were registered, and the first answer that
+    is not None wins. It returns a `Transaction` that `add_task` writes
+    into (an instrumented SQLAlchemy session, a Django atomic block), an
+    `UntoldTransaction` that makes `add_task` refuse, or None. Finders run
+    on every `add_task` outside an explicit transaction: keep them cheap.
+    """
+    global _finders
+    with _finders_lock:
+        if finder not in _finders:
+            _finders = (*_finders, finder)
+
+
+def unregister_finder(finder: TransactionFinder) -> None:
+    global _finders
+    with _finders_lock:
+        _finders = tuple(f for f in _finders if f != finder)
+
+
+def find_transaction() -> Transaction | UntoldTransaction | None:
+    """The transaction `add_task` runs in: made ambient, found, seen untold, or None.
+
+    Inside `outside_transaction()` (and no helper's block opened within it)
+    this is None whatever a finder would say.
+    """
+    txn = _current.get()
+    if txn is not None:
+        return txn
+    if _outside.get():
+        return None
+    for finder in _finders:
+        found = finder()
+        if found is not None:
+            return found
+    return None
 
 
 def current_transaction() -> Transaction | None:
-    """The transaction a store's helper made ambient in this context, if any."""
-    return _current.get()
+    """The transaction `add_task` writes into in this context, if any.
+
+    One a store's helper made ambient, else one a finder found; an untold
+    transaction counts as none here (`find_transaction` tells it apart).
+    """
+    found = find_transaction()
+    return None if isinstance(found, UntoldTransaction) else found
 
 
 @contextlib.contextmanager
@@ -227,6 +295,24 @@ def ambient(txn: Transaction) -> Iterator[Transaction]:
     try:
         yield txn
     finally:
+        _current.reset(token)
+
+
+@contextlib.contextmanager
+def outside_transaction() -> Iterator[None]:
+    """Adds the tasks of the `with` block as if no transaction were open.
+
+    Inside it, `add_task` submits at once: NON_TRANSACTIONAL and
+    FOLLOWS_CONTEXT tasks go out now even while a transaction (tq's or one
+    tq was not told about) is open, and TRANSACTIONAL ones are refused. A
+    tq helper's transaction opened inside the block is ambient as usual.
+    Use it when a task must not wait for, nor depend on, the open one.
+    """
+    token, outside = _current.set(None), _outside.set(True)
+    try:
+        yield
+    finally:
+        _outside.reset(outside)
         _current.reset(token)
 
 
