@@ -34,7 +34,7 @@ disp = tq.Dispatcher(
 )
 
 
-@disp.task_class(id="greet", prototype=pb.Greet, kind=tq.Kind.NON_TRANSACTIONAL, queue="greetings")
+@disp.task_class(id="greet", prototype=pb.Greet, kind=tq.Kind.FOLLOWS_CONTEXT, queue="greetings")
 async def greet(task: pb.Greet) -> None:
     info = tq.execution_info()
     print(f"hello, {task.name}! (attempt {info.execution_count + 1}, queue {info.queue})")
