@@ -2,7 +2,10 @@
 
 `body` is the payload in protobuf's JSON mapping (what
 `json_format.MessageToJson` writes and `ParseDict` reads, through the faster
-`tq._pbjson`). Decoding ignores unknown fields, so a producer running a newer
+`tq._pbjson`), whatever its JSON kind: an object for most messages, but a
+string for a `StringValue`, `Timestamp` or `FieldMask`, a number or a
+boolean for the other wrappers, a list for a `ListValue`, anything for a
+`Value`. Decoding ignores unknown fields, so a producer running a newer
 payload version does not break an older consumer.
 """
 
@@ -54,8 +57,9 @@ def peek(raw: bytes) -> tuple[str, str, Any]:
         raise EnvelopeError('envelope has no "class" string')
     if not isinstance(type_name, str) or not type_name:
         raise EnvelopeError('envelope has no "type" string')
-    if not isinstance(body, dict):
-        raise EnvelopeError('envelope "body" must be a JSON object')
+    if "body" not in doc:
+        raise EnvelopeError('envelope has no "body"')
+    # Any JSON kind: whether it suits the payload type is decode_body's call.
     return class_id, type_name, body
 
 
@@ -67,8 +71,32 @@ def _no_constant(name: str) -> Any:
 _DECODER = json.JSONDecoder(parse_constant=_no_constant)
 
 
+# The well-known types whose proto JSON is not an object. Every other message
+# is an object in JSON; json_format would take a string or a list for one
+# (iterating over it as over keys), so such bodies are refused here.
+_NOT_OBJECTS = frozenset(
+    {
+        "google.protobuf.Duration",
+        "google.protobuf.FieldMask",
+        "google.protobuf.ListValue",
+        "google.protobuf.Timestamp",
+        "google.protobuf.Value",
+    }
+)
+
+
+def _json_is_object(prototype: type[Message]) -> bool:
+    desc = prototype.DESCRIPTOR
+    return not (
+        desc.full_name in _NOT_OBJECTS or desc.file.name == "google/protobuf/wrappers.proto"
+    )
+
+
 def decode_body(body: Any, prototype: type[Message]) -> Message:
     """Builds a `prototype` message from the envelope body (unknown fields ignored)."""
+    if type(body) is not dict and _json_is_object(prototype):
+        name = prototype.DESCRIPTOR.full_name
+        raise EnvelopeError(f"body is not a valid {name}: its JSON must be an object")
     try:
         return _pbjson.from_dict(body, prototype)
     except (json_format.ParseError, ValueError, TypeError, OverflowError, RecursionError) as e:

@@ -482,7 +482,7 @@ def envelope_faults(path_class: str, body: bytes) -> tuple[set[int], Message | N
     cid, type_name, payload = doc.get("class"), doc.get("type"), doc.get("body")
     if not (isinstance(cid, str) and cid and isinstance(type_name, str) and type_name):
         return {400}, None
-    if not isinstance(payload, dict):
+    if "body" not in doc:
         return {400}, None
     faults: set[int] = set()
     if cid != path_class:
@@ -492,6 +492,11 @@ def envelope_faults(path_class: str, body: bytes) -> tuple[set[int], Message | N
         return faults, None
     proto = PROTOTYPES[cid]
     if type_name != proto.DESCRIPTOR.full_name:
+        faults.add(400)
+        return faults, None
+    if not isinstance(payload, dict):
+        # The body is the payload's proto JSON, whatever its kind; these
+        # classes' types are plain messages, whose JSON is an object.
         faults.add(400)
         return faults, None
     msg = proto()
