@@ -28,7 +28,7 @@ from tq._errors import (
     ValidationError,
 )
 from tq._execution import ExecutionInfo, execution_info
-from tq._submitter import Submission, Submitter, current_submitter, use_submitter
+from tq._submitter import Router, Submission, Submitter, current_submitter, use_submitter
 from tq._task import Task
 from tq._taskclass import CustomPayload, Handler, Kind, TaskClass
 from tq.cron import Cron
@@ -77,6 +77,7 @@ __all__ = [
     "Kind",
     "PayloadTooLarge",
     "Retry",
+    "Router",
     "Submission",
     "SubmitError",
     "Submitter",

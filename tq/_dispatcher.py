@@ -14,10 +14,17 @@ from typing import Any, Protocol, TypeVar
 from google.protobuf.message import Message
 from opentelemetry.trace import Span, SpanKind
 
-from tq import _observe, _request, _schedule, _tracing, clock
+from tq import _observe, _request, _schedule, _topic, _tracing, clock
 from tq._errors import ConfigError, PayloadTooLarge, SubmitError, TransactionError, ValidationError
 from tq._reminder import encode_payload, fresh_until, reminder_row
-from tq._submitter import Submission, Submitter, current_submitter, new_submission
+from tq._submitter import (
+    Submission,
+    Submitter,
+    current_submitter,
+    new_submission,
+    takes_queues,
+    takes_topics,
+)
 from tq._task import Task, deduplicated_task_id
 from tq._taskclass import (
     DEFAULT_ROUTING_PREFIX,
@@ -103,7 +110,7 @@ class Dispatcher:
         self.app_engine = False
         self.target_scheme = "https"
         self._classes: dict[str, TaskClass] = {}
-        self._templates: dict[str, _request.Template] = {}  # by class ID
+        self._templates: dict[str, _request.Template | _topic.Template] = {}  # by class ID
         self._by_type: dict[str, TaskClass] = {}
         self._lock = threading.Lock()
         self._submitter = submitter
@@ -186,7 +193,8 @@ class Dispatcher:
         id: str,
         prototype: type[Message],
         kind: Kind,
-        queue: str,
+        queue: str = "",
+        topic: str = "",
         routing_prefix: str = DEFAULT_ROUTING_PREFIX,
         target_host: str | None = None,
         custom: Callable[[Message], CustomPayload | None] | None = None,
@@ -199,7 +207,7 @@ class Dispatcher:
         """Decorator: registers a task class with the decorated handler."""
         cls = self.register_task_class(
             TaskClass(
-                id=id, prototype=prototype, kind=kind, queue=queue,
+                id=id, prototype=prototype, kind=kind, queue=queue, topic=topic,
                 routing_prefix=routing_prefix, target_host=target_host, custom=custom,
                 quiet=quiet, quiet_on_error=quiet_on_error,
                 dispatch_deadline_s=dispatch_deadline_s, schedule=schedule,
@@ -373,6 +381,7 @@ class Dispatcher:
             txn = found
         now = clock.now()
         submitter = self.submitter()
+        queues_ok = False  # the submitter was found to take queue classes' tasks
         # In a transaction every task becomes a reminder (_check_kind refuses
         # the others); outside one every task is submitted now.
         subs: list[Submission] = []
@@ -396,13 +405,19 @@ class Dispatcher:
             if untold is not None:
                 _refuse_untold(cls, untold)
             _check_kind(cls, txn)
-            if txn is not None:
+            if cls.topic or task.ordering_key or not queues_ok:
+                _check_destination(cls, task, submitter)
+                queues_ok = queues_ok or not cls.topic
+            if cls.topic:
+                # Every message carries a task ID (its reminder's in a transaction).
+                task_id: str | None = self.random_bytes(16).hex()
+            elif txn is not None:
                 if task.deduplication_key:
                     raise ValidationError(
                         f"task of class {cls.id!r}: a deduplication key cannot be used on a "
                         "task added in a transaction (its reminder already names it)"
                     )
-                task_id: str | None = self.random_bytes(16).hex()
+                task_id = self.random_bytes(16).hex()
             elif task.deduplication_key:
                 task_id = deduplicated_task_id(self.namespace, cls.id, task.deduplication_key)
             else:
@@ -428,7 +443,8 @@ class Dispatcher:
                 rem = reminder_row(task_id or "", until, payload, b"")
                 pending.append(PendingTask(rem, sub, submitter))
             if not cls.quiet and log.isEnabledFor(logging.DEBUG):
-                fields = {"tq_class": cls.id, "tq_queue": cls.queue.rsplit("/", 1)[-1]}
+                where = cls.topic or cls.queue
+                fields = {"tq_class": cls.id, "tq_queue": where.rsplit("/", 1)[-1]}
                 if txn is not None and task_id:
                     fields["tq_reminder"] = task_id
                 log.debug("tq: adding task of class %s: %s", cls.id, task.payload, extra=fields)
@@ -441,11 +457,15 @@ class Dispatcher:
             return [(s, submitter) for s in subs]
         return _TxnPlan(txn, pending)
 
-    def _template(self, cls: TaskClass) -> _request.Template:
+    def _template(self, cls: TaskClass) -> _request.Template | _topic.Template:
         # Built on first use (a class that cannot be routed fails at add_task,
         # as before) and again after configure() or a change to the class.
         tpl = self._templates.get(cls.id)
-        if tpl is None or not tpl.fits(cls, self._target):
+        if cls.topic:
+            if not isinstance(tpl, _topic.Template) or not tpl.fits(cls, self.cloud_project):
+                tpl = self._templates[cls.id] = _topic.Template(cls, self.cloud_project)
+            return tpl
+        if not isinstance(tpl, _request.Template) or not tpl.fits(cls, self._target):
             tpl = self._templates[cls.id] = _request.Template(cls, self._target)
         return tpl
 
@@ -469,6 +489,34 @@ def _check_kind(cls: TaskClass, txn: Transaction | None) -> None:
         raise TransactionError(
             f"task class {cls.id!r} is NON_TRANSACTIONAL: add it outside the transaction "
             "(or make the class FOLLOWS_CONTEXT)"
+        )
+
+
+def _check_destination(cls: TaskClass, task: Task, submitter: Submitter) -> None:
+    """Raises if a task of `cls` cannot go where its class says through `submitter`."""
+    if cls.topic:
+        if task.deduplication_key:
+            raise ValidationError(
+                f"task of class {cls.id!r}: Pub/Sub does not deduplicate, so a topic class "
+                "takes no deduplication key (subscribers drop duplicates by the tq_task_id "
+                "attribute, see docs/pubsub.md)"
+            )
+        if not takes_topics(submitter):
+            raise ConfigError(
+                f"task class {cls.id!r} publishes to Pub/Sub topic {cls.topic!r}, but the "
+                f"submitter {submitter!r} takes no topics: use tq.Router(queues=..., "
+                "topics=tq.pubsub.Publisher(...)), the database queue or tqtesting"
+            )
+        return
+    if task.ordering_key:
+        raise ValidationError(
+            f"task of class {cls.id!r}: ordering_key is for topic classes (Pub/Sub); "
+            "Cloud Tasks has none"
+        )
+    if not takes_queues(submitter):
+        raise ConfigError(
+            f"task class {cls.id!r} goes to Cloud Tasks queue {cls.queue!r}, but the "
+            f"submitter {submitter!r} takes no queues: use tq.Router(queues=..., topics=...)"
         )
 
 

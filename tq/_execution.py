@@ -1,4 +1,4 @@
-"""ExecutionInfo: what Cloud Tasks tells a handler about the current attempt."""
+"""ExecutionInfo: what Cloud Tasks (or Pub/Sub) tells a handler about the current attempt."""
 
 from __future__ import annotations
 
@@ -24,6 +24,14 @@ class ExecutionInfo:
       eta: when the task was scheduled to run, or None if the header is absent.
       retry_reason: why the previous attempt failed, if Cloud Tasks says.
       previous_response: the HTTP status of the previous attempt, if any.
+      delivery_attempt: for a Pub/Sub message, which delivery this is (1 on
+        the first), where Pub/Sub says so (subscriptions with a dead-letter
+        policy); else None. `execution_count` is then one less.
+      message_id: for a Pub/Sub message, the ID Pub/Sub gave it (a message
+        published twice, e.g. by the sweeper, has two; `task_id` is the
+        same on both: the `tq_task_id` attribute).
+      subscription: for a Pub/Sub message, the short ID of the
+        subscription that delivered it (also in `queue`).
     """
 
     task_class: str = ""
@@ -34,6 +42,9 @@ class ExecutionInfo:
     eta: dt.datetime | None = None
     retry_reason: str = ""
     previous_response: int | None = None
+    delivery_attempt: int | None = None
+    message_id: str = ""
+    subscription: str = ""
 
     @classmethod
     def from_headers(

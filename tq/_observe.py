@@ -15,6 +15,7 @@ from opentelemetry import trace
 
 from tq import _metrics, _tracing, clock
 from tq._errors import SubmitError
+from tq._pb.publish_pb2 import PublishRequest
 from tq._submitter import Submission
 
 # Submits of a batch by (task_class, queue, code), added to tq_submits at once
@@ -23,8 +24,15 @@ Tally = dict[tuple[str, str, str], int]
 
 
 def queue_of(sub: Submission) -> str:
-    """The short queue ID a submission goes to."""
-    return str(sub.request.parent).rsplit("/", 1)[-1]  # type: ignore[attr-defined]
+    """The short queue ID a submission goes to (the topic ID for a message to publish)."""
+    return destination(sub.request).rsplit("/", 1)[-1]
+
+
+def destination(request: object) -> str:
+    """The full queue name of a CreateTaskRequest, or topic name of a PublishRequest."""
+    if type(request) is PublishRequest:
+        return request.topic
+    return str(request.parent)  # type: ignore[attr-defined]
 
 
 def log_fields(sub: Submission) -> dict[str, object]:
@@ -149,7 +157,7 @@ class QuickSubmits:
 
     def done(self, sub: Submission, code: str, elapsed: float) -> None:
         """Counts one submit with outcome `code` that took `elapsed` seconds."""
-        parent: str = sub.request.parent  # type: ignore[attr-defined]
+        parent = destination(sub.request)
         queue = self._queues.get(parent)
         if queue is None:
             queue = self._queues[parent] = queue_of(sub)

@@ -78,14 +78,18 @@ async def handle_push(
     path_class_id: str | None,
     headers: Mapping[str, str],
     body: bytes,
+    *,
+    info: ExecutionInfo | None = None,
 ) -> PushResult:
     """Decodes and runs one pushed task. `headers` keys must be lowercase.
 
     With tracing on, the push runs in a `tq.push` span linked to the span
     that added the task (its context travels in the task's headers).
+    `info` (its `task_class` filled in here) replaces the ExecutionInfo
+    otherwise read from the X-CloudTasks-* headers (Pub/Sub deliveries).
     """
     if _tracing.tracer() is None:
-        return await _handle(dispatcher, path_class_id, headers, body)
+        return await _handle(dispatcher, path_class_id, headers, body, info)
     parent, links = _tracing.incoming(headers)
     with _tracing.span(
         "tq.push",
@@ -95,7 +99,7 @@ async def handle_push(
         record_exception=False,
         set_status_on_exception=False,
     ) as span:
-        result = await _handle(dispatcher, path_class_id, headers, body)
+        result = await _handle(dispatcher, path_class_id, headers, body, info)
         if span is not None and span.is_recording():
             span.set_attributes(
                 {
@@ -116,6 +120,7 @@ async def _handle(
     path_class_id: str | None,
     headers: Mapping[str, str],
     body: bytes,
+    given_info: ExecutionInfo | None = None,
 ) -> PushResult:
     try:
         class_id, type_name, json_body = _envelope.peek(body)
@@ -142,7 +147,10 @@ async def _handle(
     except _envelope.EnvelopeError as e:
         return reject(400, "bad_body", str(e), class_id)
 
-    info = ExecutionInfo.from_headers(class_id, headers, app_engine=dispatcher.app_engine)
+    if given_info is None:
+        info = ExecutionInfo.from_headers(class_id, headers, app_engine=dispatcher.app_engine)
+    else:
+        info = dataclasses.replace(given_info, task_class=class_id)
     handler = cls.handler
     if not cls.quiet and log.isEnabledFor(logging.DEBUG):
         log.debug(

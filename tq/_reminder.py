@@ -2,7 +2,9 @@
 
 A reminder's ID (16 random bytes as 32 hex characters) is also the Cloud
 Tasks task ID, so submitting it twice (happy path and sweeper) creates one
-task. Its payload is the whole CreateTaskRequest plus class and creation time.
+task. Its payload is the whole CreateTaskRequest plus class and creation time
+(for a topic class: the PublishRequest, whose `tq_task_id` attribute is the
+reminder ID, since Pub/Sub has no names to deduplicate by).
 """
 
 from __future__ import annotations
@@ -11,8 +13,10 @@ import dataclasses
 import datetime as dt
 
 from google.protobuf import timestamp_pb2
+from google.protobuf.message import Message
 
 from tq._pb import reminder_pb2
+from tq._pb.publish_pb2 import PublishRequest
 from tq._request import CreateTaskRequest, epoch_parts
 from tq._submitter import Submission, new_submission
 
@@ -34,8 +38,12 @@ class Reminder:
     def submission(self) -> Submission:
         """Decodes the payload back into what the submitter takes."""
         p = reminder_pb2.ReminderPayload.FromString(self.payload)
+        if p.HasField("publish_request"):
+            req: Message = PublishRequest.FromString(p.publish_request)
+        else:
+            req = CreateTaskRequest.FromString(p.create_task_request)
         return new_submission(
-            CreateTaskRequest.FromString(p.create_task_request),
+            req,
             p.task_class,
             _datetime(p.created),
             None,
@@ -86,10 +94,15 @@ def fresh_until(now: dt.datetime, deadline: dt.datetime | None = None) -> dt.dat
 
 
 def encode_payload(submission: Submission) -> bytes:
-    p = reminder_pb2.ReminderPayload(
-        task_class=submission.task_class,
-        create_task_request=submission.request.SerializeToString(),
-    )
+    req = submission.request
+    if type(req) is PublishRequest:
+        p = reminder_pb2.ReminderPayload(
+            task_class=submission.task_class, publish_request=req.SerializeToString()
+        )
+    else:
+        p = reminder_pb2.ReminderPayload(
+            task_class=submission.task_class, create_task_request=req.SerializeToString()
+        )
     # Set in place: cheaper than building a Timestamp to be copied in (this
     # runs once per add_task in a transaction).
     created = p.created

@@ -5,6 +5,14 @@
 a copied context and asyncio tasks); otherwise the dispatcher's own is used
 (a `CloudTasksSubmitter` in production). Tests and local runs swap in
 `tqtesting.Scheduler` or the database queue.
+
+A submission goes to a Cloud Tasks queue (its request is a
+CreateTaskRequest) or to a Pub/Sub topic (a `tq.internal.PublishRequest`,
+for task classes with a `topic`). A submitter says which it takes with
+`takes_queues` / `takes_topics` (absent: queues only); `Router` sends each
+kind to a submitter of its own (Cloud Tasks and `tq.pubsub.Publisher` in
+production), and the happy path, the sweeper and `tq parked replay` all go
+through the one submitter, so a topic's reminders need no second outbox.
 """
 
 from __future__ import annotations
@@ -17,7 +25,11 @@ import time
 from collections.abc import Iterator
 from typing import Protocol, runtime_checkable
 
+import grpc
 from google.protobuf.message import Message
+
+from tq._errors import SubmitError
+from tq._pb.publish_pb2 import PublishRequest
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -25,7 +37,8 @@ class Submission:
     """One task to create.
 
     `request` is a google.cloud.tasks.v2 CreateTaskRequest (the raw protobuf
-    class). `payload` is the original message when the submission comes
+    class), or for a topic class a `tq.internal.PublishRequest` (see
+    `topic`). `payload` is the original message when the submission comes
     straight from `add_task`, None when it was read back from a reminder.
     """
 
@@ -37,8 +50,16 @@ class Submission:
 
     @property
     def task_name(self) -> str:
-        """The full task name, or "" when Cloud Tasks picks one."""
+        """The full task name, or "" when Cloud Tasks picks one (or for a message)."""
+        if type(self.request) is PublishRequest:
+            return ""
         return str(self.request.task.name)  # type: ignore[attr-defined]
+
+    @property
+    def topic(self) -> str:
+        """The full topic name of a message to publish, "" for a Cloud Tasks task."""
+        req = self.request
+        return req.topic if type(req) is PublishRequest else ""
 
 
 _new = object.__new__
@@ -75,7 +96,10 @@ class Submitter(Protocol):
     """Creates tasks. Raises `tq.SubmitError` on failure.
 
     A task whose name exists already must raise SubmitError with code
-    ALREADY_EXISTS (callers count it as success).
+    ALREADY_EXISTS (callers count it as success). A submitter may say what
+    it takes with boolean attributes `takes_queues` (default true) and
+    `takes_topics` (default false); `add_task` refuses (ConfigError) a task
+    whose submitter does not take its kind.
     """
 
     def submit(self, submission: Submission) -> None:
@@ -140,3 +164,75 @@ class submit_deadline:
 
     def __exit__(self, *exc: object) -> None:
         _deadline.reset(self._token)
+
+
+def takes_topics(submitter: Submitter) -> bool:
+    """Whether `submitter` publishes the messages of topic classes."""
+    return bool(getattr(submitter, "takes_topics", False))
+
+
+def takes_queues(submitter: Submitter) -> bool:
+    """Whether `submitter` creates Cloud Tasks tasks (every submitter unless it says not)."""
+    return bool(getattr(submitter, "takes_queues", True))
+
+
+class Router:
+    """A Submitter sending each task where its class says: queues to one, topics to another.
+
+    Args:
+      queues: takes the tasks of queue classes (e.g. `tq.CloudTasksSubmitter()`).
+      topics: takes the messages of topic classes (e.g. `tq.pubsub.Publisher()`).
+
+    Either may be None; a task of the missing kind raises `SubmitError`
+    FAILED_PRECONDITION (and `add_task` refuses it up front with a
+    ConfigError). `close()` / `aclose()` close both, where they can.
+    """
+
+    def __init__(self, *, queues: Submitter | None = None, topics: Submitter | None = None):
+        self.queues = queues
+        self.topics = topics
+
+    @property
+    def takes_queues(self) -> bool:
+        return self.queues is not None and takes_queues(self.queues)
+
+    @property
+    def takes_topics(self) -> bool:
+        return self.topics is not None and takes_topics(self.topics)
+
+    def __repr__(self) -> str:
+        return f"Router(queues={self.queues!r}, topics={self.topics!r})"
+
+    def _for(self, submission: Submission) -> Submitter:
+        if type(submission.request) is PublishRequest:
+            s, what = self.topics, "topics (Pub/Sub)"
+        else:
+            s, what = self.queues, "queues (Cloud Tasks)"
+        if s is None:
+            raise SubmitError(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"task of class {submission.task_class!r}: this Router has no submitter for {what}",
+            )
+        return s
+
+    def submit(self, submission: Submission) -> None:
+        self._for(submission).submit(submission)
+
+    async def submit_async(self, submission: Submission) -> None:
+        await self._for(submission).submit_async(submission)
+
+    def close(self) -> None:
+        for s in (self.queues, self.topics):
+            close = getattr(s, "close", None)
+            if callable(close):
+                close()
+
+    async def aclose(self) -> None:
+        for s in (self.queues, self.topics):
+            aclose = getattr(s, "aclose", None)
+            if callable(aclose):
+                await aclose()
+            else:
+                close = getattr(s, "close", None)
+                if callable(close):
+                    close()

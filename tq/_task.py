@@ -29,6 +29,9 @@ class Task:
       delay: run no sooner than this long after add_task. Excludes `eta`.
       eta: run no sooner than this (timezone-aware) time. Excludes `delay`.
         Either may put the task at most 30 days ahead.
+      ordering_key: for a task of a topic class only: messages with the same
+        key are delivered in the order they were published, on subscriptions
+        with message ordering on (the publisher must enable it too).
     """
 
     payload: Message
@@ -36,6 +39,7 @@ class Task:
     title: str = ""
     delay: dt.timedelta | None = None
     eta: dt.datetime | None = None
+    ordering_key: str = ""
 
     def validate(self) -> None:
         """Raises ValidationError for options that can never work."""
@@ -45,6 +49,8 @@ class Task:
         title, delay, eta = self.title, self.delay, self.eta
         if not isinstance(title, str):
             raise ValidationError(f"Task.title has the wrong type: {title!r}")
+        if not isinstance(self.ordering_key, str):
+            raise ValidationError(f"Task.ordering_key has the wrong type: {self.ordering_key!r}")
         if not isinstance(self.deduplication_key, str):
             raise ValidationError(
                 f"Task.deduplication_key has the wrong type: {self.deduplication_key!r}"

@@ -26,6 +26,10 @@ FULL_QUEUE_RE = re.compile(
     r"^projects/[a-z0-9\-:.]{1,100}/locations/[a-z0-9\-]{1,100}/queues/[a-zA-Z0-9-]{1,100}\Z"
 )
 DEFAULT_ROUTING_PREFIX = "/internal/tasks/t/"
+TOPIC_ID_RE = re.compile(r"^(?!goog)[a-zA-Z][a-zA-Z0-9\-_.~+%]{2,254}\Z")
+FULL_TOPIC_RE = re.compile(
+    r"^projects/[a-z0-9\-:.]{1,100}/topics/(?!goog)[a-zA-Z][a-zA-Z0-9\-_.~+%]{2,254}\Z"
+)
 
 
 class Kind(enum.Enum):
@@ -61,7 +65,7 @@ class CustomPayload:
 
 @dataclasses.dataclass(eq=False, slots=True)
 class TaskClass:
-    """One kind of task: a protobuf payload type bound to an ID and a queue.
+    """One kind of task: a protobuf payload type bound to an ID and a queue or topic.
 
     Args:
       id: unique ID, `[a-zA-Z0-9_\\-.]{1,100}`; it appears in URLs and logs.
@@ -70,7 +74,14 @@ class TaskClass:
       kind: see `Kind`. Required.
       queue: a Cloud Tasks queue, short (`emails`, resolved with the
         dispatcher's project and region) or full
-        (`projects/P/locations/L/queues/Q`).
+        (`projects/P/locations/L/queues/Q`). Give a queue or a `topic`.
+      topic: a Pub/Sub topic to publish the tasks to instead, short
+        (`orders`, resolved with the dispatcher's project) or full
+        (`projects/P/topics/T`); see docs/pubsub.md. Tasks of a topic class
+        take no delay, ETA or deduplication key (Pub/Sub has neither), and
+        the class takes no `dispatch_deadline_s` or `schedule`;
+        `routing_prefix` and `target_host` do not apply. A `custom` hook's
+        body becomes the message data and its `meta` message attributes.
       handler: called with the payload when the task is pushed back. `def` or
         `async def`. May be attached later (once) with
         `Dispatcher.attach_handler`; a class without one is only submitted.
@@ -96,7 +107,7 @@ class TaskClass:
     id: str
     prototype: type[Message]
     kind: Kind
-    queue: str
+    queue: str = ""
     handler: Handler | None = None
     routing_prefix: str = DEFAULT_ROUTING_PREFIX
     target_host: str | None = None
@@ -106,6 +117,7 @@ class TaskClass:
     dispatch_deadline_s: float | None = None
     schedule: Cron | None = None
     schedule_payload: SchedulePayload | None = None
+    topic: str = ""
 
     def validate(self) -> None:
         """Raises ConfigError saying what to fix if the class is misconfigured."""
@@ -124,9 +136,12 @@ class TaskClass:
                 f"task class {self.id!r}: kind is required: one of tq.Kind.NON_TRANSACTIONAL, "
                 "tq.Kind.TRANSACTIONAL, tq.Kind.FOLLOWS_CONTEXT"
             )
-        if not isinstance(self.queue, str) or not (
-            SHORT_QUEUE_RE.match(self.queue) or FULL_QUEUE_RE.match(self.queue)
-        ):
+        if not isinstance(self.topic, str) or not isinstance(self.queue, str):
+            raise ConfigError(f"task class {self.id!r}: queue and topic must be strings")
+        if self.topic:
+            self._validate_topic()
+            return
+        if not (SHORT_QUEUE_RE.match(self.queue) or FULL_QUEUE_RE.match(self.queue)):
             raise ConfigError(
                 f"task class {self.id!r}: queue {self.queue!r} is invalid: give a queue ID "
                 "([a-zA-Z0-9-]{1,100}, e.g. 'emails') or a full name "
@@ -150,6 +165,29 @@ class TaskClass:
                 f"task class {self.id!r}: dispatch_deadline_s must be within 15 to 1800 seconds"
             )
         self._validate_schedule()
+
+    def _validate_topic(self) -> None:
+        if self.queue:
+            raise ConfigError(
+                f"task class {self.id!r}: give a queue or a topic, not both "
+                f"(queue {self.queue!r}, topic {self.topic!r})"
+            )
+        if not (TOPIC_ID_RE.match(self.topic) or FULL_TOPIC_RE.match(self.topic)):
+            raise ConfigError(
+                f"task class {self.id!r}: topic {self.topic!r} is invalid: give a topic ID "
+                "(a letter, then 2 to 254 of [a-zA-Z0-9-_.~+%], not starting with 'goog') "
+                "or a full name 'projects/P/topics/T'"
+            )
+        if self.dispatch_deadline_s is not None:
+            raise ConfigError(
+                f"task class {self.id!r}: dispatch_deadline_s is a Cloud Tasks setting; a "
+                "topic's push deadline is its subscription's ack deadline"
+            )
+        if self.schedule is not None or self.schedule_payload is not None:
+            raise ConfigError(
+                f"task class {self.id!r}: a topic class takes no schedule (scheduled tasks "
+                "are named per tick, and Pub/Sub has no names to deduplicate by)"
+            )
 
     def _validate_schedule(self) -> None:
         if self.schedule is None:

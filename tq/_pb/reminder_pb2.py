@@ -25,15 +25,15 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15tq/_pb/reminder.proto\x12\x0btq.internal\x1a\x1fgoogle/protobuf/timestamp.proto\"o\n\x0fReminderPayload\x12\x12\n\ntask_class\x18\x01 \x01(\t\x12+\n\x07\x63reated\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1b\n\x13\x63reate_task_request\x18\x03 \x01(\x0c\"j\n\rReminderExtra\x12\x15\n\rparked_reason\x18\x01 \x01(\t\x12\x13\n\x0bparked_code\x18\x02 \x01(\t\x12-\n\tparked_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestampb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15tq/_pb/reminder.proto\x12\x0btq.internal\x1a\x1fgoogle/protobuf/timestamp.proto\"\x97\x01\n\x0fReminderPayload\x12\x12\n\ntask_class\x18\x01 \x01(\t\x12+\n\x07\x63reated\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1d\n\x13\x63reate_task_request\x18\x03 \x01(\x0cH\x00\x12\x19\n\x0fpublish_request\x18\x04 \x01(\x0cH\x00\x42\t\n\x07request\"j\n\rReminderExtra\x12\x15\n\rparked_reason\x18\x01 \x01(\t\x12\x13\n\x0bparked_code\x18\x02 \x01(\t\x12-\n\tparked_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestampb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'tq._pb.reminder_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_REMINDERPAYLOAD']._serialized_start=71
-  _globals['_REMINDERPAYLOAD']._serialized_end=182
-  _globals['_REMINDEREXTRA']._serialized_start=184
-  _globals['_REMINDEREXTRA']._serialized_end=290
+  _globals['_REMINDERPAYLOAD']._serialized_start=72
+  _globals['_REMINDERPAYLOAD']._serialized_end=223
+  _globals['_REMINDEREXTRA']._serialized_start=225
+  _globals['_REMINDEREXTRA']._serialized_end=331
 # @@protoc_insertion_point(module_scope)

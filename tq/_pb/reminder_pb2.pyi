@@ -9,14 +9,16 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class ReminderPayload(_message.Message):
-    __slots__ = ("task_class", "created", "create_task_request")
+    __slots__ = ("task_class", "created", "create_task_request", "publish_request")
     TASK_CLASS_FIELD_NUMBER: _ClassVar[int]
     CREATED_FIELD_NUMBER: _ClassVar[int]
     CREATE_TASK_REQUEST_FIELD_NUMBER: _ClassVar[int]
+    PUBLISH_REQUEST_FIELD_NUMBER: _ClassVar[int]
     task_class: str
     created: _timestamp_pb2.Timestamp
     create_task_request: bytes
-    def __init__(self, task_class: _Optional[str] = ..., created: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., create_task_request: _Optional[bytes] = ...) -> None: ...
+    publish_request: bytes
+    def __init__(self, task_class: _Optional[str] = ..., created: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., create_task_request: _Optional[bytes] = ..., publish_request: _Optional[bytes] = ...) -> None: ...
 
 class ReminderExtra(_message.Message):
     __slots__ = ("parked_reason", "parked_code", "parked_at")

@@ -38,19 +38,24 @@ def _stores(cfg: Config, app_spec: str | None) -> Iterator[list[ReminderStore]]:
 
 
 def _describe(store: ReminderStore, r: Any) -> dict[str, Any]:
-    """What an operator wants to know about a reminder: class, queue, URL, when, why parked."""
+    """What an operator wants to know of a reminder: class, queue or topic, URL, why parked."""
     from tq._pb import reminder_pb2
 
     row: dict[str, Any] = {"store": store.name, "id": r.id, "fresh_until": r.fresh_until}
     try:
         sub = r.submission()
         req = sub.request
-        row.update(
-            task_class=sub.task_class,
-            queue=str(req.parent).rsplit("/", 1)[-1],
-            created=sub.created,
-            url=str(req.task.http_request.url or req.task.app_engine_http_request.relative_uri),
-        )
+        if sub.topic:  # a message for a Pub/Sub topic
+            row.update(task_class=sub.task_class, queue="", topic=sub.topic.rsplit("/", 1)[-1],
+                       created=sub.created, url="")  # fmt: skip
+        else:
+            row.update(
+                task_class=sub.task_class,
+                queue=str(req.parent).rsplit("/", 1)[-1],
+                topic="",
+                created=sub.created,
+                url=str(req.task.http_request.url or req.task.app_engine_http_request.relative_uri),
+            )
     except Exception as e:  # a payload this tq cannot read: show it, never hide the row
         row["task_class"] = f"<undecodable: {type(e).__name__}>"
     if r.extra:
@@ -119,7 +124,7 @@ def list_reminders(
                     batch = s.fetch_reminders([k.id for k in keys[i : i + _PAGE]])
                     rows += [_describe(s, r) for r in sorted(batch, key=lambda r: r.id)]
                     advance(len(batch))
-    cols = ["store", "id", "task_class", "queue", "fresh_until", "url"]
+    cols = ["store", "id", "task_class", "queue", "topic", "fresh_until", "url"]
     _output.table(rows, cols, as_json=as_json, title="reminders")
 
 
@@ -153,7 +158,8 @@ def list_parked(app_spec: str | None, as_json: bool, limit: int, **kwargs: Any) 
     """List parked reminders with why they were parked."""
     with _stores(Config.take(kwargs), app_spec) as stores:
         rows = [_describe(s, r) for s in stores for r in _parked(s, limit)]
-    cols = ["store", "id", "task_class", "queue", "parked_code", "parked_at", "parked_reason"]
+    cols = ["store", "id", "task_class", "queue", "topic", "parked_code", "parked_at",
+            "parked_reason"]  # fmt: skip
     _output.table(rows, cols, as_json=as_json, title="parked reminders")
 
 
