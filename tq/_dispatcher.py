@@ -443,7 +443,7 @@ class Dispatcher:
                 rem = reminder_row(task_id or "", until, payload, b"")
                 pending.append(PendingTask(rem, sub, submitter))
             if not cls.quiet and log.isEnabledFor(logging.DEBUG):
-                where = cls.topic or cls.queue
+                where = cls.topic or task.queue or cls.queue
                 fields = {"tq_class": cls.id, "tq_queue": where.rsplit("/", 1)[-1]}
                 if txn is not None and task_id:
                     fields["tq_reminder"] = task_id
@@ -495,6 +495,11 @@ def _check_kind(cls: TaskClass, txn: Transaction | None) -> None:
 def _check_destination(cls: TaskClass, task: Task, submitter: Submitter) -> None:
     """Raises if a task of `cls` cannot go where its class says through `submitter`."""
     if cls.topic:
+        if task.queue is not None:
+            raise ValidationError(
+                f"task of class {cls.id!r}: queue is for queue classes (Cloud Tasks); this "
+                f"class publishes to Pub/Sub topic {cls.topic!r}"
+            )
         if task.deduplication_key:
             raise ValidationError(
                 f"task of class {cls.id!r}: Pub/Sub does not deduplicate, so a topic class "

@@ -104,8 +104,8 @@ class Template:
     """
 
     __slots__ = (
-        "_app_engine", "_base", "_envelope", "_name_prefix", "_uri", "_url_head", "cls", "key",
-        "target",
+        "_app_engine", "_base", "_envelope", "_name_prefix", "_parents", "_uri", "_url_head",
+        "cls", "key", "target",
     )  # fmt: skip
 
     def __init__(self, cls: TaskClass, target: Target) -> None:
@@ -115,6 +115,7 @@ class Template:
         self._app_engine = target.app_engine
         parent = queue_path(cls.queue, target)
         self._name_prefix = parent + "/tasks/"
+        self._parents: dict[str, str] = {}  # Task.queue -> its full name
         base = CreateTaskRequest(parent=parent)
         t = base.task
         if cls.dispatch_deadline_s is not None:
@@ -179,7 +180,12 @@ class Template:
             h.http_method = method
             _set_headers(h.headers, custom.meta)
             h.body = body
-        if task_id:
+        if task.queue is not None:
+            parent = self._parent_of(task.queue)
+            req.parent = parent
+            if task_id:
+                t.name = parent + "/tasks/" + task_id
+        elif task_id:
             t.name = self._name_prefix + task_id
         headers = h.headers
         if eta is None:
@@ -198,6 +204,15 @@ class Template:
                 f"{MAX_TASK_SIZE} bytes; store the data elsewhere and pass a reference"
             )
         return req  # type: ignore[no-any-return]
+
+    def _parent_of(self, queue: str) -> str:
+        """The full name of a task's own queue (`Task.queue`), worked out once per queue."""
+        parent = self._parents.get(queue)
+        if parent is None:
+            parent = queue_path(queue, self.target)
+            if len(self._parents) < 1024:
+                self._parents[queue] = parent
+        return parent
 
     def _set_uri(self, h: Any, uri: str) -> None:
         if self._app_engine:

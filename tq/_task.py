@@ -9,6 +9,7 @@ import hashlib
 from google.protobuf.message import Message
 
 from tq._errors import ValidationError
+from tq._taskclass import FULL_QUEUE_RE, SHORT_QUEUE_RE
 
 MAX_ETA_AHEAD = dt.timedelta(days=30)
 MAX_URI_LENGTH = 2083
@@ -32,6 +33,11 @@ class Task:
       ordering_key: for a task of a topic class only: messages with the same
         key are delivered in the order they were published, on subscriptions
         with message ordering on (the publisher must enable it too).
+      queue: for a task of a queue class only: the Cloud Tasks queue of this
+        one task, short (`emails`) or full (`projects/P/locations/L/queues/Q`),
+        instead of its class's (default None: the class's queue). For
+        integrations whose tasks name their queue (a `django.tasks` task's
+        `queue_name`).
     """
 
     payload: Message
@@ -40,6 +46,7 @@ class Task:
     delay: dt.timedelta | None = None
     eta: dt.datetime | None = None
     ordering_key: str = ""
+    queue: str | None = None
 
     def validate(self) -> None:
         """Raises ValidationError for options that can never work."""
@@ -66,6 +73,14 @@ class Task:
                 raise ValidationError(f"Task: delay must not be negative, got {delay}")
             if eta is not None and eta.tzinfo is None:
                 raise ValidationError("Task: eta must be timezone-aware (e.g. datetime.now(UTC))")
+        queue = self.queue
+        if queue is not None and not (
+            isinstance(queue, str) and (SHORT_QUEUE_RE.match(queue) or FULL_QUEUE_RE.match(queue))
+        ):
+            raise ValidationError(
+                f"Task.queue {queue!r} is invalid: give a queue ID ([a-zA-Z0-9-]{{1,100}}, "
+                "e.g. 'emails') or a full name 'projects/P/locations/L/queues/Q'"
+            )
         if title and any(
             c in _TITLE_FORBIDDEN or ord(c) < 32 or 0xD800 <= ord(c) <= 0xDFFF for c in title
         ):

@@ -439,6 +439,20 @@ def test_task_in_a_transaction_is_saved_as_a_reminder_not_submitted(
     assert (back.task_class, back.created, back.reminder_id) == ("greet", clock.now(), rid)
 
 
+def test_a_task_of_its_own_queue_is_named_in_that_queue_in_a_transaction_too(
+    disp: tq.Dispatcher, sub: RecordingSubmitter
+) -> None:
+    disp.register_task_class(cls(kind=tq.Kind.FOLLOWS_CONTEXT))
+    emails = "projects/proj/locations/us-central1/queues/emails"
+    with in_txn(FakeStore()) as txn:
+        disp.add_task(tq.Task(payload=pb.Greet(), queue="emails"))
+    (p,) = txn.saved
+    assert p.submission.task_name == f"{emails}/tasks/{p.reminder.id}"
+    assert p.reminder.submission().request.parent == emails  # type: ignore[attr-defined]
+    disp.add_task(tq.Task(payload=pb.Greet(), queue="emails"))
+    assert sub.submitted[0].request.parent == emails  # type: ignore[attr-defined]
+
+
 def test_follows_context_task_outside_a_transaction_is_submitted(
     disp: tq.Dispatcher, sub: RecordingSubmitter
 ) -> None:

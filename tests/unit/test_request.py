@@ -119,6 +119,27 @@ def test_short_queue_needs_project_and_region_full_queue_does_not() -> None:
     assert req.parent == full  # type: ignore[attr-defined]
 
 
+def test_a_task_of_its_own_queue_goes_there_and_is_named_in_it() -> None:
+    task = tq.Task(payload=pb.Greet(), queue="emails")
+    task.validate()
+    req = _request.build(klass(), task, target(), now=NOW, task_id="abc")
+    emails = "projects/proj/locations/us-central1/queues/emails"
+    assert req.parent == emails  # type: ignore[attr-defined]
+    assert req.task.name == f"{emails}/tasks/abc"  # type: ignore[attr-defined]
+    # The class's own queue stays the default of the class's other tasks.
+    assert build(tq.Task(payload=pb.Greet())).parent == QUEUE  # type: ignore[attr-defined]
+    full = "projects/other/locations/europe-west1/queues/q"
+    assert build(tq.Task(payload=pb.Greet(), queue=full)).parent == full  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    "queue", ["", "has space", "under_score", "x" * 101, "projects/p/queues/q"]
+)
+def test_a_malformed_task_queue_is_refused(queue: str) -> None:
+    with pytest.raises(tq.ValidationError, match=r"Task\.queue"):
+        tq.Task(payload=pb.Greet(), queue=queue).validate()
+
+
 # Timing.
 
 

@@ -87,6 +87,7 @@ def test_topic_class_misconfiguration_is_refused(fields: dict[str, object], says
         (tq.Task(payload=pb.Greet(), deduplication_key="k"), "does not deduplicate"),
         (tq.Task(payload=pb.Greet(), ordering_key="x" * 1025), "ordering_key"),
         (tq.Task(payload=pb.Count(), ordering_key="k"), "ordering_key is for topic"),
+        (tq.Task(payload=pb.Greet(), queue="emails"), "queue is for queue classes"),
     ],
 )
 def test_topic_task_options_pubsub_lacks_are_refused(task: tq.Task, says: str) -> None:
