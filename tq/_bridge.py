@@ -59,8 +59,7 @@ def scope_from_environ(environ: Mapping[str, Any], root_path: str | None = None)
     return {
         "type": "http",
         "asgi": {"version": "3.0", "spec_version": "2.3"},
-        "http_version": str(environ.get("SERVER_PROTOCOL", "HTTP/1.1")).partition("/")[2]
-        or "1.1",
+        "http_version": str(environ.get("SERVER_PROTOCOL", "HTTP/1.1")).partition("/")[2] or "1.1",
         "method": str(environ.get("REQUEST_METHOD", "GET")).upper(),
         "scheme": str(environ.get("wsgi.url_scheme", "http")),
         # PATH_INFO is percent-decoded already (as ASGI's path is).

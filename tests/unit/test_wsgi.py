@@ -170,9 +170,7 @@ def test_a_declared_oversized_body_is_refused_unread(
     try:
         p = built_push(disp, pb.Greet(name="x" * 200))
         headers = dict(p.headers, Authorization=issuer.bearer(email=None, audience=p.audience))
-        r = request(
-            mounted(ep), "POST", p.url, headers=headers, body=p.body, stream=_Unreadable()
-        )
+        r = request(mounted(ep), "POST", p.url, headers=headers, body=p.body, stream=_Unreadable())
     finally:
         ep.close()
     assert (r.status_code, r.text) == (400, "body_too_large\n")
