@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import pathlib
 
 import pytest
@@ -117,6 +118,72 @@ async def test_queue_stats(
     admin.pause_queue("q")
     (s,) = admin.queue_stats()
     assert (s.executed_last_minute, s.effective_rate, s.paused) == (0, 0, True)
+
+
+async def test_pages_walk_every_task_once_in_each_order(
+    submitter: Sub, admin: dbqueue.Admin, clock: FakeClock
+) -> None:
+    for i in range(7):  # ETAs 3, 3, 2, 2, 1, 1, 0 hours ahead: out of ID order, some equal
+        eta = clock.now() + dt.timedelta(hours=(7 - i) // 2)
+        submitter.submit(submission(name=f"t{i}", eta=eta))
+    submitter.submit(submission(name="other", queue="elsewhere"))
+    for order, want in [
+        ("oldest", [f"t{i}" for i in range(7)]),
+        ("newest", [f"t{i}" for i in reversed(range(7))]),
+        ("overdue", ["t6", "t4", "t5", "t2", "t3", "t0", "t1"]),  # by ETA, then ID
+    ]:
+        seen, cursor = [], None
+        while True:
+            page, cursor = admin.page_tasks(queue="q", order=order, limit=3, cursor=cursor)
+            assert len(page) <= 3
+            seen += [t.name for t in page]
+            if cursor is None:
+                break
+        assert seen == want, order
+    with pytest.raises(ValueError, match="cursor"):
+        admin.page_tasks(order="overdue", cursor="12")
+    with pytest.raises(ValueError, match="order"):
+        admin.page_tasks(order="random")
+
+
+async def test_task_info_carries_the_request_headers_and_body(
+    submitter: Sub, admin: dbqueue.Admin
+) -> None:
+    submitter.submit(submission(name="t", body=b'{"x":1}', headers={"X-A": "b"}))
+    t = admin.get_task("q", "t")
+    assert t is not None
+    assert (t.body, json.loads(t.headers)) == (b'{"x":1}', {"X-A": "b"})
+
+
+async def test_count_by_state_and_history_of_the_last_hour(
+    engine: sa.Engine, submitter: Sub, admin: dbqueue.Admin, clock: FakeClock
+) -> None:
+    dbqueue.apply_queues(engine, [dbqueue.QueueConfig("q", max_attempts=1)])
+    for i in range(3):
+        submitter.submit(submission(name=f"early{i}"))
+    clock.advance(dt.timedelta(minutes=30))
+    app = RecordingApp()
+    app.statuses["early2"] = [500]
+    assert await deliver(engine, app) == 3  # at minute 30: 2 done, 1 failed
+    clock.advance(dt.timedelta(minutes=10))
+    submitter.submit(submission(name="late", eta=clock.now() + dt.timedelta(days=1)))
+    clock.advance(dt.timedelta(minutes=5))
+    counts = admin.count_by_state("q")
+    assert counts[State.DONE] == 2
+    assert counts[State.FAILED] == 1
+    assert counts[State.PENDING] == 1
+    assert counts[State.DELETED] == 0
+    points = admin.history("q", window=dt.timedelta(hours=1), buckets=12)
+    assert len(points) == 12
+    assert points[-1].start < clock.now()
+    assert sum(p.added for p in points) == 4
+    assert sum(p.finished for p in points) == 3
+    assert sum(p.failed for p in points) == 1
+    by_start = {round((clock.now() - p.start).total_seconds() / 60): p for p in points}
+    assert by_start[45].depth == 3  # the bucket after the first three were added
+    assert by_start[15].depth == 0  # delivered at minute 30
+    assert points[-1].depth == 1  # the late one
+    assert admin.history("elsewhere")[-1].depth == 0
 
 
 async def test_retention_drops_old_finished_tasks_but_keeps_tombstones_in_their_window(

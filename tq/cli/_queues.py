@@ -8,16 +8,16 @@ from typing import Any
 
 import click
 
+from tq.admin import QueueAdmin
 from tq.cli import _output
 from tq.cli._backends import (
     QUEUE_COLUMNS,
     STATS_COLUMNS,
     TASK_COLUMNS,
-    Backend,
-    DbQueueBackend,
     open_backend,
+    refusals_as_config_errors,
 )
-from tq.cli._errors import CONFIG, FAILED, fail
+from tq.cli._errors import FAILED, fail
 from tq.cli._options import Config, settings_options
 
 _backend_opts = settings_options(
@@ -27,10 +27,11 @@ _json = click.option("--json", "as_json", is_flag=True, help="Print JSON lines."
 
 
 @contextlib.contextmanager
-def _backend(kwargs: dict[str, Any]) -> Iterator[Backend]:
+def _backend(kwargs: dict[str, Any]) -> Iterator[QueueAdmin]:
     backend = open_backend(Config.take(kwargs))
     try:
-        yield backend
+        with refusals_as_config_errors():
+            yield backend
     finally:
         backend.close()
 
@@ -61,7 +62,7 @@ def stats(queue: str | None, as_json: bool, **kwargs: Any) -> None:
     listing them; the other columns are empty. Exit 1 if QUEUE does not exist.
     """
     with _backend(kwargs) as b:
-        if queue is not None and not any(q["queue"] == queue for q in b.list_queues()):
+        if queue is not None and not b.has_queue(queue):
             raise fail(f"no queue {queue!r}", FAILED)
         rows = b.stats(queue)
     _output.table(rows, STATS_COLUMNS, as_json=as_json, title="queues")
@@ -155,13 +156,12 @@ def delete(queue: str, names: tuple[str, ...], **kwargs: Any) -> None:
 @click.argument("queue")
 @click.argument("names", nargs=-1, required=True)
 def run(queue: str, names: tuple[str, ...], **kwargs: Any) -> None:
-    """Database queue: make waiting tasks due now, or retry failed ones from scratch.
+    """Run tasks now: make waiting tasks due now, or retry failed ones from scratch.
 
-    Exit 1 if a task is neither waiting nor failed.
+    On Cloud Tasks this is RunTask (dispatch now). Exit 1 if a task is
+    neither waiting nor failed (or, on Cloud Tasks, not found).
     """
     with _backend(kwargs) as b:
-        if not isinstance(b, DbQueueBackend):
-            raise fail("tasks run works on the database queue only", CONFIG)
         missing = [n for n in names if not b.run_task(queue, n)]
     _output.say(f"{len(names) - len(missing)} tasks due now")
     if missing:

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
-from tq.dbqueue._admin import Admin, QueueStats, TaskInfo
+from tq.dbqueue._admin import ORDERS, Admin, HistoryPoint, QueueStats, TaskInfo
 from tq.dbqueue._cron import CronState, cron_states
 from tq.dbqueue._db import sqlite_engine
 from tq.dbqueue._delivery import Signer
@@ -61,11 +61,13 @@ def apply_queues(engine: sa.Engine, configs: list[QueueConfig]) -> None:
 
 __all__ = [
     "DEFAULT_DISPATCH_DEADLINE",
+    "ORDERS",
     "SCHEMA_VERSION",
     "TOMBSTONE_WINDOW",
     "Admin",
     "CronState",
     "DbQueueSubmitter",
+    "HistoryPoint",
     "PullQueue",
     "PulledTask",
     "QueueConfig",

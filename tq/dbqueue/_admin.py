@@ -1,4 +1,4 @@
-"""Operating the database queue: list, count, delete, purge, stats, retention."""
+"""Operating the database queue: list, page, count, delete, purge, stats, history, retention."""
 
 from __future__ import annotations
 
@@ -38,6 +38,28 @@ class TaskInfo:
     finished: dt.datetime | None
     lease_owner: str | None
     lease_expires: dt.datetime | None
+    headers: str = "{}"  # the request's headers, a JSON object
+    body: bytes = b""  # the request's body (tq's JSON envelope)
+
+
+ORDERS = ("oldest", "newest", "overdue")
+"""How `Admin.page_tasks` sorts: by ID either way, or by ETA (most overdue first)."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class HistoryPoint:
+    """One bucket of a queue's recent past (see `Admin.history`).
+
+    `added`: tasks created in the bucket; `finished`: tasks that reached a
+    final state in it (done, failed or deleted), of which `failed` failed;
+    `depth`: live tasks (pending or leased) at the bucket's end.
+    """
+
+    start: dt.datetime
+    added: int
+    finished: int
+    failed: int
+    depth: int
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -75,7 +97,7 @@ def _info(row: Any) -> TaskInfo:
         url=m["url"], method=m["method"], created=from_us(m["created_us"]),
         first_attempt=_opt(m["first_attempt_us"]), last_attempt=_opt(m["last_attempt_us"]),
         finished=_opt(m["finished_us"]), lease_owner=m["lease_owner"],
-        lease_expires=_opt(m["lease_expires_us"]),
+        lease_expires=_opt(m["lease_expires_us"]), headers=m["headers"], body=m["body"],
     )  # fmt: skip
 
 
@@ -136,6 +158,103 @@ class Admin:
         )
         with self.engine.connect() as conn:
             return [_info(r) for r in conn.execute(stmt)]
+
+    def page_tasks(
+        self,
+        *,
+        queue: str | None = None,
+        state: State | str | None = None,
+        task_class: str | None = None,
+        order: str = "oldest",
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> tuple[list[TaskInfo], str | None]:
+        """One page of matching tasks in `order` (see ORDERS), and the next page's cursor.
+
+        Keyset paging: each page costs the same however deep it is. The
+        cursor is opaque (None: the first page; a None back: no more pages).
+        Raises ValueError on an unknown order or a malformed cursor.
+        """
+        if order not in ORDERS:
+            raise ValueError(f"order {order!r}: use one of {', '.join(ORDERS)}")
+        where = _filters(queue, state, task_class)
+        key: tuple[Any, ...]
+        if order == "overdue":
+            key = (tasks.c.eta_us, tasks.c.id)
+            if cursor is not None:
+                eta_us, last_id = _cursor(cursor, 2)
+                where.append(sa.tuple_(tasks.c.eta_us, tasks.c.id) > sa.tuple_(eta_us, last_id))
+        elif order == "newest":
+            key = (tasks.c.id.desc(),)
+            if cursor is not None:
+                where.append(tasks.c.id < _cursor(cursor, 1)[0])
+        else:
+            key = (tasks.c.id,)
+            if cursor is not None:
+                where.append(tasks.c.id > _cursor(cursor, 1)[0])
+        stmt = sa.select(tasks).where(*where).order_by(*key).limit(limit + 1)
+        with self.engine.connect() as conn:
+            found = [_info(r) for r in conn.execute(stmt)]
+        if len(found) <= limit:
+            return found, None
+        last = found[limit - 1]
+        nxt = f"{to_us(last.eta)}.{last.id}" if order == "overdue" else str(last.id)
+        return found[:limit], nxt
+
+    def count_by_state(self, queue: str | None = None) -> dict[State, int]:
+        """How many tasks are in each state (every state present, 0 if none)."""
+        stmt = sa.select(tasks.c.state, sa.func.count()).group_by(tasks.c.state)
+        if queue is not None:
+            stmt = stmt.where(tasks.c.queue == queue)
+        with self.engine.connect() as conn:
+            found = {State(s): int(n) for s, n in conn.execute(stmt)}
+        return {s: found.get(s, 0) for s in State}
+
+    def history(
+        self,
+        queue: str | None = None,
+        *,
+        window: dt.timedelta = dt.timedelta(hours=1),
+        buckets: int = 60,
+    ) -> list[HistoryPoint]:
+        """The last `window` in `buckets` equal buckets, oldest first: throughput and depth.
+
+        Computed from the tasks' own timestamps (created, finished), so it
+        needs no sampling process; tasks dropped by retention inside the
+        window are missing from it.
+        """
+        now_us = to_us(clock.now())
+        width = max(1, int(window.total_seconds() * 1_000_000) // buckets)
+        start_us = now_us - width * buckets
+        where = [] if queue is None else [tasks.c.queue == queue]
+
+        def per_bucket(col: Any, *cond: sa.ColumnElement[bool]) -> dict[int, int]:
+            b = ((col - start_us) // width).label("b")
+            stmt = (
+                sa.select(b, sa.func.count())
+                .where(col > start_us, col <= now_us, *where, *cond)
+                .group_by(b)
+            )
+            with self.engine.connect() as conn:
+                return {min(int(k), buckets - 1): int(n) for k, n in conn.execute(stmt)}
+
+        added = per_bucket(tasks.c.created_us)
+        finished = per_bucket(tasks.c.finished_us)
+        failed = per_bucket(tasks.c.finished_us, tasks.c.state == State.FAILED.value)
+        live = sa.select(sa.func.count()).where(tasks.c.state.in_(LIVE_STATES), *where)
+        with self.engine.connect() as conn:
+            depth = int(conn.execute(live).scalar_one())
+        out: list[HistoryPoint] = []
+        for i in reversed(range(buckets)):  # walk back from now: undo each bucket
+            out.append(
+                HistoryPoint(
+                    start=from_us(start_us + i * width), added=added.get(i, 0),
+                    finished=finished.get(i, 0), failed=failed.get(i, 0), depth=max(depth, 0),
+                )
+            )  # fmt: skip
+            depth += finished.get(i, 0) - added.get(i, 0)
+        out.reverse()
+        return out
 
     def get_task(self, queue: str, name: str) -> TaskInfo | None:
         """The task `name` of `queue` (live or tombstone), if it exists."""
@@ -268,6 +387,16 @@ class Admin:
                 )
             )  # fmt: skip
         return out
+
+
+def _cursor(cursor: str, parts: int) -> list[int]:
+    try:
+        values = [int(p) for p in cursor.split(".")]
+    except ValueError:
+        values = []
+    if len(values) != parts:
+        raise ValueError(f"malformed page cursor {cursor!r}")
+    return values
 
 
 def _replayed(now_us: int) -> dict[str, Any]:
