@@ -168,7 +168,7 @@ def measure_spanner(n: int, rounds: int, table: c.Table) -> None:
     if binary is None:
         table.notes.append("Spanner: skipped (no Cloud Spanner emulator on this machine).")
         return
-    import tq.txn.spanner as spanner_mod
+    import tq.txn._spanner_store as spanner_mod
     from tq.txn.spanner import SpannerStore
 
     with tempfile.TemporaryDirectory() as d, running_emulator(binary, _p(d, "emu.log")) as host:

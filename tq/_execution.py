@@ -32,6 +32,10 @@ class ExecutionInfo:
         same on both: the `tq_task_id` attribute).
       subscription: for a Pub/Sub message, the short ID of the
         subscription that delivered it (also in `queue`).
+      expected_eta: when the task was meant to run, fixed when it was added
+        (tq's `X-Tq-Expected-Eta` header: the add time or the requested
+        ETA); the same on every attempt, unlike `eta`, which Cloud Tasks
+        moves to each retry. None for a push tq did not build.
     """
 
     task_class: str = ""
@@ -45,6 +49,7 @@ class ExecutionInfo:
     delivery_attempt: int | None = None
     message_id: str = ""
     subscription: str = ""
+    expected_eta: dt.datetime | None = None
 
     @classmethod
     def from_headers(
@@ -73,6 +78,7 @@ class ExecutionInfo:
                 eta=_eta(get("tasketa")),
                 retry_reason=get("taskretryreason"),
                 previous_response=_int(get("taskpreviousresponse")) or None,
+                expected_eta=_expected_eta(headers.get(_EXPECTED_ETA, "")),
             )
         # Once per push: the plain lookups of the common case, inline.
         h = headers.get
@@ -85,6 +91,7 @@ class ExecutionInfo:
             eta=_eta(h("x-cloudtasks-tasketa", "").strip()),
             retry_reason=h("x-cloudtasks-taskretryreason", "").strip(),
             previous_response=_int(h("x-cloudtasks-taskpreviousresponse", "").strip()) or None,
+            expected_eta=_expected_eta(h(_EXPECTED_ETA, "")),
         )
 
 
@@ -95,6 +102,31 @@ def _int(v: str) -> int:
         return max(0, int(v))
     except ValueError:
         return 0
+
+
+_EXPECTED_ETA = "x-tq-expected-eta"
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+
+
+def _expected_eta(v: str) -> dt.datetime | None:
+    """The time of an `X-Tq-Expected-Eta` value ("<seconds>.<6 digits>"), exactly.
+
+    Exact (no float in between), so that the value read on every attempt
+    names the same instant: `tq.txn.marker_key` relies on it.
+    """
+    seconds, dot, micros = v.strip().partition(".")
+    if (
+        dot
+        and len(micros) == 6
+        and len(seconds) <= 12
+        and (seconds + micros).isascii()
+        and (seconds + micros).isdigit()
+    ):
+        try:
+            return _EPOCH + dt.timedelta(seconds=int(seconds), microseconds=int(micros))
+        except OverflowError:
+            return None
+    return _eta(v.strip())
 
 
 def _eta(v: str) -> dt.datetime | None:

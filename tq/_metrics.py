@@ -116,6 +116,12 @@ CATALOGUE: tuple[Metric, ...] = (
        "Time from the task's expected ETA (when it was meant to run) to the handler's end",
        LATENCY_BUCKETS_S),
     _m("tq_pushes_running", "gauge", "{push}", "task_class", "Handlers running now"),
+    # Done markers (effectively-once handlers).
+    _m("tq_markers_found", "counter", "{push}", "task_class",
+       "Deliveries answered without running the handler: its done marker was committed "
+       "already (a redelivery)"),
+    _m("tq_markers_expired", "counter", "{marker}", "store",
+       "Expired done markers deleted"),
     # Sweeping.
     _m("tq_sweeps", "counter", "{sweep}", "mode", "Sweeps finished; mode=inproc/distributed"),
     _m("tq_sweep_duration", "histogram", "s", "mode", "Time one whole sweep took",

@@ -20,6 +20,7 @@ from tqtesting._memstore import MemoryStore
 from tqtesting._options import (
     RetryConfig,
     RunOption,
+    lose_response,
     max_executions,
     parallel,
     stop_after_task,
@@ -43,6 +44,7 @@ __all__ = [
     "TaskList",
     "TaskRecord",
     "TaskStatus",
+    "lose_response",
     "max_executions",
     "parallel",
     "stop_after_task",

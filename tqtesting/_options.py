@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from tqtesting._records import TaskRecord
 
@@ -89,6 +90,12 @@ class _WaitWhenDrained(RunOption):
     pass
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class _LoseResponse(RunOption):
+    matcher: TaskMatcher
+    times: int
+
+
 def stop_when_drained() -> RunOption:
     """Stop once no task is pending or executing (the default without a stop option).
 
@@ -142,6 +149,22 @@ def wait_when_drained() -> RunOption:
     return _WaitWhenDrained()
 
 
+def lose_response(task: TaskMatcher, times: int = 1) -> RunOption:
+    """Lose the response of the next `times` attempts of a matching task.
+
+    The handler runs to its end (its transaction commits), then the
+    scheduler acts as if the response never came back (the process died or
+    the connection dropped before Cloud Tasks saw it): the attempt is
+    recorded with status 504 and outcome "lost", and the task is retried
+    after the queue's backoff, as Cloud Tasks would. For testing that a
+    redelivery does not repeat a handler's effects (`tq.txn.sql.once`).
+    `task` is a task class ID or a predicate on `TaskRecord`.
+    """
+    if times < 1:
+        raise ValueError("lose_response(task, times) needs times >= 1")
+    return _LoseResponse(task, times)
+
+
 @dataclasses.dataclass(slots=True)
 class RunConfig:
     """The run options, gathered."""
@@ -152,6 +175,8 @@ class RunConfig:
     stop_before: list[TaskMatcher] = dataclasses.field(default_factory=list)
     parallel: int = 1
     max_executions: int = DEFAULT_MAX_EXECUTIONS
+    # [matcher, attempts whose response is still to lose], per lose_response().
+    lose: list[list[Any]] = dataclasses.field(default_factory=list)
 
     @classmethod
     def of(cls, options: Sequence[RunOption]) -> RunConfig:
@@ -169,6 +194,8 @@ class RunConfig:
                 cfg.parallel = opt.n
             elif isinstance(opt, _MaxExecutions):
                 cfg.max_executions = opt.n
+            elif isinstance(opt, _LoseResponse):
+                cfg.lose.append([opt.matcher, opt.times])
             else:
                 raise TypeError(
                     f"not a run option: {opt!r}; use tqtesting.stop_when_drained() and the like"
@@ -178,6 +205,15 @@ class RunConfig:
         if not (cfg.stop_after or cfg.stop_before or cfg.wait_when_drained):
             cfg.stop_when_drained = True
         return cfg
+
+
+def loses_response(cfg: RunConfig, record: TaskRecord) -> bool:
+    """Whether the attempt of `record` that just ended loses its response (see lose_response)."""
+    for entry in cfg.lose:
+        if entry[1] > 0 and matches(entry[0], record):
+            entry[1] -= 1
+            return True
+    return False
 
 
 def matches(matcher: TaskMatcher, record: TaskRecord) -> bool:

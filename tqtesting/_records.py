@@ -56,7 +56,8 @@ class TaskRecord:
         the push was rejected), None after a success.
       outcome: the push outcome of the last attempt ("ok", "fatal", "ignore",
         "retry", "transient", "error", a rejection reason such as
-        "unknown_class", or "not_pushed").
+        "unknown_class", "lost" for a response lost on purpose (see
+        `lose_response`), or "not_pushed").
       pushed: False for a task whose request does not go to tq's push endpoint
         of its class (a `CustomPayload` pointing elsewhere): such a task is not
         executed, it is recorded FINISHED with outcome "not_pushed" when due.

@@ -22,12 +22,12 @@ from tqtesting._clock import FakeClock
 from tqtesting._delivery import Delivery, decode_payload, delivery
 from tqtesting._errors import RunLimitExceeded, SchedulerError, TaskFailed
 from tqtesting._in_context import InContext
-from tqtesting._options import RetryConfig, RunConfig, RunOption, matches
+from tqtesting._options import RetryConfig, RunConfig, RunOption, loses_response, matches
 from tqtesting._records import Attempt, TaskList, TaskRecord, TaskStatus
 
 # Outcomes that a handler chose on purpose; failing for good after them is
 # not a test error (anything else is: a bug in the handler or the setup).
-_EXPECTED_FAILURES = frozenset({"retry", "transient"})
+_EXPECTED_FAILURES = frozenset({"retry", "transient", "lost"})
 
 
 # A heap entry: when a task is due, its submission number (the tie-break
@@ -199,7 +199,8 @@ class Scheduler:
         Options (see `tqtesting.stop_when_drained` and its neighbours):
         `stop_when_drained()` (the default without a stop option),
         `stop_after_task(...)`, `stop_before_task(...)`, `parallel(n)`,
-        `max_executions(n)` (default 1,000), `wait_when_drained()`.
+        `max_executions(n)` (default 1,000), `wait_when_drained()`,
+        `lose_response(...)`.
 
         Every execution runs in a copy of the run's context, as a push
         handled by the ASGI endpoint runs in a task of its own: the context
@@ -414,6 +415,8 @@ class Scheduler:
     ) -> None:
         now = self._clock.now()
         failed_for_good = False
+        if state.cfg.lose and loses_response(state.cfg, rec):
+            result = _push.PushResult(504, "lost", result.class_id)
         with self._lock:
             rec.attempts += 1
             rec.last_status = result.status

@@ -1,4 +1,4 @@
--- tq outbox schema for SQLite, version 1 (component 'outbox').
+-- tq outbox schema for SQLite, version 2 (component 'outbox').
 -- Apply with tq.txn.sql.create_schema(engine), or by hand: every statement
 -- is idempotent. tq_schema_version keeps one row per component, so other
 -- parts (e.g. the database queue) version their own tables alongside.
@@ -36,5 +36,17 @@ CREATE TABLE IF NOT EXISTS tq_leases (
     PRIMARY KEY (section, lease_id)
 ) WITHOUT ROWID;
 
-INSERT INTO tq_schema_version (component, version) VALUES ('outbox', 1)
+-- Done markers of effectively-once handlers (tq.txn.sql.once, mark_done):
+-- one row per task whose handler's transaction committed, written in that
+-- transaction. id: the task's marker key, "<queue>/<task ID>" and, for tasks
+-- tq built, "/<expected ETA>" (tq.txn.marker_key). A marker expires at
+-- expires_at (35 days after the commit by default); `tq markers expire`
+-- deletes expired ones, oldest first, through tq_done_expires.
+CREATE TABLE IF NOT EXISTS tq_done (
+    id         TEXT NOT NULL PRIMARY KEY,
+    expires_at INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS tq_done_expires ON tq_done (expires_at);
+
+INSERT INTO tq_schema_version (component, version) VALUES ('outbox', 2)
     ON CONFLICT (component) DO NOTHING;

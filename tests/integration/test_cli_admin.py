@@ -98,10 +98,10 @@ def test_db_init_creates_outbox_and_queue_tables_and_is_idempotent(db_url: str) 
     again = rows("db", "migrate", "--db", db_url)
 
     assert [(r["part"], r["before"], r["after"]) for r in first] == [
-        ("outbox", None, 1), ("dbqueue", None, 2),
+        ("outbox", None, 2), ("dbqueue", None, 2),
     ]  # fmt: skip
     assert [(r["part"], r["before"], r["after"]) for r in again] == [
-        ("outbox", 1, 1), ("dbqueue", 2, 2),
+        ("outbox", 2, 2), ("dbqueue", 2, 2),
     ]  # fmt: skip
     e = sql_engine(db_url)
     try:
@@ -143,9 +143,14 @@ def test_db_init_creates_spanner_outbox_tables(spanner_emulator: Any) -> None:
         path = f"projects/{spanner_emulator.project}/instances/{spanner_emulator.instance.instance_id}/databases/{name}"  # noqa: E501
         created = rows("db", "init", "--spanner", path)
         again = rows("db", "init", "--spanner", path)
-        assert [(r["before"], r["after"]) for r in created] == [(None, 1)]
-        assert [(r["before"], r["after"]) for r in again] == [(1, 1)]
-        assert {t.table_id for t in database.list_tables()} >= {"TQReminders", "TQLeases"}
+        assert [(r["before"], r["after"]) for r in created] == [(None, 2)]
+        assert [(r["before"], r["after"]) for r in again] == [(2, 2)]
+        assert {t.table_id for t in database.list_tables()} >= {"TQReminders", "TQLeases", "TQDone"}
+        # A version-1 database (before done markers) migrates to 2.
+        database.update_ddl(["DROP TABLE TQDone"]).result(60)
+        migrated = rows("db", "migrate", "--spanner", path)
+        assert [(r["before"], r["after"]) for r in migrated] == [(1, 2)]
+        assert "TQDone" in {t.table_id for t in database.list_tables()}
         run("db", "init", "--spanner", path, "--only", "dbqueue", code=CONFIG)
     finally:
         database.drop()

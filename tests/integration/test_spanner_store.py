@@ -477,7 +477,7 @@ def test_create_schema_is_idempotent(spanner_emulator: SpannerEmulator) -> None:
     db = spanner_emulator.instance.database("tq-schema-idem")
     db.create().result(30)
     try:
-        assert create_schema(db) == ["TQReminders", "TQParkedReminders", "TQLeases"]
+        assert create_schema(db) == ["TQReminders", "TQParkedReminders", "TQLeases", "TQDone"]
         assert create_schema(db) == []
     finally:
         spanner_emulator.drop_database(db)

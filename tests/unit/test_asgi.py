@@ -332,6 +332,7 @@ async def test_execution_info_comes_from_cloud_tasks_headers(
         "X-CloudTasks-TaskETA": f"{eta.timestamp():.6f}",
         "X-CloudTasks-TaskRetryReason": "instance unavailable",
         "X-CloudTasks-TaskPreviousResponse": "500",
+        "X-Tq-Expected-Eta": "1772366340.000001",  # a minute before, to the microsecond
     }
     async with client(disp, issuer) as c:
         r = await send(c, issuer, built_push(disp, pb.Greet(name="a")), extra=headers)
@@ -346,6 +347,7 @@ async def test_execution_info_comes_from_cloud_tasks_headers(
             eta=eta,
             retry_reason="instance unavailable",
             previous_response=500,
+            expected_eta=eta - dt.timedelta(seconds=60) + dt.timedelta(microseconds=1),
         )
     ]
 
@@ -364,7 +366,9 @@ async def test_app_engine_headers_mean_nothing_off_app_engine(
     async with client(disp, issuer) as c:
         r = await send(c, issuer, built_push(disp, pb.Greet(name="a")), extra=APP_ENGINE_HEADERS)
     assert r.status_code == 200
-    assert calls.infos == [ExecutionInfo(task_class="greet")]
+    assert [dataclasses.replace(i, expected_eta=None) for i in calls.infos] == [
+        ExecutionInfo(task_class="greet")
+    ]
 
 
 async def test_app_engine_headers_grant_no_access_off_app_engine(

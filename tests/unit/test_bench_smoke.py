@@ -69,13 +69,13 @@ def test_rounds_alternate_their_order() -> None:
 
 
 def test_happy_path_off_reaches_every_holder_of_after_commit() -> None:
-    import tq.txn.spanner
+    import tq.txn._spanner_store
     import tq.txn.sql._transaction
     from tq import _outbox
 
     real = _outbox.after_commit
     with _common.happy_path(False):
         assert _outbox.after_commit is not real
-        assert tq.txn.spanner.after_commit is _outbox.after_commit  # imported by name
+        assert tq.txn._spanner_store.after_commit is _outbox.after_commit  # imported by name
     assert _outbox.after_commit is real
-    assert tq.txn.spanner.after_commit is real
+    assert tq.txn._spanner_store.after_commit is real

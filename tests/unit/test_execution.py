@@ -9,6 +9,7 @@ import pytest
 
 import tq
 from tq._execution import ExecutionInfo, executing
+from tq._request import eta_header
 
 ETA = dt.datetime(2026, 1, 1, 12, 30, 15, 250000, tzinfo=dt.UTC)
 
@@ -60,6 +61,22 @@ def test_garbage_counts_read_as_zero(value: str) -> None:
 @pytest.mark.parametrize("value", ["soon", "1e400", "-1e20"])
 def test_garbage_eta_reads_as_none(value: str) -> None:
     assert ExecutionInfo.from_headers("c", {"x-cloudtasks-tasketa": value}).eta is None
+
+
+def test_expected_eta_is_read_to_the_microsecond_on_both_platforms() -> None:
+    when = dt.datetime(2026, 5, 4, 3, 2, 1, 987654, tzinfo=dt.UTC)
+    header = {"x-tq-expected-eta": eta_header(when)}
+    assert ExecutionInfo.from_headers("c", header).expected_eta == when
+    assert ExecutionInfo.from_headers("c", header, app_engine=True).expected_eta == when
+
+
+@pytest.mark.parametrize("value", ["", "soon", "1e400", "12.3456789"])
+def test_garbage_expected_eta_reads_as_none_or_a_float_time(value: str) -> None:
+    got = ExecutionInfo.from_headers("c", {"x-tq-expected-eta": value}).expected_eta
+    if value == "12.3456789":  # not tq's form: read as a float, like the ETA header
+        assert got == dt.datetime.fromtimestamp(12.3456789, dt.UTC)
+    else:
+        assert got is None
 
 
 def test_full_queue_and_task_paths_are_shortened() -> None:

@@ -44,7 +44,7 @@ def test_subtract_works_at_the_top_of_the_key_space() -> None:
 
 def test_spanner_ranges_round_trip_through_their_column_encoding() -> None:
     pytest.importorskip("google.cloud.spanner_v1")
-    from tq.txn.spanner import _decode_range, _encode_range
+    from tq.txn._spanner_store import _decode_range, _encode_range
 
     for r in ((0, 1), (5, 2**127), (KEY_SPACE - 1, KEY_SPACE)):
         assert _decode_range(_encode_range(r)) == r

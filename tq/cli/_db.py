@@ -68,16 +68,17 @@ def _run(cfg: Config, only: tuple[str, ...], verb: str, as_json: bool) -> None:
             raise fail("Spanner holds the outbox only: use --only outbox", CONFIG)
         from tq.txn.spanner import SCHEMA_VERSION as SPANNER_VERSION
         from tq.txn.spanner import create_schema as create_spanner
+        from tq.txn.spanner import schema_version as spanner_version
 
         database = _wiring.spanner_database(cfg.spanner_database)
         try:
-            created = create_spanner(database)
+            found = spanner_version(database)
+            create_spanner(database)
         finally:
             database.close()
         rows.append(
             {"database": cfg.spanner_database, "part": "outbox",
-             "before": None if created else SPANNER_VERSION, "after": SPANNER_VERSION,
-             "latest": SPANNER_VERSION}
+             "before": found, "after": SPANNER_VERSION, "latest": SPANNER_VERSION}
         )  # fmt: skip
     _output.table(rows, ["database", "part", "before", "after", "latest"], as_json=as_json)
     if not as_json:

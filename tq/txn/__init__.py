@@ -6,6 +6,10 @@ load only when needed:
 
 * `tq.txn.sql`: SQLAlchemy 2 (PostgreSQL, SQLite), sync and async.
 * `tq.txn.spanner`: Cloud Spanner (`google-cloud-spanner`).
+
+Both also keep the done markers of effectively-once handlers (`once`,
+`mark_done`); `marker_key` and the retention bounds are shared, and
+`insert_marker` writes a marker through any DB-API cursor.
 """
 
 from __future__ import annotations
@@ -13,6 +17,13 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
+from tq.txn._markers import (
+    DEFAULT_MARKER_RETENTION,
+    MAX_MARKER_RETENTION,
+    MIN_MARKER_RETENTION,
+    insert_marker,
+    marker_key,
+)
 from tq.txn._store import (
     KEY_SPACE,
     Lease,
@@ -38,7 +49,10 @@ from tq.txn._store import (
 )
 
 __all__ = [
+    "DEFAULT_MARKER_RETENTION",
     "KEY_SPACE",
+    "MAX_MARKER_RETENTION",
+    "MIN_MARKER_RETENTION",
     "Lease",
     "PendingTask",
     "ReminderKey",
@@ -50,7 +64,9 @@ __all__ = [
     "current_transaction",
     "find_transaction",
     "get_store",
+    "insert_marker",
     "key_bound",
+    "marker_key",
     "merge_ranges",
     "outside_transaction",
     "register_finder",

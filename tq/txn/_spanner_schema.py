@@ -7,18 +7,28 @@ Parked reminders live in their own table, `TQParkedReminders`, with the
 columns of `TQReminders`: parking moves the row there in one transaction.
 The sweeper's range scan over `TQReminders` therefore never reads a parked
 row (however many pile up), and the happy path maintains no index.
+
+`TQDone` holds the done markers of effectively-once handlers
+(`tq.txn.spanner.once`), keyed by `tq.txn.marker_key`. Its row deletion
+policy has Spanner delete a marker once its `ExpiresAt` has passed (Spanner
+does so within about three days); `tq markers expire` deletes them at once.
+No index on `ExpiresAt`: an index on a timestamp written in time order
+would send every handler's write to one split.
+
+Versions: 1 reminders, parked reminders and leases; 2 adds `TQDone`.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 """Bumped whenever the statements below change."""
 
 REMINDERS = "TQReminders"
 PARKED = "TQParkedReminders"
 LEASES = "TQLeases"
+DONE = "TQDone"
 
 MAX_PAYLOAD = 102400
 MAX_EXTRA = 1024
@@ -39,6 +49,11 @@ STATEMENTS: dict[str, str] = {
   Ranges ARRAY<STRING(80)> NOT NULL,
   ExpiresAt TIMESTAMP NOT NULL,
 ) PRIMARY KEY (Section, LeaseID)""",
+    DONE: f"""CREATE TABLE {DONE} (
+  ID STRING(MAX) NOT NULL,
+  ExpiresAt TIMESTAMP NOT NULL,
+) PRIMARY KEY (ID),
+  ROW DELETION POLICY (OLDER_THAN(ExpiresAt, INTERVAL 0 DAY))""",
 }
 """CREATE TABLE statements by table name, in the order to apply them."""
 
@@ -48,10 +63,19 @@ def schema_sql() -> str:
     head = (
         f"-- tq outbox tables for Cloud Spanner, schema version {SCHEMA_VERSION}.\n"
         "-- Parked (dead-lettered) reminders move to TQParkedReminders, so scans\n"
-        "-- of TQReminders never read them. Apply with\n"
+        "-- of TQReminders never read them. TQDone holds the done markers of\n"
+        "-- effectively-once handlers; Spanner deletes expired ones. Apply with\n"
         "-- `tq.txn.spanner.create_schema(database)` or your own migrations.\n"
     )
     return head + "".join(f"\n{s};\n" for s in STATEMENTS.values())
+
+
+def schema_version(database: Any) -> int | None:
+    """The schema version `database` holds, read from its tables; None if it has none."""
+    existing = {t.table_id for t in database.list_tables()}
+    if REMINDERS not in existing:
+        return None
+    return 1 if DONE not in existing else 2
 
 
 def create_schema(database: Any, timeout_s: float = 300.0) -> list[str]:

@@ -17,6 +17,11 @@ commit yourself. The reminders are written in your transaction; the tasks
 are submitted right after it commits (the happy path), and by the sweeper if
 the process dies first. A rollback submits nothing.
 
+Effectively-once handlers: `once(Session)` (and `once_async`) runs a
+handler's transaction with the task's done marker in it, so a redelivery of
+a task whose effects committed runs nothing; `mark_done` writes the marker
+in a transaction of your own. `expire_markers` deletes expired markers.
+
 Requires SQLAlchemy 2 (the `tq[sql]` extra) and, for PostgreSQL, psycopg 3
 (`tq[postgres]`). See docs/outbox-sql.md.
 """
@@ -24,6 +29,8 @@ Requires SQLAlchemy 2 (the `tq[sql]` extra) and, for PostgreSQL, psycopg 3
 from __future__ import annotations
 
 from tq.txn.sql._helpers import bind, store_for, transaction, transaction_async
+from tq.txn.sql._markers import count_markers, expire_markers, mark_done, mark_done_async
+from tq.txn.sql._once import once, once_async
 from tq.txn.sql._schema import SCHEMA_VERSION, create_schema, schema_sql
 from tq.txn.sql._store import DEFAULT_MAX_PAYLOAD, SQLStore
 from tq.txn.sql._transaction import SQLTransaction, drain
@@ -34,8 +41,14 @@ __all__ = [
     "SQLStore",
     "SQLTransaction",
     "bind",
+    "count_markers",
     "create_schema",
     "drain",
+    "expire_markers",
+    "mark_done",
+    "mark_done_async",
+    "once",
+    "once_async",
     "schema_sql",
     "store_for",
     "transaction",

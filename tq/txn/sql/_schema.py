@@ -4,6 +4,9 @@ The DDL lives in `schema/<dialect>.sql` next to this module (copied to
 deploy/sql/ for operators). `create_schema` applies it idempotently under a
 lock and records the version in `tq_schema_version` (one row per component:
 the outbox is 'outbox'); later versions append migrations to `_MIGRATIONS`.
+
+Versions: 1 reminders and leases; 2 adds `tq_done`, the done markers of
+effectively-once handlers (`tq.txn.sql.once`).
 """
 
 from __future__ import annotations
@@ -29,12 +32,16 @@ from sqlalchemy.types import BigInteger, DateTime, TypeDecorator, TypeEngine
 from tq._errors import ConfigError
 
 COMPONENT = "outbox"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 DIALECTS = ("postgresql", "sqlite")
 
 # Migrations to version N (N > 1) per dialect, applied in order by
-# create_schema after the version-1 DDL: {N: {"postgresql": [...], "sqlite": [...]}}.
-_MIGRATIONS: dict[int, dict[str, list[str]]] = {}
+# create_schema after the schema file's statements (which create whatever
+# is missing, idempotently): {N: {"postgresql": [...], "sqlite": [...]}}.
+_MIGRATIONS: dict[int, dict[str, list[str]]] = {
+    # tq_done and its index: new tables only, made by the file's CREATE ... IF NOT EXISTS.
+    2: {"postgresql": [], "sqlite": []},
+}
 
 # Serializes concurrent create_schema calls on PostgreSQL (a pg_advisory_xact_lock key).
 _PG_LOCK_CLASS = 0x7471  # "tq"
@@ -92,6 +99,13 @@ reminders = Table(
     Column("payload", LargeBinary, nullable=False),
 )
 
+done = Table(
+    "tq_done",
+    metadata,
+    Column("id", Text, primary_key=True),
+    Column("expires_at", Timestamp, nullable=False),
+)
+
 leases = Table(
     "tq_leases",
     metadata,
@@ -113,7 +127,7 @@ def dialect_name(bind: Engine | Connection) -> str:
 
 
 def schema_sql(dialect: str) -> str:
-    """The version-1 DDL for 'postgresql' or 'sqlite' (deploy/sql/*.sql)."""
+    """The DDL of the current version for 'postgresql' or 'sqlite' (deploy/sql/*.sql)."""
     if dialect not in DIALECTS:
         raise ConfigError(f"no tq schema for {dialect!r}; use one of {DIALECTS}")
     file = "postgres.sql" if dialect == "postgresql" else "sqlite.sql"
