@@ -4,6 +4,7 @@ from __future__ import annotations
 
 pytest_plugins: list[str] = [
     "tests._services.cloudtasks",
+    "tests._services.pubsub",
     "tests._services.uvicorn_server",
     "tests._services.spanner",
     "tests._services.postgres",
