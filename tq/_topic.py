@@ -9,8 +9,10 @@ The data is tq's JSON envelope (the same bytes a Cloud Tasks push carries),
 or a `CustomPayload`'s body. The attributes (`ATTRIBUTES`) name the class
 and payload type (for routing and subscription filters), the task ID (the
 reminder ID for a task added in a transaction: the same on every publish of
-that reminder, so subscribers can drop duplicates by it), the title, and the
-trace context.
+that reminder, so subscribers can drop duplicates by it), the time it was
+added (as the `X-Tq-Expected-Eta` header of a Cloud Tasks task: with the
+task ID, what `tq.txn.marker_key` keys an effectively-once handler by), the
+title, and the trace context.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from google.protobuf.message import Message
 from tq import _envelope
 from tq._errors import ConfigError, PayloadTooLarge, ValidationError
 from tq._pb.publish_pb2 import PublishRequest
+from tq._request import eta_header
 from tq._task import Task
 from tq._taskclass import FULL_TOPIC_RE, TaskClass
 
@@ -37,7 +40,10 @@ CLASS_ATTRIBUTE = "tq_class"
 TYPE_ATTRIBUTE = "tq_type"
 TASK_ID_ATTRIBUTE = "tq_task_id"
 TITLE_ATTRIBUTE = "tq_title"
-ATTRIBUTES = (CLASS_ATTRIBUTE, TYPE_ATTRIBUTE, TASK_ID_ATTRIBUTE, TITLE_ATTRIBUTE)
+EXPECTED_ETA_ATTRIBUTE = "tq_expected_eta"
+ATTRIBUTES = (
+    CLASS_ATTRIBUTE, TYPE_ATTRIBUTE, TASK_ID_ATTRIBUTE, EXPECTED_ETA_ATTRIBUTE, TITLE_ATTRIBUTE
+)  # fmt: skip
 """The attributes tq sets on every message (the title only when the task has one)."""
 
 
@@ -107,6 +113,7 @@ class Template:
                     attrs[k] = v
         if task_id:
             attrs[TASK_ID_ATTRIBUTE] = task_id
+        attrs[EXPECTED_ETA_ATTRIBUTE] = eta_header(now)
         if task.title:
             attrs[TITLE_ATTRIBUTE] = task.title
         if extra_headers:

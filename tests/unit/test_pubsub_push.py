@@ -64,7 +64,11 @@ def body(
     doc: dict[str, object] = {
         "message": {
             "data": base64.b64encode(data).decode(),
-            "attributes": {"tq_class": class_id, "tq_task_id": "t" * 32},
+            "attributes": {
+                "tq_class": class_id,
+                "tq_task_id": "t" * 32,
+                "tq_expected_eta": "1796284800.250000",
+            },
             "messageId": "m-1",
             "publishTime": "2026-12-03T10:00:00.5Z",
         },
@@ -104,7 +108,9 @@ async def test_pushed_message_runs_its_handler_with_pubsub_execution_info(
     assert info.task_id == "t" * 32  # the tq_task_id attribute, the same on duplicates
     assert info.message_id == "m-1"
     assert info.subscription == info.queue == "audit"
-    assert info.eta == dt.datetime(2026, 12, 3, 10, 0, 0, 500000, tzinfo=dt.UTC)
+    assert info.eta == dt.datetime(2026, 12, 3, 10, 0, 0, 500000, tzinfo=dt.UTC)  # published
+    # When the task was added, the same on every publish of it (tq.txn.marker_key uses it).
+    assert info.expected_eta == dt.datetime(2026, 12, 3, 8, 0, 0, 250000, tzinfo=dt.UTC)
 
 
 async def test_delivery_attempt_is_none_where_pubsub_does_not_say(

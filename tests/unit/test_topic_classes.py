@@ -49,6 +49,7 @@ def test_topic_class_message_carries_envelope_and_attributes() -> None:
     assert attrs["tq_type"] == "tq.tests.Greet"
     assert attrs["tq_title"] == "t-1"
     assert len(attrs["tq_task_id"]) == 32
+    assert attrs["tq_expected_eta"].replace(".", "").isdigit()
     assert req.ordering_key == "user-7"
 
 

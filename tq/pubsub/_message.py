@@ -31,7 +31,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from tq import _push, _topic
-from tq._execution import ExecutionInfo
+from tq._execution import ExecutionInfo, _expected_eta
 from tq._request import EXPECTED_ETA_HEADER
 
 if TYPE_CHECKING:
@@ -80,6 +80,7 @@ def execution_info(msg: Received) -> ExecutionInfo:
     attempt = msg.delivery_attempt
     previous = attempt - 1 if attempt is not None and attempt > 0 else 0
     sub = msg.subscription.rsplit("/", 1)[-1]
+    expected = msg.attributes.get(_topic.EXPECTED_ETA_ATTRIBUTE, "")
     return ExecutionInfo(
         execution_count=previous,
         retry_count=previous,
@@ -89,13 +90,17 @@ def execution_info(msg: Received) -> ExecutionInfo:
         delivery_attempt=attempt,
         message_id=msg.message_id,
         subscription=sub,
+        expected_eta=_expected_eta(expected) if expected else None,
     )
 
 
 def _headers(msg: Received) -> dict[str, str]:
     # The push path reads the trace context (and the expected ETA) from headers.
     headers = {k: v for k, v in msg.attributes.items() if k in ("traceparent", "tracestate")}
-    if msg.publish_time is not None:
+    expected = msg.attributes.get(_topic.EXPECTED_ETA_ATTRIBUTE)
+    if expected:
+        headers[_EXPECTED_ETA] = expected
+    elif msg.publish_time is not None:
         headers[_EXPECTED_ETA] = f"{msg.publish_time.timestamp():.6f}"
     return headers
 
