@@ -9,6 +9,8 @@ whichever door it came through:
   Google Cloud Tasks (or its emulator) through the API.
 * `OutboxAdmin` lists, counts, replays and drops reminders in any outbox
   store (SQLite, PostgreSQL, Spanner).
+* `MarkerAdmin` counts and expires the done markers of effectively-once
+  handlers in the SQL and Spanner stores.
 * `readable_payload` turns a task's body (tq's JSON envelope) into the
   payload's JSON as its protobuf type reads it.
 
@@ -22,6 +24,7 @@ with a message an operator can act on.
 from __future__ import annotations
 
 from tq.admin._cloudtasks import CloudTasksAdmin
+from tq.admin._markers import MarkerAdmin
 from tq.admin._outbox import OutboxAdmin, describe_reminder
 from tq.admin._payload import readable_payload
 from tq.admin._queues import (
@@ -38,6 +41,7 @@ __all__ = [
     "TASK_KEYS",
     "CloudTasksAdmin",
     "DbQueueAdmin",
+    "MarkerAdmin",
     "OutboxAdmin",
     "QueueAdmin",
     "describe_reminder",

@@ -7,7 +7,17 @@ from typing import Any
 import click
 
 import tq
-from tq.cli import _db, _output, _queues, _reminders, _run, _schedules, _settings, _sweep
+from tq.cli import (
+    _db,
+    _markers,
+    _output,
+    _queues,
+    _reminders,
+    _run,
+    _schedules,
+    _settings,
+    _sweep,
+)
 from tq.cli._errors import exit_codes
 from tq.cli._options import Config, settings_options
 
@@ -63,6 +73,7 @@ for command in (
     _queues.tasks,
     _reminders.reminders,
     _reminders.parked,
+    _markers.markers,
     _schedules.schedules,
 ):
     cli.add_command(command)

@@ -131,6 +131,8 @@ SETTINGS: tuple[Setting, ...] = (
        metavar="PATH"),
     _s("tombstone_window_s", 3600.0, FLOAT, DATABASE,
        "Seconds a finished task's name stays taken in the database queue (deduplication)."),
+    _s("marker_batch_size", 1000, INT, DATABASE,
+       "Done markers deleted per batch (one short transaction each) by `tq markers expire`."),
     # The sweeper.
     _s("sweep_mode", "inproc", STR, SWEEPER,
        "`inproc` (the whole sweep in this process) or `distributed` (one sweep task per "

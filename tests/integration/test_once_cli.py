@@ -1,0 +1,87 @@
+"""`tq markers count|expire` on SQLite, PostgreSQL and the Spanner emulator."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import secrets
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+import tq
+import tq.txn.spanner
+import tq.txn.sql
+import tqtesting
+from tq.cli._errors import CONFIG
+from tq.cli._main import cli
+from tq.cli._wiring import sql_engine
+
+LONG_AGO = dt.datetime(2001, 1, 1, tzinfo=dt.UTC)
+
+
+def _rows(*args: str, code: int = 0) -> list[dict[str, Any]]:
+    result = CliRunner().invoke(cli, [*args, "--json"], catch_exceptions=False)
+    assert result.exit_code == code, result.output
+    return [json.loads(line) for line in result.stdout.splitlines()]
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return str(tmp_path / "tq.db")
+    url: str = request.getfixturevalue("postgres_db_url")
+    return url
+
+
+def test_markers_count_and_expire_on_sql(db_url: str) -> None:
+    _rows("db", "init", "--db", db_url, "--only", "outbox")
+    engine = sql_engine(db_url)
+    try:
+        with tq.clock.use_clock(tqtesting.FakeClock(LONG_AGO)):
+            for i in range(5):  # expired long ago
+                with engine.begin() as conn:
+                    tq.txn.sql.mark_done(conn, f"q/old-{i}", retention=dt.timedelta(days=1))
+        with engine.begin() as conn:
+            tq.txn.sql.mark_done(conn, "q/live")
+    finally:
+        engine.dispose()
+    assert _rows("markers", "count", "--db", db_url) == [{"store": "sql", "live": 1, "expired": 5}]
+    expire = ("markers", "expire", "--db", db_url, "--marker-batch-size", "2")
+    assert _rows(*expire, "--max-batches", "1") == [{"store": "sql", "deleted": 2}]
+    assert _rows(*expire) == [{"store": "sql", "deleted": 3}]
+    assert _rows("markers", "count", "--db", db_url) == [{"store": "sql", "live": 1, "expired": 0}]
+
+
+def test_markers_without_a_database_is_a_configuration_error() -> None:
+    _rows("markers", "count", code=CONFIG)
+
+
+@pytest.mark.spanner
+def test_markers_count_and_expire_on_spanner(spanner_emulator: Any) -> None:
+    db = spanner_emulator.create_database()
+    store = tq.txn.spanner.SpannerStore(db, name="markers-cli")
+    path = (
+        f"projects/{spanner_emulator.project}/instances/"
+        f"{spanner_emulator.instance.instance_id}/databases/{db.database_id}"
+    )
+    try:
+
+        def mark(transaction: Any, key: str, retention: dt.timedelta) -> None:
+            tq.txn.spanner.mark_done(transaction, key, retention=retention)
+
+        with tq.clock.use_clock(tqtesting.FakeClock(LONG_AGO)):
+            for i in range(3):
+                store.run_in_transaction(mark, f"q/old-{secrets.token_hex(2)}-{i}", dt.timedelta(1))
+        store.run_in_transaction(mark, "q/live", tq.txn.DEFAULT_MARKER_RETENTION)
+        count = ("markers", "count", "--spanner", path)
+        assert _rows(*count) == [{"store": "cli-spanner", "live": 1, "expired": 3}]
+        assert _rows("markers", "expire", "--spanner", path) == [
+            {"store": "cli-spanner", "deleted": 3}
+        ]
+        assert _rows(*count) == [{"store": "cli-spanner", "live": 1, "expired": 0}]
+    finally:
+        tq.txn.unregister_store(store.name)
+        spanner_emulator.drop_database(db)
