@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import datetime as dt
 import logging
@@ -82,6 +83,11 @@ class Dispatcher:
         default: a `CloudTasksSubmitter` made on first use.
       sweeper: what `sweep()` runs (see the `sweeper` package).
       random_bytes: the source of reminder IDs (default `os.urandom`).
+      sync_handler_scope: a context manager factory entered in the worker
+        thread around each call of a `def` handler (default None), for
+        per-thread resources such as database connections: the Django
+        integration closes Django's stale connections there, as Django
+        does around a request.
     """
 
     def __init__(
@@ -99,6 +105,7 @@ class Dispatcher:
         submitter: Submitter | None = None,
         sweeper: Sweeper | None = None,
         random_bytes: Callable[[int], bytes] = os.urandom,
+        sync_handler_scope: Callable[[], contextlib.AbstractContextManager[Any]] | None = None,
     ) -> None:
         self.cloud_project: str | None = None
         self.cloud_region: str | None = None
@@ -116,6 +123,7 @@ class Dispatcher:
         self._submitter = submitter
         self.sweeper = sweeper
         self.random_bytes = random_bytes
+        self.sync_handler_scope = sync_handler_scope
         self.configure(
             cloud_project=cloud_project,
             cloud_region=cloud_region,
@@ -136,7 +144,7 @@ class Dispatcher:
         allowed = {
             "cloud_project", "cloud_region", "default_target_host", "push_as",
             "push_audience", "authorized_pushers", "namespace", "app_engine", "target_scheme",
-            "submitter", "sweeper", "random_bytes",
+            "submitter", "sweeper", "random_bytes", "sync_handler_scope",
         }  # fmt: skip
         unknown = set(options) - allowed
         if unknown:

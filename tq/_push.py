@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import dataclasses
 import inspect
 import logging
@@ -172,7 +173,11 @@ async def _handle(
         else:
             # Sync handlers run in a thread (with this context) so they
             # never block the event loop.
-            await asyncio.to_thread(handler, payload)
+            scope = dispatcher.sync_handler_scope
+            if scope is None:
+                await asyncio.to_thread(handler, payload)
+            else:
+                await asyncio.to_thread(_in_scope, scope, handler, payload)
     except Exception as e:
         result = _outcome_of(e, cls.id, info, cls.quiet_on_error)
     else:
@@ -183,6 +188,15 @@ async def _handle(
             _running[cls.id] -= 1
     _count_handled(result.outcome, info, headers, c.monotonic() - started)
     return result
+
+
+def _in_scope(
+    scope: Callable[[], contextlib.AbstractContextManager[object]],
+    handler: Callable[[object], object],
+    payload: object,
+) -> None:
+    with scope():
+        handler(payload)
 
 
 _async_handlers: weakref.WeakKeyDictionary[Callable[..., object], bool] = (

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
+from collections.abc import Iterator
 
 import pytest
 
@@ -49,6 +51,31 @@ async def test_sync_handler_gets_the_payload_and_execution_info_in_a_thread(
     result = await handle_push(disp, "c", HEADERS, body())
     assert (result.status, result.outcome, result.class_id, result.done) == (200, "ok", "c", True)
     assert seen == [(pb.Greet(name="x"), 2, "q", True)]
+
+
+async def test_a_sync_handler_runs_inside_the_dispatchers_scope_in_its_own_thread() -> None:
+    events: list[tuple[str, int]] = []
+
+    @contextlib.contextmanager
+    def scope() -> Iterator[None]:
+        events.append(("enter", threading.get_ident()))
+        try:
+            yield
+        finally:
+            events.append(("exit", threading.get_ident()))
+
+    disp = tq.Dispatcher(sync_handler_scope=scope)
+
+    def handler(p: pb.Greet) -> None:
+        events.append(("run", threading.get_ident()))
+        raise tq.Retry("later")
+
+    register(disp, handler)
+    result = await handle_push(disp, "c", HEADERS, body())
+    assert result.status == 429  # the handler's outcome passes through the scope
+    assert [e for e, _ in events] == ["enter", "run", "exit"]
+    assert len({t for _, t in events}) == 1  # all in the handler's worker thread
+    assert events[0][1] != threading.get_ident()
 
 
 async def test_async_handler_is_awaited(disp: tq.Dispatcher) -> None:
