@@ -5,7 +5,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 
 import tq
 from tq.clock import Clock
@@ -22,6 +22,7 @@ def testing_context(
     retry: RetryConfig | None = None,
     queues: Mapping[str, RetryConfig] | None = None,
     raise_on_task_error: bool = True,
+    subscriptions: Mapping[str, Sequence[str]] | None = None,
 ) -> Iterator[Scheduler]:
     """Yields a `Scheduler` that receives every task added inside the block.
 
@@ -37,6 +38,7 @@ def testing_context(
         retry=retry,
         queues=queues,
         raise_on_task_error=raise_on_task_error,
+        subscriptions=subscriptions,
     )
     with tq.clock.use_clock(clk), tq.use_submitter(scheduler):
         yield scheduler

@@ -6,12 +6,14 @@ import dataclasses
 import datetime as dt
 import urllib.parse
 from collections.abc import Mapping
+from typing import Any
 
 from google.protobuf.message import Message
 
 import tq
 from tq import _envelope, _request
 from tq._taskclass import DEFAULT_ROUTING_PREFIX
+from tq._topic import is_publish
 
 
 @dataclasses.dataclass(slots=True, eq=False)  # not frozen: that makes it slower to build
@@ -25,12 +27,17 @@ class Delivery:
         adds that stay the same across attempts.
       body: the request body.
       prefix: `x-cloudtasks-`, or `x-appengine-` for App Engine requests.
+      message: for a Pub/Sub message, the `tq.pubsub.Received` one
+        subscription gets (delivered by `tqtesting._topics.deliver`).
+      dispatcher: for a Pub/Sub message, the dispatcher of its subscription.
     """
 
     class_id: str | None
     headers: dict[str, str]
     body: bytes
     prefix: str
+    message: Any = None
+    dispatcher: Any = None
 
     def attempt_headers(
         self, attempts: int, eta: dt.datetime, last_status: int | None, last_outcome: str
@@ -113,7 +120,8 @@ def decode_payload(dispatcher: tq.Dispatcher, sub: tq.Submission) -> Message | N
         copy = type(sub.payload)()
         copy.CopyFrom(sub.payload)
         return copy
-    body = _request.http_parts(sub.request)[3]
+    req = sub.request
+    body = req.data if is_publish(req) else _request.http_parts(req)[3]  # type: ignore[attr-defined]
     try:
         class_id, type_name, json_body = _envelope.peek(body)
     except _envelope.EnvelopeError:

@@ -44,7 +44,9 @@ class TaskRecord:
 
     Attributes:
       name: the full task name `projects/P/locations/L/queues/Q/tasks/ID`
-        (generated when the request had none, as Cloud Tasks does).
+        (generated when the request had none, as Cloud Tasks does); for a
+        Pub/Sub message, `projects/P/subscriptions/S/messages/<message ID>`
+        (one record per subscription of the topic).
       class_id: the task class ID the task was added with.
       payload: the decoded payload, or None when it cannot be decoded (a
         `CustomPayload` task read back from a reminder).
@@ -62,7 +64,8 @@ class TaskRecord:
         of its class (a `CustomPayload` pointing elsewhere): such a task is not
         executed, it is recorded FINISHED with outcome "not_pushed" when due.
       history: every attempt, oldest first.
-      request: the google.cloud.tasks.v2 CreateTaskRequest as submitted.
+      request: the google.cloud.tasks.v2 CreateTaskRequest as submitted (a
+        `tq.internal.PublishRequest` for a message).
       created: when the task was submitted (scheduler clock).
       reminder_id: set when the task came from a transactional reminder.
     """
@@ -90,8 +93,11 @@ class TaskRecord:
 
     @property
     def queue(self) -> str:
-        """The queue's short ID."""
-        return self.name.split("/tasks/", 1)[0].rsplit("/", 1)[-1]
+        """The queue's short ID (the subscription's, for a Pub/Sub message)."""
+        head = self.name.split("/tasks/", 1)[0]
+        if "/subscriptions/" in head:
+            head = head.split("/messages/", 1)[0]
+        return head.rsplit("/", 1)[-1]
 
     def snapshot(self) -> TaskRecord:
         return dataclasses.replace(self, history=list(self.history))

@@ -9,21 +9,25 @@ import dataclasses
 import datetime as dt
 import heapq
 import threading
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from typing import Any
 
 import grpc
+from google.protobuf.message import Message
 
 import tq
 from tq import _push
 from tq._taskclass import FULL_QUEUE_RE
+from tq._topic import CLASS_ATTRIBUTE, is_publish
 from tq.clock import Clock
+from tq.pubsub._message import Received
 from tqtesting._clock import FakeClock
 from tqtesting._delivery import Delivery, decode_payload, delivery
 from tqtesting._errors import RunLimitExceeded, SchedulerError, TaskFailed
 from tqtesting._in_context import InContext
 from tqtesting._options import RetryConfig, RunConfig, RunOption, loses_response, matches
 from tqtesting._records import Attempt, TaskList, TaskRecord, TaskStatus
+from tqtesting._topics import Topics, deliver
 
 # Outcomes that a handler chose on purpose; failing for good after them is
 # not a test error (anything else is: a bug in the handler or the setup).
@@ -63,6 +67,13 @@ class Scheduler:
     the production ones. Tasks added by handlers go to this scheduler and run
     in the same run.
 
+    It also stands for Pub/Sub (`takes_topics`): a message published to a
+    topic becomes one task per subscription of the topic (`subscriptions`,
+    `subscribe`; a topic with none gets one named like it, delivering to
+    this scheduler's dispatcher), each run through the push path of
+    `tq.pubsub` with `execution_info().delivery_attempt` set, and retried
+    while nacked, as with Cloud Tasks below.
+
     Like Cloud Tasks, it refuses a second task with a name taken already
     (`tq.SubmitError` ALREADY_EXISTS; names stay taken after the task ends),
     honours ETAs, and retries non-2xx answers with exponential backoff up to
@@ -80,7 +91,12 @@ class Scheduler:
       raise_on_task_error: when a task fails for good with an unexpected error
         (an exception that is not a tq handler outcome, or a rejected push),
         the run raises `TaskFailed` chaining it. False only records it.
+      subscriptions: the subscription IDs of topics, by topic ID (or full
+        name), delivering to `dispatcher`; `subscribe()` adds more, also
+        with dispatchers of their own (several consumers of one topic).
     """
+
+    takes_topics = True
 
     def __init__(
         self,
@@ -91,8 +107,10 @@ class Scheduler:
         queues: Mapping[str, RetryConfig] | None = None,
         auto_advance: bool | None = None,
         raise_on_task_error: bool = True,
+        subscriptions: Mapping[str, Sequence[str]] | None = None,
     ) -> None:
         self._dispatcher = dispatcher if dispatcher is not None else tq.default
+        self._topics = Topics(self._dispatcher, subscriptions)
         self._clock = clock if clock is not None else tq.clock.current()
         if auto_advance is None:
             auto_advance = isinstance(self._clock, FakeClock)
@@ -120,10 +138,20 @@ class Scheduler:
 
     # The Submitter protocol.
 
+    def subscribe(
+        self, topic: str, subscription: str, dispatcher: tq.Dispatcher | None = None
+    ) -> None:
+        """Adds a subscription to a topic (IDs or full names): every message published
+        from now on is also delivered there, to `dispatcher` (default: the scheduler's)."""
+        self._topics.subscribe(topic, subscription, dispatcher)
+
     def submit(self, submission: tq.Submission) -> None:
         """Takes one task. Raises `tq.SubmitError` ALREADY_EXISTS for a taken name."""
         payload = decode_payload(self._dispatcher, submission)
         req = submission.request
+        if is_publish(req):
+            self._publish(submission, payload)
+            return
         parent = str(req.parent)  # type: ignore[attr-defined]
         task = req.task  # type: ignore[attr-defined]
         if parent not in self._queue_names:
@@ -166,6 +194,34 @@ class Scheduler:
     async def submit_async(self, submission: tq.Submission) -> None:
         """Like `submit` (it never blocks)."""
         self.submit(submission)
+
+    def _publish(self, submission: tq.Submission, payload: Message | None) -> None:
+        """Fans a message out: one task record per subscription of its topic."""
+        req: Any = submission.request
+        subs = self._topics.of(req.topic)
+        attributes = dict(req.attributes)
+        class_id = attributes.get(CLASS_ATTRIBUTE) or submission.task_class
+        with self._lock:
+            now = self._clock.now()
+            for sub, disp in subs:
+                seq = len(self._records) + 1
+                message_id = str(seq)
+                msg = Received(
+                    data=req.data, attributes=attributes, message_id=message_id,
+                    publish_time=now, subscription=sub, ordering_key=req.ordering_key,
+                )  # fmt: skip
+                push = Delivery(class_id, {}, req.data, "", msg, disp)
+                rec = TaskRecord(
+                    name=f"{sub}/messages/{message_id}", class_id=submission.task_class,
+                    payload=_copy(payload), eta=now, request=req, created=now, seq=seq,
+                    reminder_id=submission.reminder_id,
+                )  # fmt: skip
+                self._records.append(rec)
+                heapq.heappush(self._due, (now, seq, rec, push))
+            wakers = list(self._wakers) if self._wakers else None
+        if wakers is not None:
+            for wake in wakers:
+                wake()
 
     # Looking at tasks.
 
@@ -366,6 +422,8 @@ class Scheduler:
                 return None
 
     def _handle(self, rec: TaskRecord, push: Delivery) -> Coroutine[Any, Any, _push.PushResult]:
+        if push.message is not None:
+            return deliver(rec.attempts, push)
         headers = push.attempt_headers(rec.attempts, rec.eta, rec.last_status, rec.outcome)
         return _push.handle_push(self._dispatcher, push.class_id, headers, push.body)
 
@@ -482,3 +540,11 @@ class Scheduler:
         with self._lock:
             n, pending = len(self._records), len(self._due)
         return f"<Scheduler tasks={n} pending={pending} clock={self._clock!r}>"
+
+
+def _copy(payload: Message | None) -> Message | None:
+    if payload is None:
+        return None
+    copy = type(payload)()
+    copy.CopyFrom(payload)
+    return copy
