@@ -158,6 +158,8 @@ CATALOGUE: tuple[Metric, ...] = (
     _m("tq_dbqueue_oldest_task_age", "gauge", "s", "queue",
        "How long the most overdue pending task has been due (0 if none is due)"),
     _m("tq_dbqueue_leases", "gauge", "{task}", "queue", "Tasks leased by workers now"),
+    _m("tq_dbqueue_messages_unrouted", "counter", "{message}", "topic",
+       "Messages published to a topic with no subscription (dropped, as Pub/Sub does)"),
 )  # fmt: skip
 
 log = logging.getLogger("tq.metrics")

@@ -25,7 +25,9 @@ with `PullQueue`. `Recurring` adds a task every so often, and workers
 given a dispatcher (`Worker(..., dispatcher=disp)`) fire the cron
 schedules of its task classes (`TaskClass.schedule`; `cron_states` shows
 their next and last ticks). `Admin` lists, deletes, purges, pauses and
-reports.
+reports. Topics: `Subscription`s (`apply_subscriptions`) fan each message of
+a topic class out to a queue per subscription, pushed in Pub/Sub's format to
+`tq.pubsub.app` (see docs/pubsub.md).
 
 Requires SQLAlchemy 2 (and psycopg 3 for PostgreSQL) and httpx.
 """
@@ -51,6 +53,12 @@ from tq.dbqueue._schema import (
     schema_version,
 )
 from tq.dbqueue._submitter import TOMBSTONE_WINDOW, DbQueueSubmitter, WritesInTransaction
+from tq.dbqueue._topics import (
+    Subscription,
+    apply_subscriptions,
+    delete_subscription,
+    list_subscriptions,
+)
 from tq.dbqueue._worker import DEFAULT_DISPATCH_DEADLINE, Worker, run_workers
 
 
@@ -77,12 +85,16 @@ __all__ = [
     "RecurringInfo",
     "Signer",
     "State",
+    "Subscription",
     "TaskInfo",
     "Worker",
     "WritesInTransaction",
     "apply_queues",
+    "apply_subscriptions",
     "create_schema",
     "cron_states",
+    "delete_subscription",
+    "list_subscriptions",
     "load_queue_yaml",
     "parse_queue_yaml",
     "run_workers",

@@ -19,11 +19,12 @@ import sqlalchemy as sa
 
 from tq._errors import ConfigError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 """The version of the tables below; `create_schema` records it.
 
 1: tasks, queues, recurring. 2: adds `tq_cron` (the cron schedules of task
-classes); creating the missing table is the whole migration.
+classes). 3: adds `tq_subscriptions` (topics' subscriptions, see
+`tq.dbqueue._topics`). Creating the missing table is each whole migration.
 """
 
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
@@ -146,6 +147,21 @@ cron = sa.Table(
     sa.Column("last_fired_us", sa.BigInteger()),  # when it was fired
     sa.Column("created_us", sa.BigInteger(), nullable=False),
     sa.Column("updated_us", sa.BigInteger(), nullable=False),
+)
+
+# One row per subscription of a topic (see _topics): where its messages go.
+subscriptions = sa.Table(
+    "tq_subscriptions",
+    metadata,
+    # The subscription ID, also the name of the queue its messages wait in.
+    sa.Column("name", sa.String(100), primary_key=True),
+    sa.Column("topic", sa.String(255), nullable=False),  # the topic ID
+    sa.Column("push_endpoint", sa.Text()),  # NULL: a pull subscription
+    sa.Column("oidc_email", sa.String(320)),
+    sa.Column("oidc_audience", sa.Text()),
+    sa.Column("created_us", sa.BigInteger(), nullable=False),
+    sa.Column("updated_us", sa.BigInteger(), nullable=False),
+    sa.Index("ix_tq_subscriptions_topic", "topic"),
 )
 
 meta = sa.Table(

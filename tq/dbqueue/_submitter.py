@@ -24,7 +24,8 @@ from tq import clock
 from tq._errors import SubmitError
 from tq._submitter import Submission
 from tq._taskclass import FULL_QUEUE_RE
-from tq.dbqueue import _db, _queuedb, _wakeup
+from tq._topic import is_publish
+from tq.dbqueue import _db, _queuedb, _topics, _wakeup
 from tq.dbqueue._schema import State, tasks, to_us
 
 TOMBSTONE_WINDOW = dt.timedelta(hours=1)
@@ -105,8 +106,19 @@ class DbQueueSubmitter:
         self._written = (_WRITTEN, id(self))
         self._committed_key = (_COMMITTED, id(self))
 
+    takes_topics = True
+    """Messages of topic classes fan out to the topic's subscriptions (see `Subscription`)."""
+
     def submit(self, submission: Submission) -> None:
-        """Inserts the task in its own transaction."""
+        """Inserts the task (or a message's rows, one per subscription) in its own transaction."""
+        if is_publish(submission.request):
+            try:
+                with _db.write_txn(self.engine) as conn:
+                    self._insert_message(conn, submission)
+            except sa.exc.SQLAlchemyError as e:
+                raise SubmitError(grpc.StatusCode.UNAVAILABLE, f"database queue: {e}") from e
+            _wakeup.notify(self.wakeup_key)
+            return
         row = self._row(submission)
         try:
             self._ensure_queue_committed(row["queue"])
@@ -133,13 +145,18 @@ class DbQueueSubmitter:
         """
         queue = self.insert_in_transaction(connection, submission)
         self._hook_commits(connection.engine)
-        connection.info.setdefault(self._written, set()).add(queue)
+        if queue:
+            connection.info.setdefault(self._written, set()).add(queue)
 
     def insert_in_transaction(self, connection: sa.Connection, submission: Submission) -> str:
         """Inserts the task on `connection`, leaving the commit to the caller; returns its queue.
 
-        For a caller that reports the commit with `transaction_committed`.
+        For a caller that reports the commit with `transaction_committed`. A
+        message for a topic inserts a row per subscription; its first
+        subscription's queue is returned ("" when it has none).
         """
+        if is_publish(submission.request):
+            return self._insert_message(connection, submission)
         row = self._row(submission)
         queue: str = row["queue"]
         with self._lock:
@@ -158,7 +175,11 @@ class DbQueueSubmitter:
         savepoint or an earlier transaction that was rolled back.
         """
         if sure:
-            queues = {_queue_id(s.request.parent) for s in sure}  # type: ignore[attr-defined]
+            queues = {
+                _queue_id(s.request.parent)  # type: ignore[attr-defined]
+                for s in sure
+                if not is_publish(s.request)
+            }
             with self._lock:
                 self._known_queues.update(queues)
         if sure or unsure:
@@ -225,6 +246,19 @@ class DbQueueSubmitter:
             _wakeup.notify(self.wakeup_key)
 
     # Rows.
+
+    def _insert_message(self, conn: sa.Connection, submission: Submission) -> str:
+        rows = _topics.message_rows(
+            conn,
+            submission.request,
+            submission.task_class,
+            now_us=to_us(clock.now()),
+            # One name for the message: its ID, the same in every subscription (as on Pub/Sub).
+            generated_name=self.random_bytes(16).hex,
+        )
+        for row in rows:
+            insert_task(conn, row)  # generated names: never taken
+        return str(rows[0]["queue"]) if rows else ""
 
     def _row(self, submission: Submission) -> dict[str, Any]:
         return task_row(

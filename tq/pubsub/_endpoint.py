@@ -22,6 +22,7 @@ push URL). `auth=tq.asgi.INSECURE_NO_AUTH` turns it off, for local runs only.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Collection
 
@@ -44,7 +45,7 @@ from tq.asgi import (
     _read_body,
     _respond,
 )
-from tq.pubsub._message import BadPushBody, handle, parse_push_body
+from tq.pubsub._message import BadPushBody, Received, handle, parse_push_body
 
 log = logging.getLogger("tq.pubsub")
 
@@ -167,8 +168,22 @@ class _PushEndpoint:
         except BadPushBody as e:
             await _refuse(send, 400, "bad_push_body", f"{e} ({path})")
             return
+        if msg.delivery_attempt is None:
+            msg = _with_queue_attempt(msg, headers)
         handled = await handle(self.dispatcher, msg)
         await _respond(send, handled.status, handled.result.outcome)
+
+
+def _with_queue_attempt(msg: Received, headers: dict[str, str]) -> Received:
+    """`msg` with the delivery attempt the database queue's worker sends as a header.
+
+    Its pushes carry `X-CloudTasks-TaskRetryCount`; Pub/Sub's never do (it
+    says `deliveryAttempt` in the body, where it says it at all).
+    """
+    retries = headers.get("x-cloudtasks-taskretrycount", "")
+    if retries.isascii() and retries.isdigit() and len(retries) < 10:
+        return dataclasses.replace(msg, delivery_attempt=int(retries) + 1)
+    return msg
 
 
 async def _refuse(send: Send, status: int, reason: str, detail: str) -> None:
