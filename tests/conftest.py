@@ -8,6 +8,7 @@ pytest_plugins: list[str] = [
     "tests._services.uvicorn_server",
     "tests._services.spanner",
     "tests._services.postgres",
+    "tests._services.mariadb",
     "tests._longmode",
     "pytester",
 ]

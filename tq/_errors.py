@@ -44,6 +44,23 @@ class TransactionError(TQError):
     """The task's kind does not fit the (lack of a) current transaction."""
 
 
+class LeaseConflict(TQError):
+    """The task is leased by another holder (the database queue's lease by name).
+
+    `holder` is the other lease's owner and `until` when it ends (a UTC
+    datetime), so the caller can say who has it and wait or give up.
+    """
+
+    def __init__(self, message: str, holder: str, until: object) -> None:
+        super().__init__(message)
+        self.holder = holder
+        self.until = until
+
+
+class TaskNotFound(TQError, LookupError):
+    """No live task has that name in that queue (never added, finished or deleted)."""
+
+
 # gRPC codes after which the same request may succeed later.
 TRANSIENT_CODES = frozenset(
     {

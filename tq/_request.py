@@ -17,7 +17,7 @@ from google.protobuf.message import Message
 
 from tq import _envelope
 from tq._errors import ConfigError, PayloadTooLarge, ValidationError
-from tq._task import MAX_URI_LENGTH, Task
+from tq._task import MAX_URI_LENGTH, PRIORITY_HEADER, TAG_HEADER, Task
 from tq._taskclass import FULL_QUEUE_RE, CustomPayload, TaskClass
 
 CreateTaskRequest = cloudtasks.CreateTaskRequest.pb()
@@ -195,6 +195,10 @@ class Template:
             ts.seconds, micros = epoch_parts(eta)
             ts.nanos = micros * 1000
             headers[EXPECTED_ETA_HEADER] = eta_header(eta)
+        if task.priority:
+            headers[PRIORITY_HEADER] = str(task.priority)
+        if task.tag:
+            headers[TAG_HEADER] = task.tag
         if extra_headers:
             _set_headers(headers, extra_headers)
         size = t.ByteSize()

@@ -13,6 +13,13 @@ from tq._taskclass import FULL_QUEUE_RE, SHORT_QUEUE_RE
 
 MAX_ETA_AHEAD = dt.timedelta(days=30)
 MAX_URI_LENGTH = 2083
+MAX_PRIORITY = 1000
+"""`Task.priority` is within -MAX_PRIORITY to MAX_PRIORITY."""
+MAX_TAG_LENGTH = 500
+PRIORITY_HEADER = "X-Tq-Priority"
+"""Carries `Task.priority` in the request (and so through reminders) to the backend."""
+TAG_HEADER = "X-Tq-Tag"
+"""Carries `Task.tag` in the request to the backend."""
 _TITLE_FORBIDDEN = frozenset(' \t\r\n\v\f?#%"<>\\^`{|}')
 
 
@@ -38,6 +45,16 @@ class Task:
         instead of its class's (default None: the class's queue). For
         integrations whose tasks name their queue (a `django.tasks` task's
         `queue_name`).
+      priority: -1,000 to 1,000 (default 0). On the database queue and in
+        `tqtesting`, due tasks of a queue are taken highest priority first;
+        each point of priority is worth a fixed head start (the submitter's
+        `priority_step`, default 1 s), so a task is never overtaken by work
+        that became due more than (their priority gap) x step after it:
+        starvation is bounded (docs/dbqueue.md). Cloud Tasks has no
+        priorities and ignores it (the request carries it as a header).
+      tag: up to 500 printable ASCII characters; pull consumers of the
+        database queue lease tasks by tag (App Engine's LeaseByTag).
+        Cloud Tasks ignores it (carried as a header).
     """
 
     payload: Message
@@ -47,6 +64,8 @@ class Task:
     eta: dt.datetime | None = None
     ordering_key: str = ""
     queue: str | None = None
+    priority: int = 0
+    tag: str = ""
 
     def validate(self) -> None:
         """Raises ValidationError for options that can never work."""
@@ -81,6 +100,8 @@ class Task:
                 f"Task.queue {queue!r} is invalid: give a queue ID ([a-zA-Z0-9-]{{1,100}}, "
                 "e.g. 'emails') or a full name 'projects/P/locations/L/queues/Q'"
             )
+        if self.priority or self.tag:
+            self._validate_priority_and_tag()
         if title and any(
             c in _TITLE_FORBIDDEN or ord(c) < 32 or 0xD800 <= ord(c) <= 0xDFFF for c in title
         ):
@@ -88,6 +109,21 @@ class Task:
                 f"Task: title {title!r} has spaces, control characters, lone "
                 "surrogates or URL-reserved characters; "
                 "use letters, digits and -_.~:@!$&'()*+,;=/"
+            )
+
+    def _validate_priority_and_tag(self) -> None:
+        priority, tag = self.priority, self.tag
+        if not isinstance(priority, int) or isinstance(priority, bool):
+            raise ValidationError(f"Task.priority must be an int, got {priority!r}")
+        if not -MAX_PRIORITY <= priority <= MAX_PRIORITY:
+            raise ValidationError(
+                f"Task.priority must be within -{MAX_PRIORITY} to {MAX_PRIORITY}, got {priority}"
+            )
+        if not isinstance(tag, str):
+            raise ValidationError(f"Task.tag has the wrong type: {tag!r}")
+        if len(tag) > MAX_TAG_LENGTH or not all(" " <= c <= "~" for c in tag):
+            raise ValidationError(
+                f"Task.tag {tag[:60]!r} must be at most {MAX_TAG_LENGTH} printable ASCII characters"
             )
 
     def resolve_eta(self, now: dt.datetime) -> dt.datetime | None:

@@ -53,6 +53,7 @@ CREATE TABLE IF NOT EXISTS tq_recurring (
   last_run_us BIGINT,
   created_us BIGINT NOT NULL,
   updated_us BIGINT NOT NULL,
+  max_pending INTEGER,
   PRIMARY KEY (name)
 );
 CREATE INDEX IF NOT EXISTS ix_tq_recurring_next ON tq_recurring (next_run_us);
@@ -95,12 +96,20 @@ CREATE TABLE IF NOT EXISTS tq_tasks (
   created_us BIGINT NOT NULL,
   finished_us BIGINT,
   reserve_us BIGINT,
+  priority INTEGER DEFAULT 0 NOT NULL,
+  rank_us BIGINT,
+  tag VARCHAR(500),
+  progress TEXT,
+  result BYTEA,
+  failure BYTEA,
   PRIMARY KEY (id),
   CONSTRAINT uq_tq_tasks_queue_name UNIQUE (queue, name)
 );
 CREATE INDEX IF NOT EXISTS ix_tq_tasks_due ON tq_tasks (queue, state, eta_us);
 CREATE INDEX IF NOT EXISTS ix_tq_tasks_finished ON tq_tasks (finished_us);
 CREATE INDEX IF NOT EXISTS ix_tq_tasks_lease ON tq_tasks (state, lease_expires_us);
+CREATE INDEX IF NOT EXISTS ix_tq_tasks_priority ON tq_tasks (queue, state, rank_us) WHERE priority <> 0;
+CREATE INDEX IF NOT EXISTS ix_tq_tasks_tag ON tq_tasks (queue, tag, state, eta_us) WHERE tag IS NOT NULL;
 
 INSERT INTO tq_dbqueue_meta (key, value) VALUES ('schema_version', '3')
   ON CONFLICT (key) DO NOTHING;

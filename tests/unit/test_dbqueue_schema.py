@@ -118,5 +118,5 @@ def test_leased_rows_are_read_by_position_in_field_order() -> None:
     from tq.dbqueue import _lease
 
     fields = [f.name for f in dataclasses.fields(_lease.Leased)]
-    assert [c.name for c in _lease._LEASED_COLUMNS] == fields[:-1]
+    assert [c.name for c in _lease.LEASED_COLUMNS] == fields[:-1]
     assert fields[-1] == "config"

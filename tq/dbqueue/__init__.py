@@ -36,9 +36,10 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
+from tq._errors import LeaseConflict, TaskNotFound
 from tq.dbqueue._admin import ORDERS, Admin, HistoryPoint, QueueStats, TaskInfo
 from tq.dbqueue._cron import CronState, cron_states
-from tq.dbqueue._db import sqlite_engine
+from tq.dbqueue._db import mysql_engine, sqlite_engine
 from tq.dbqueue._delivery import Signer
 from tq.dbqueue._pull import PulledTask, PullQueue
 from tq.dbqueue._queuedb import QueueState
@@ -76,6 +77,7 @@ __all__ = [
     "CronState",
     "DbQueueSubmitter",
     "HistoryPoint",
+    "LeaseConflict",
     "PullQueue",
     "PulledTask",
     "QueueConfig",
@@ -87,6 +89,7 @@ __all__ = [
     "State",
     "Subscription",
     "TaskInfo",
+    "TaskNotFound",
     "Worker",
     "WritesInTransaction",
     "apply_queues",
@@ -96,6 +99,7 @@ __all__ = [
     "delete_subscription",
     "list_subscriptions",
     "load_queue_yaml",
+    "mysql_engine",
     "parse_queue_yaml",
     "run_workers",
     "schema_sql",

@@ -18,7 +18,13 @@ from tq.dbqueue._schema import FINISHED_STATES, LIVE_STATES, State, from_us, tas
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class TaskInfo:
-    """One task row as an operator sees it (times in UTC)."""
+    """One task row as an operator sees it (times in UTC).
+
+    `progress` is the holder's last heartbeat report; `result` what the
+    task produced (a pull consumer's `complete(result=...)`, a push's 2xx
+    response body); `failure` what its last failed attempt said (a pull
+    consumer's details, a push's error response body).
+    """
 
     id: int
     queue: str
@@ -40,6 +46,11 @@ class TaskInfo:
     lease_expires: dt.datetime | None
     headers: str = "{}"  # the request's headers, a JSON object
     body: bytes = b""  # the request's body (tq's JSON envelope)
+    priority: int = 0
+    tag: str | None = None
+    progress: str | None = None
+    result: bytes | None = None
+    failure: bytes | None = None
 
 
 ORDERS = ("oldest", "newest", "overdue")
@@ -97,8 +108,14 @@ def _info(row: Any) -> TaskInfo:
         url=m["url"], method=m["method"], created=from_us(m["created_us"]),
         first_attempt=_opt(m["first_attempt_us"]), last_attempt=_opt(m["last_attempt_us"]),
         finished=_opt(m["finished_us"]), lease_owner=m["lease_owner"],
-        lease_expires=_opt(m["lease_expires_us"]), headers=m["headers"], body=m["body"],
+        lease_expires=_opt(m["lease_expires_us"]), headers=m["headers"], body=bytes(m["body"]),
+        lease_expires=_opt(m["lease_expires_us"]), priority=m["priority"], tag=m["tag"],
+        progress=m["progress"], result=_bytes(m["result"]), failure=_bytes(m["failure"]),
     )  # fmt: skip
+
+
+def _bytes(v: bytes | memoryview | None) -> bytes | None:
+    return None if v is None else bytes(v)
 
 
 def _filters(

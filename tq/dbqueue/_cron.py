@@ -123,8 +123,7 @@ def _restart(engine: sa.Engine, cls: TaskClass, name: str, now: dt.datetime, kno
                 .values(**values)
             )
         else:
-            stmt = _db.insert(conn, cron).values(name=name, created_us=now_us, **values)
-            conn.execute(stmt.on_conflict_do_nothing(index_elements=[cron.c.name]))
+            _db.insert_ignore(conn, cron, {"name": name, "created_us": now_us, **values}, ["name"])
 
 
 def _fire(

@@ -5,7 +5,15 @@ statement (atomic on its own) or runs in `write_txn`, which starts SQLite
 transactions with BEGIN IMMEDIATE: the write lock is taken up front, so a
 transaction that reads and then writes never fails half-way with
 SQLITE_BUSY when another writer got in between (busy_timeout covers the
-wait). PostgreSQL uses ordinary READ COMMITTED transactions with row locks.
+wait). PostgreSQL uses ordinary READ COMMITTED transactions with row locks;
+MySQL / MariaDB (10.6 or later, InnoDB) the same: the engine must run READ
+COMMITTED (`mysql_engine` does; InnoDB's default REPEATABLE READ takes gap
+locks that make concurrent inserts and leases deadlock, and its snapshots
+would hide rows other workers committed).
+
+The differences between the three dialects' statements live here: inserts
+that skip or update a conflicting row (`insert_ignore`, `upsert`), and
+whether UPDATE can return rows (`returns_updated_rows`).
 """
 
 from __future__ import annotations
@@ -13,11 +21,12 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
+import weakref
 from collections.abc import Iterator
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects import mysql, postgresql, sqlite
 
 from tq._errors import ConfigError
 
@@ -28,16 +37,40 @@ SQLITE_BUSY_TIMEOUT_S = 30.0
 SQLITE_AUTOCHECKPOINT_PAGES = 10_000
 
 
+MYSQL_DIALECTS = ("mysql", "mariadb")
+_checked_mysql: weakref.WeakSet[sa.Engine] = weakref.WeakSet()
+
+
 def is_sqlite(bind: sa.Engine | sa.Connection) -> bool:
     return bind.dialect.name == "sqlite"
 
 
+def is_mysql(bind: sa.Engine | sa.Connection) -> bool:
+    return bind.dialect.name in MYSQL_DIALECTS
+
+
+def returns_updated_rows(dialect: str) -> bool:
+    """Whether UPDATE ... RETURNING works (not on MySQL / MariaDB)."""
+    return dialect not in MYSQL_DIALECTS
+
+
 def check_dialect(engine: sa.Engine) -> None:
     """Refuses engines of databases the queue does not support."""
-    if engine.dialect.name not in ("sqlite", "postgresql"):
+    if engine.dialect.name not in ("sqlite", "postgresql", *MYSQL_DIALECTS):
         raise ConfigError(
-            f"the database queue runs on SQLite or PostgreSQL, not {engine.dialect.name!r}"
+            "the database queue runs on SQLite, PostgreSQL or MySQL / MariaDB, not "
+            f"{engine.dialect.name!r}"
         )
+    if is_mysql(engine) and engine not in _checked_mysql:
+        with engine.connect() as conn:
+            level = conn.get_isolation_level()
+        if level != "READ COMMITTED":
+            raise ConfigError(
+                f"the database queue on MySQL / MariaDB needs READ COMMITTED transactions, "
+                f"and this engine runs {level}: make it with tq.dbqueue.mysql_engine(url) "
+                "or create_engine(url, isolation_level='READ COMMITTED')"
+            )
+        _checked_mysql.add(engine)
     if engine.dialect.name == "sqlite" and engine.url.database in (None, "", ":memory:"):
         raise ConfigError(
             "the database queue needs a SQLite file (workers and writers use several "
@@ -45,11 +78,35 @@ def check_dialect(engine: sa.Engine) -> None:
         )
 
 
-def insert(bind: sa.Engine | sa.Connection, table: sa.Table) -> Any:
-    """An INSERT with ON CONFLICT support for the bind's dialect."""
-    if is_sqlite(bind):
-        return sqlite.insert(table)
-    return postgresql.insert(table)
+def insert_ignore(
+    conn: sa.Connection, table: sa.Table, values: dict[str, Any], keys: list[str]
+) -> None:
+    """Inserts a row unless one with the same `keys` (its primary key) exists."""
+    if is_mysql(conn):
+        # ON DUPLICATE KEY UPDATE k = k, not INSERT IGNORE (which hides other errors).
+        ins = mysql.insert(table).values(**values)
+        conn.execute(ins.on_duplicate_key_update({keys[0]: table.c[keys[0]]}))
+        return
+    stmt = (sqlite.insert if is_sqlite(conn) else postgresql.insert)(table).values(**values)
+    conn.execute(stmt.on_conflict_do_nothing(index_elements=[table.c[k] for k in keys]))
+
+
+def upsert(
+    conn: sa.Connection,
+    table: sa.Table,
+    values: dict[str, Any],
+    keys: list[str],
+    update: dict[str, Any] | list[str],
+) -> None:
+    """Inserts a row, or updates the one with the same `keys`: `update` maps columns
+    to new values, or lists columns to take from `values`."""
+    if isinstance(update, list):
+        update = {k: values[k] for k in update}
+    if is_mysql(conn):
+        conn.execute(mysql.insert(table).values(**values).on_duplicate_key_update(update))
+        return
+    stmt = (sqlite.insert if is_sqlite(conn) else postgresql.insert)(table).values(**values)
+    conn.execute(stmt.on_conflict_do_update(index_elements=[table.c[k] for k in keys], set_=update))
 
 
 _writer_locks: dict[str, threading.Lock] = {}
@@ -78,12 +135,30 @@ def write_txn(engine: sa.Engine) -> Iterator[sa.Connection]:
             raw = conn.connection.dbapi_connection
             if not getattr(raw, "in_transaction", False):
                 conn.exec_driver_sql("BEGIN IMMEDIATE")
+
         try:
             yield conn
         except BaseException:
             conn.rollback()
             raise
         conn.commit()
+
+
+def mysql_engine(url: str, **kwargs: Any) -> sa.Engine:
+    """A SQLAlchemy engine on MySQL / MariaDB set up for the database queue and the outbox.
+
+    `url` like `mysql+pymysql://user:pw@host/db`. Every transaction runs READ
+    COMMITTED (see the module), connections are checked before use (MySQL
+    drops idle ones) and speak utf8mb4. `kwargs` go to `sqlalchemy.create_engine`.
+    """
+    parsed = sa.engine.make_url(url)
+    if parsed.get_backend_name() not in MYSQL_DIALECTS:
+        raise ConfigError(f"mysql_engine takes a mysql:// or mariadb:// URL, not {url!r}")
+    if "charset" not in parsed.query:
+        parsed = parsed.update_query_dict({"charset": "utf8mb4"})
+    kwargs.setdefault("isolation_level", "READ COMMITTED")
+    kwargs.setdefault("pool_pre_ping", True)
+    return sa.create_engine(parsed, **kwargs)
 
 
 def sqlite_engine(path: str | os.PathLike[str], **kwargs: Any) -> sa.Engine:

@@ -26,7 +26,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from tq import clock
-from tq.dbqueue import _db
+from tq.dbqueue import _db, _pick
 from tq.dbqueue._queuedb import QueueState, state_of
 from tq.dbqueue._queues import QueueConfig
 from tq.dbqueue._schema import State, from_us, queues, tasks, to_us
@@ -61,7 +61,14 @@ class Leased:
     first_attempt_us: int
     lease_owner: str
     lease_expires_us: int
+    priority: int
+    rank_us: int | None  # None for priority 0 (ranks by eta_us)
+    tag: str | None
     config: QueueConfig
+
+
+MAX_RESULT_BYTES = 64 * 1024
+"""The most a task's stored result (or failure) may hold."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -70,7 +77,8 @@ class Result:
 
     `state` is DONE, FAILED, or PENDING (retry at `eta_us`). `responded`
     says whether the handler answered with a non-5xx status (it counts as
-    an execution).
+    an execution). `data` is stored as the task's result (DONE) or failure
+    (otherwise); at most MAX_RESULT_BYTES.
     """
 
     task: Leased
@@ -80,6 +88,12 @@ class Result:
     responded: bool
     now_us: int
     eta_us: int | None = None
+    data: bytes | None = None
+
+
+def shifted_rank(t: Leased, eta_us: int) -> int | None:
+    """The rank of `t` moved to a new ETA (its priority's head start kept)."""
+    return None if t.rank_us is None else t.rank_us + (eta_us - t.eta_us)
 
 
 def decide(
@@ -108,12 +122,13 @@ def decide(
     return Result(t, State.PENDING, status, error, responded, now_us, now_us + int(wait_s * 1e6))
 
 
-_LEASED_COLUMNS = [
+LEASED_COLUMNS = [
     tasks.c.id, tasks.c.queue, tasks.c.name, tasks.c.task_class, tasks.c.url, tasks.c.method,
     tasks.c.headers, tasks.c.body, tasks.c.oidc_email, tasks.c.oidc_audience,
     tasks.c.app_engine, tasks.c.dispatch_deadline_s, tasks.c.eta_us, tasks.c.attempts,
     tasks.c.executions, tasks.c.last_status, tasks.c.last_error, tasks.c.first_attempt_us,
-    tasks.c.lease_owner, tasks.c.lease_expires_us,
+    tasks.c.lease_owner, tasks.c.lease_expires_us, tasks.c.priority, tasks.c.rank_us,
+    tasks.c.tag,
 ]  # fmt: skip
 
 
@@ -128,6 +143,7 @@ def _statements(dialect: str) -> SimpleNamespace:
     Building SQLAlchemy constructs costs more than running them on SQLite.
     """
     pg = dialect != "sqlite"
+    returning = dialect in ("sqlite", "postgresql")
     next_eta = (
         sa.select(sa.func.min(tasks.c.eta_us))
         .where(tasks.c.queue == queues.c.name, tasks.c.state == _PENDING)
@@ -158,6 +174,7 @@ def _statements(dialect: str) -> SimpleNamespace:
         "last_error": _p("error"),
         "executions": tasks.c.executions + _p("responded"),
     }
+
     lease_values = {
         "state": _LEASED,
         "lease_owner": _p("owner"),
@@ -167,24 +184,54 @@ def _statements(dialect: str) -> SimpleNamespace:
         "last_attempt_us": _p("now"),
     }
     lease_stmt = sa.update(tasks).where(tasks.c.id.in_(due)).values(lease_values)
+    ids: sa.BindParameter[Any] = sa.bindparam("ids", expanding=True)
+    lease_ids = sa.update(tasks).where(tasks.c.id.in_(ids), tasks.c.state == _PENDING)
+    lease_ids = lease_ids.values(lease_values)
     return SimpleNamespace(
+        returning=returning,
+        lease_ids=lease_ids.returning(*LEASED_COLUMNS) if returning else lease_ids,
+        lease_ids_for=(
+            lease_ids.values(lease_expires_us=_p("until")).returning(*LEASED_COLUMNS)
+            if returning
+            else lease_ids.values(lease_expires_us=_p("until"))
+        ),
+        read_leased=sa.select(*LEASED_COLUMNS).where(
+            tasks.c.id.in_(ids), tasks.c.state == _LEASED, tasks.c.lease_owner == _p("owner")
+        ),
         all_queues=all_queues,
         some_queues=all_queues.where(queues.c.name.in_(sa.bindparam("names", expanding=True))),
         lock_queue=lock_queue,
         in_flight=sa.select(sa.func.count())
         .select_from(tasks)
         .where(tasks.c.queue == _p("q"), tasks.c.state == _LEASED),
-        lease=lease_stmt.returning(*_LEASED_COLUMNS),
+        lease=lease_stmt.returning(*LEASED_COLUMNS),
         # Pull consumers name the lease's length themselves.
-        lease_for=lease_stmt.values(lease_expires_us=_p("until")).returning(*_LEASED_COLUMNS),
+        lease_for=lease_stmt.values(lease_expires_us=_p("until")).returning(*LEASED_COLUMNS),
         spend_tokens=sa.update(queues)
         .where(queues.c.name == _p("q"))
         .values(tokens=_p("new_tokens"), tokens_at_us=_p("now")),
-        retry=sa.update(tasks).where(mine).values(state=_PENDING, eta_us=_p("eta"), **outcome),
+        retry=sa.update(tasks)
+        .where(mine)
+        .values(
+            state=_PENDING,
+            eta_us=_p("eta"),
+            rank_us=_p("rank"),
+            failure=_p("data"),
+            **outcome,
+        ),
         finish=sa.update(tasks)
         .where(mine)
         .values(state=_p("new_state"), finished_us=_p("now"), **outcome),
+        finish_done=sa.update(tasks)
+        .where(mine)
+        .values(state=_p("new_state"), finished_us=_p("now"), result=_p("data"), **outcome),
+        finish_failed=sa.update(tasks)
+        .where(mine)
+        .values(state=_p("new_state"), finished_us=_p("now"), failure=_p("data"), **outcome),
         extend=sa.update(tasks).where(mine).values(lease_expires_us=_p("until")),
+        heartbeat=sa.update(tasks)
+        .where(mine)
+        .values(lease_expires_us=_p("until"), progress=_p("progress")),
     )
 
 
@@ -211,11 +258,14 @@ def lease(
     default_deadline_s: float,
     grace_s: float,
     lease_s: float | None = None,
+    tag: object = None,
 ) -> list[Leased]:
-    """Leases up to `want` due tasks of `queue` in ETA order, within its limits.
+    """Leases up to `want` due tasks of `queue`, within its limits.
 
-    The lease lasts each task's dispatch deadline (else `default_deadline_s`)
-    plus `grace_s`; or exactly `lease_s` when given (pull consumers).
+    In rank order (ETA, priorities; see `_pick`), or by tag: `tag` a string
+    or `_pick.OLDEST_TAG` (pull consumers). The lease lasts each task's
+    dispatch deadline (else `default_deadline_s`) plus `grace_s`; or exactly
+    `lease_s` when given (pull consumers).
     """
     if want <= 0:
         return []
@@ -240,31 +290,58 @@ def lease(
             "q": queue, "now": now_us, "n": n, "owner": owner,
             "default_deadline_s": default_deadline_s, "grace_s": grace_s,
         }  # fmt: skip
-        if lease_s is None:
-            rows = conn.execute(st.lease, params).all()
+        if lease_s is not None:
+            params["until"] = now_us + int(lease_s * 1e6)
+        ids = _pick.due_ids(conn, queue, now_us, n, tag)
+        if ids is None and st.returning:
+            rows = conn.execute(st.lease if lease_s is None else st.lease_for, params).all()
         else:
-            until = now_us + int(lease_s * 1e6)
-            rows = conn.execute(st.lease_for, {**params, "until": until}).all()
+            if ids is None:
+                ids = _pick.first_ids_by_eta(conn, queue, now_us, n)
+            rows = _lease_ids(conn, st, ids, params, lease_s is not None)
         if rows:
             conn.execute(
                 st.spend_tokens, {"q": queue, "new_tokens": tokens - len(rows), "now": now_us}
             )
-    leased = [_leased_of(r, cfg) for r in rows]
-    leased.sort(key=lambda t: (t.eta_us, t.id))
+    leased = [leased_of(r, cfg) for r in rows]
+    if len(leased) > 1:
+        leased.sort(key=_rank)
     return leased
 
 
-def _leased_of(row: Any, cfg: QueueConfig) -> Leased:
-    # Positional: the columns of _LEASED_COLUMNS are Leased's fields, in order
+def _rank(t: Leased) -> tuple[int, int]:
+    return (t.eta_us if t.rank_us is None else t.rank_us), t.id
+
+
+def _lease_ids(
+    conn: sa.Connection,
+    st: SimpleNamespace,
+    ids: Sequence[int],
+    params: dict[str, Any],
+    fixed: bool,
+) -> list[Any]:
+    """Leases the pending tasks `ids` (locked by the caller); their rows."""
+    if not ids:
+        return []
+    params = {**params, "ids": list(ids)}
+    stmt = st.lease_ids_for if fixed else st.lease_ids
+    if st.returning:
+        return list(conn.execute(stmt, params).all())
+    conn.execute(stmt, params)  # MySQL: no UPDATE ... RETURNING
+    return list(conn.execute(st.read_leased, params).all())
+
+
+def leased_of(row: Any, cfg: QueueConfig) -> Leased:
+    # Positional: the columns of LEASED_COLUMNS are Leased's fields, in order
     # (by name, a row costs about as much to read as the lease itself).
     (id_, queue, name, task_class, url, method, headers, body, oidc_email, oidc_audience,
      app_engine, deadline_s, eta_us, attempts, executions, last_status, last_error,
-     first_attempt_us, lease_owner, lease_expires_us) = row  # fmt: skip
+     first_attempt_us, lease_owner, lease_expires_us, priority, rank_us, tag) = row  # fmt: skip
     return Leased(
         id_, queue, name, task_class, url, method, json.loads(headers), bytes(body),
         oidc_email, oidc_audience, bool(app_engine), deadline_s, eta_us, attempts,
         executions, last_status, last_error, first_attempt_us, lease_owner, lease_expires_us,
-        cfg,
+        priority, rank_us, tag, cfg,
     )  # fmt: skip
 
 
@@ -283,24 +360,35 @@ def record(engine: sa.Engine, results: Sequence[Result]) -> int:
     st = _statements(engine.dialect.name)
     retries: list[dict[str, Any]] = []
     finishes: list[dict[str, Any]] = []
+    done_with_data: list[dict[str, Any]] = []
+    failed_with_data: list[dict[str, Any]] = []
     for r in results:
         params = {
             **_mine(r.task), "status": r.status, "error": r.error,
             "responded": 1 if r.responded else 0, "now": r.now_us,
         }  # fmt: skip
         if r.state is State.PENDING:
-            retries.append({**params, "eta": r.eta_us})
-        else:
+            assert r.eta_us is not None
+            retries.append(
+                {**params, "eta": r.eta_us, "rank": shifted_rank(r.task, r.eta_us), "data": r.data}
+            )
+        elif r.data is None:
             finishes.append({**params, "new_state": r.state.value})
+        elif r.state is State.DONE:
+            done_with_data.append({**params, "new_state": r.state.value, "data": r.data})
+        else:
+            failed_with_data.append({**params, "new_state": r.state.value, "data": r.data})
     kept = 0
+    batches = (
+        (st.retry, retries), (st.finish, finishes), (st.finish_done, done_with_data),
+        (st.finish_failed, failed_with_data),
+    )  # fmt: skip
     with _db.write_txn(engine) as conn:
         # executemany: one statement for the batch, not one round trip per task.
-        for stmt, batch in ((st.retry, retries), (st.finish, finishes)):
+        for stmt, batch in batches:
             if batch:
                 kept += conn.execute(stmt, batch).rowcount
-        exact = conn.dialect.supports_sane_multi_rowcount or (
-            len(retries) <= 1 and len(finishes) <= 1
-        )
+        exact = conn.dialect.supports_sane_multi_rowcount or all(len(b) <= 1 for _, b in batches)
     if exact and kept < len(results):
         log.warning(
             "tq.dbqueue: %d of %d outcomes were not recorded: their leases were lost "
@@ -311,89 +399,14 @@ def record(engine: sa.Engine, results: Sequence[Result]) -> int:
     return kept
 
 
-def extend(engine: sa.Engine, t: Leased, until_us: int) -> bool:
-    """Moves a held lease's expiry; False if the lease was lost."""
+def extend(engine: sa.Engine, t: Leased, until_us: int, progress: str | None = None) -> bool:
+    """Moves a held lease's expiry (and records `progress` if given); False if the
+    lease was lost."""
     st = _statements(engine.dialect.name)
+    params = {**_mine(t), "until": until_us}
     with engine.begin() as conn:
-        res = conn.execute(st.extend, {**_mine(t), "until": until_us})
+        if progress is None:
+            res = conn.execute(st.extend, params)
+        else:
+            res = conn.execute(st.heartbeat, {**params, "progress": progress})
     return bool(res.rowcount)
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class _Expired:
-    id: int
-    queue: str
-    name: str
-    attempts: int
-    first_attempt_us: int
-    lease_owner: str
-
-
-def reclaim_expired(
-    engine: sa.Engine, *, now_us: int, limit: int = 500, queue: str | None = None
-) -> int:
-    """Returns tasks whose lease expired to their queue (or fails them); returns how many.
-
-    An expired lease is a failed attempt without a response (the worker died
-    or hung): the task is retried after the queue's backoff, or marked
-    FAILED when the queue's retry limits are reached.
-    """
-    stmt = (
-        sa.select(
-            tasks.c.id, tasks.c.queue, tasks.c.name, tasks.c.attempts,
-            tasks.c.first_attempt_us, tasks.c.lease_owner,
-        )
-        .where(tasks.c.state == _LEASED, tasks.c.lease_expires_us <= now_us)
-        .limit(limit)
-    )  # fmt: skip
-    if queue is not None:
-        stmt = stmt.where(tasks.c.queue == queue)
-    with engine.connect() as conn:
-        expired = [_Expired(*r) for r in conn.execute(stmt)]
-    if not expired:
-        return 0
-    done = 0
-    with _db.write_txn(engine) as conn:
-        configs = {
-            q.name: q.config
-            for q in map(
-                state_of,
-                conn.execute(
-                    sa.select(queues).where(queues.c.name.in_({e.queue for e in expired}))
-                ),
-            )
-        }
-        for e in expired:
-            cfg = configs.get(e.queue) or QueueConfig(e.queue)
-            since = from_us(now_us) - from_us(e.first_attempt_us or now_us)
-            values: dict[str, Any] = {
-                "lease_owner": None, "lease_expires_us": None, "last_status": None,
-                "last_error": "lease expired (no response within the dispatch deadline)",
-            }  # fmt: skip
-            if cfg.gives_up(e.attempts, since):
-                values.update(state=State.FAILED.value, finished_us=now_us)
-            else:
-                backoff_us = int(cfg.backoff(e.attempts).total_seconds() * 1e6)
-                values.update(state=_PENDING, eta_us=now_us + backoff_us)
-            res = conn.execute(
-                sa.update(tasks)
-                .where(
-                    tasks.c.id == e.id,
-                    tasks.c.state == _LEASED,
-                    tasks.c.lease_owner == e.lease_owner,
-                    tasks.c.attempts == e.attempts,
-                    tasks.c.lease_expires_us <= now_us,
-                )
-                .values(values)
-            )
-            if res.rowcount:
-                done += 1
-                log.warning(
-                    "tq.dbqueue: task %s/%s: lease of %s (attempt %d) expired; %s",
-                    e.queue,
-                    e.name,
-                    e.lease_owner,
-                    e.attempts,
-                    values["state"],
-                )
-    return done

@@ -66,18 +66,15 @@ def apply_queues(engine: sa.Engine, configs: Iterable[QueueConfig]) -> None:
     with _db.write_txn(engine) as conn:
         for cfg in configs:
             cfg.validate()
-            stmt = _db.insert(conn, queues).values(**_new_row(cfg, now_us))
-            stmt = stmt.on_conflict_do_update(
-                index_elements=[queues.c.name],
-                set_={**config_values(cfg), "updated_us": now_us},
-            )
-            conn.execute(stmt)
+            _db.upsert(
+                conn, queues, _new_row(cfg, now_us), ["name"],
+                {**config_values(cfg), "updated_us": now_us},
+            )  # fmt: skip
 
 
 def ensure_queue(conn: sa.Connection, name: str) -> None:
     """Creates queue `name` with the default configuration unless it exists."""
-    stmt = _db.insert(conn, queues).values(**_new_row(QueueConfig(name), to_us(clock.now())))
-    conn.execute(stmt.on_conflict_do_nothing(index_elements=[queues.c.name]))
+    _db.insert_ignore(conn, queues, _new_row(QueueConfig(name), to_us(clock.now())), ["name"])
 
 
 def queue_exists(conn: sa.Connection, name: str) -> bool:

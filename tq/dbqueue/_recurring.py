@@ -112,14 +112,8 @@ class Recurring:
             "updated_us": now_us,
         }
         with _db.write_txn(self.engine) as conn:
-            stmt = _db.insert(conn, recurring).values(**row)
             keep = {"name", "created_us", "last_run_us"}
-            conn.execute(
-                stmt.on_conflict_do_update(
-                    index_elements=[recurring.c.name],
-                    set_={k: stmt.excluded[k] for k in row if k not in keep},
-                )
-            )
+            _db.upsert(conn, recurring, row, ["name"], [k for k in row if k not in keep])
 
     def remove(self, name: str) -> bool:
         """Stops a recurring task; False if there is none by that name."""

@@ -14,17 +14,23 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
+from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import mysql
 
 from tq._errors import ConfigError
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 """The version of the tables below; `create_schema` records it.
 
 1: tasks, queues, recurring. 2: adds `tq_cron` (the cron schedules of task
 classes). 3: adds `tq_subscriptions` (topics' subscriptions, see
 `tq.dbqueue._topics`). Creating the missing table is each whole migration.
+4: adds the columns `priority`, `rank_us`, `tag`, `progress`, `result`,
+`failure` to `tq_tasks` and `max_pending` to `tq_recurring`, and the indexes
+`ix_tq_tasks_priority` and `ix_tq_tasks_tag` (`create_schema` adds what is
+missing with ALTER TABLE / CREATE INDEX).
 """
 
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
@@ -56,6 +62,17 @@ metadata = sa.MetaData()
 
 # SQLite aliases only "INTEGER PRIMARY KEY" to the rowid.
 _ID = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+# MySQL's BLOB and TEXT hold 64 KiB; a task (body, headers) may be 1 MiB.
+_BYTES = sa.LargeBinary().with_variant(mysql.LONGBLOB(), "mysql", "mariadb")
+_TEXT = sa.Text().with_variant(mysql.MEDIUMTEXT(), "mysql", "mariadb")
+# MySQL's FLOAT is single precision.
+_FLOAT = sa.Float().with_variant(mysql.DOUBLE(asdecimal=False), "mysql", "mariadb")
+# Names compare byte for byte ("A" is not "a"), as on SQLite and PostgreSQL.
+_MYSQL: dict[str, Any] = {
+    "mysql_charset": "utf8mb4",
+    "mysql_collate": "utf8mb4_bin",
+    "mysql_engine": "InnoDB",
+}
 
 tasks = sa.Table(
     "tq_tasks",
@@ -69,12 +86,12 @@ tasks = sa.Table(
     # The request: an absolute URL (HTTP targets) or a relative URI (App Engine).
     sa.Column("url", sa.Text(), nullable=False),
     sa.Column("method", sa.String(8), nullable=False),
-    sa.Column("headers", sa.Text(), nullable=False),  # a JSON object
-    sa.Column("body", sa.LargeBinary(), nullable=False),
+    sa.Column("headers", _TEXT, nullable=False),  # a JSON object
+    sa.Column("body", _BYTES, nullable=False),
     sa.Column("oidc_email", sa.String(320)),
     sa.Column("oidc_audience", sa.Text()),
     sa.Column("app_engine", sa.Boolean(), nullable=False),
-    sa.Column("dispatch_deadline_s", sa.Float()),
+    sa.Column("dispatch_deadline_s", _FLOAT),
     sa.Column("state", sa.String(8), nullable=False),
     sa.Column("eta_us", sa.BigInteger(), nullable=False),
     # Dispatch attempts so far; the retry count of the running attempt is attempts - 1.
@@ -91,32 +108,62 @@ tasks = sa.Table(
     sa.Column("finished_us", sa.BigInteger()),
     # How long the name stays taken after the task finishes; NULL for generated names.
     sa.Column("reserve_us", sa.BigInteger()),
+    # Version 4. Higher runs first; 0 for most tasks (see _lease: priorities).
+    sa.Column("priority", sa.Integer(), nullable=False, server_default=sa.text("0")),
+    # Set when priority != 0: eta_us less the priority's head start. Tasks of
+    # priority 0 rank by eta_us.
+    sa.Column("rank_us", sa.BigInteger()),
+    sa.Column("tag", sa.String(500)),  # pull consumers lease by tag
+    sa.Column("progress", _TEXT),  # the holder's last report (heartbeat), as it gave it
+    sa.Column("result", _BYTES),  # what the task produced (size-limited)
+    sa.Column("failure", _BYTES),  # what the last failed attempt said (size-limited)
     sa.UniqueConstraint("queue", "name", name="uq_tq_tasks_queue_name"),
     sa.Index("ix_tq_tasks_due", "queue", "state", "eta_us"),
     sa.Index("ix_tq_tasks_lease", "state", "lease_expires_us"),
     sa.Index("ix_tq_tasks_finished", "finished_us"),
+    # Partial where the database has them, so that tasks of priority 0 and
+    # without a tag (the common case) cost no index entry.
+    sa.Index(
+        "ix_tq_tasks_priority",
+        "queue",
+        "state",
+        "rank_us",
+        sqlite_where=sa.text("priority <> 0"),
+        postgresql_where=sa.text("priority <> 0"),
+    ),
+    sa.Index(
+        "ix_tq_tasks_tag",
+        "queue",
+        "tag",
+        "state",
+        "eta_us",
+        sqlite_where=sa.text("tag IS NOT NULL"),
+        postgresql_where=sa.text("tag IS NOT NULL"),
+    ),
     sqlite_autoincrement=True,  # never reuse an ID a stale lease may still name
+    **_MYSQL,
 )
 
 queues = sa.Table(
     "tq_queues",
     metadata,
     sa.Column("name", sa.String(100), primary_key=True),
-    sa.Column("rate_per_s", sa.Float(), nullable=False),
+    sa.Column("rate_per_s", _FLOAT, nullable=False),
     sa.Column("bucket_size", sa.Integer(), nullable=False),
     sa.Column("max_concurrent", sa.Integer(), nullable=False),  # 0: unlimited
     sa.Column("max_attempts", sa.Integer(), nullable=False),  # -1: unlimited
-    sa.Column("max_retry_duration_s", sa.Float(), nullable=False),  # 0: unlimited
-    sa.Column("min_backoff_s", sa.Float(), nullable=False),
-    sa.Column("max_backoff_s", sa.Float(), nullable=False),
+    sa.Column("max_retry_duration_s", _FLOAT, nullable=False),  # 0: unlimited
+    sa.Column("min_backoff_s", _FLOAT, nullable=False),
+    sa.Column("max_backoff_s", _FLOAT, nullable=False),
     sa.Column("max_doublings", sa.Integer(), nullable=False),
     sa.Column("pull", sa.Boolean(), nullable=False),  # a pull queue: never pushed
     sa.Column("paused", sa.Boolean(), nullable=False),
     # The token bucket, shared by every worker: tokens as of tokens_at_us.
-    sa.Column("tokens", sa.Float(), nullable=False),
+    sa.Column("tokens", _FLOAT, nullable=False),
     sa.Column("tokens_at_us", sa.BigInteger(), nullable=False),
     sa.Column("created_us", sa.BigInteger(), nullable=False),
     sa.Column("updated_us", sa.BigInteger(), nullable=False),
+    **_MYSQL,
 )
 
 recurring = sa.Table(
@@ -125,13 +172,16 @@ recurring = sa.Table(
     sa.Column("name", sa.String(100), primary_key=True),
     sa.Column("queue", sa.String(100), nullable=False),
     sa.Column("task_class", sa.String(100), nullable=False),
-    sa.Column("request", sa.LargeBinary(), nullable=False),  # a serialized CreateTaskRequest
+    sa.Column("request", _BYTES, nullable=False),  # a serialized CreateTaskRequest
     sa.Column("every_us", sa.BigInteger(), nullable=False),
     sa.Column("next_run_us", sa.BigInteger(), nullable=False),
     sa.Column("last_run_us", sa.BigInteger()),
     sa.Column("created_us", sa.BigInteger(), nullable=False),
     sa.Column("updated_us", sa.BigInteger(), nullable=False),
+    # Version 4: no new run while this many earlier ones are live (NULL: no limit).
+    sa.Column("max_pending", sa.Integer()),
     sa.Index("ix_tq_recurring_next", "next_run_us"),
+    **_MYSQL,
 )
 
 # One row per cron-scheduled task class (see _cron): the next tick to fire.
@@ -147,6 +197,7 @@ cron = sa.Table(
     sa.Column("last_fired_us", sa.BigInteger()),  # when it was fired
     sa.Column("created_us", sa.BigInteger(), nullable=False),
     sa.Column("updated_us", sa.BigInteger(), nullable=False),
+    **_MYSQL,
 )
 
 # One row per subscription of a topic (see _topics): where its messages go.
@@ -162,6 +213,7 @@ subscriptions = sa.Table(
     sa.Column("created_us", sa.BigInteger(), nullable=False),
     sa.Column("updated_us", sa.BigInteger(), nullable=False),
     sa.Index("ix_tq_subscriptions_topic", "topic"),
+    **_MYSQL,
 )
 
 meta = sa.Table(
@@ -169,6 +221,7 @@ meta = sa.Table(
     metadata,
     sa.Column("key", sa.String(100), primary_key=True),
     sa.Column("value", sa.Text(), nullable=False),
+    **_MYSQL,
 )
 
 
@@ -187,11 +240,19 @@ def create_schema(engine: sa.Engine) -> None:
     """Creates the database queue's tables and indexes if missing; idempotent.
 
     Records SCHEMA_VERSION in `tq_dbqueue_meta`, upgrading an older
-    recorded version (every migration so far only adds tables, which this
-    creates). Refuses (ConfigError) a database whose recorded version is
-    newer than this code knows.
+    recorded version (every migration so far only adds tables, columns and
+    indexes, which this adds). Refuses (ConfigError) a database whose
+    recorded version is newer than this code knows.
     """
+    found = schema_version(engine)
+    if found is not None and found > SCHEMA_VERSION:
+        raise ConfigError(
+            f"the database queue schema is version {found}, newer than this tq "
+            f"(version {SCHEMA_VERSION}); upgrade tq"
+        )
     metadata.create_all(engine, checkfirst=True)
+    if found is not None and found < SCHEMA_VERSION:
+        _add_missing_columns(engine)
     found = schema_version(engine)
     if found is None:
         try:
@@ -261,6 +322,29 @@ def schema_sql(dialect: str) -> str:
         out.append("")
     out.append(version.format(v=SCHEMA_VERSION))
     return "\n".join(out)
+
+
+def _add_missing_columns(engine: sa.Engine) -> None:
+    """Adds the columns and indexes of this version that an older schema lacks."""
+    from sqlalchemy.schema import CreateColumn
+
+    insp = sa.inspect(engine)
+    for table in metadata.sorted_tables:
+        have = {c["name"] for c in insp.get_columns(table.name)}
+        indexes = {i["name"] for i in insp.get_indexes(table.name)}
+        for col in table.columns:
+            if col.name in have:
+                continue
+            spec = CreateColumn(col).compile(dialect=engine.dialect)
+            try:
+                with engine.begin() as conn:
+                    conn.exec_driver_sql(f"ALTER TABLE {table.name} ADD COLUMN {spec}")
+            except sa.exc.DBAPIError:  # another process added it first
+                if col.name not in {c["name"] for c in sa.inspect(engine).get_columns(table.name)}:
+                    raise
+        for index in table.indexes:
+            if index.name not in indexes:
+                index.create(engine, checkfirst=True)
 
 
 def schema_version(engine: sa.Engine) -> int | None:

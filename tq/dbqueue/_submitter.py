@@ -23,6 +23,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from tq import clock
 from tq._errors import SubmitError
 from tq._submitter import Submission
+from tq._task import PRIORITY_HEADER, TAG_HEADER
 from tq._taskclass import FULL_QUEUE_RE
 from tq._topic import is_publish
 from tq.dbqueue import _db, _queuedb, _topics, _wakeup
@@ -30,6 +31,8 @@ from tq.dbqueue._schema import State, tasks, to_us
 
 TOMBSTONE_WINDOW = dt.timedelta(hours=1)
 """How long a finished task's name stays taken by default (Cloud Tasks: ~1 hour)."""
+PRIORITY_STEP = dt.timedelta(seconds=1)
+"""The head start one point of `Task.priority` gives by default (see `_pick`)."""
 
 _TASK_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,500}$")
 # Keys of Connection.info (with the submitter's id: several submitters may
@@ -76,6 +79,10 @@ class DbQueueSubmitter:
         for local runs); when False, a task for a queue that was never
         configured raises SubmitError NOT_FOUND, as Cloud Tasks does.
       random_bytes: the source of generated task names (default os.urandom).
+      priority_step: the head start each point of `Task.priority` gives a
+        task over tasks that became due before it (default 1 s): a task of
+        priority p ranks as if due p x step earlier. Use one step per
+        database.
 
     Raises `tq.SubmitError`: ALREADY_EXISTS for a name in use or within its
     tombstone window, NOT_FOUND for an unknown queue (see above),
@@ -91,10 +98,14 @@ class DbQueueSubmitter:
         tombstone_window: dt.timedelta = TOMBSTONE_WINDOW,
         auto_create_queues: bool = True,
         random_bytes: Callable[[int], bytes] = os.urandom,
+        priority_step: dt.timedelta = PRIORITY_STEP,
     ) -> None:
         _db.check_dialect(engine)
         if tombstone_window < dt.timedelta(0):
             raise ValueError("tombstone_window must not be negative")
+        if priority_step < dt.timedelta(0):
+            raise ValueError("priority_step must not be negative")
+        self.priority_step_us = int(priority_step.total_seconds() * 1_000_000)
         self.engine = engine
         self.tombstone_window = tombstone_window
         self.auto_create_queues = auto_create_queues
@@ -267,6 +278,7 @@ class DbQueueSubmitter:
             now_us=to_us(clock.now()),
             reserve_us=int(self.tombstone_window.total_seconds() * 1_000_000),
             generated_name=self.random_bytes(16).hex,
+            priority_step_us=self.priority_step_us,
         )
 
 
@@ -277,10 +289,13 @@ def task_row(
     now_us: int,
     reserve_us: int,
     generated_name: Callable[[], str],
+    priority_step_us: int = 1_000_000,
 ) -> dict[str, Any]:
     """The values of a new `tq_tasks` row of a CreateTaskRequest; SubmitError if malformed.
 
     Holds the columns `insert_task` binds; the rest take a new task's values.
+    A priority or tag (the request's X-Tq-Priority / X-Tq-Tag headers) adds
+    "priority", "rank_us" and "tag".
     """
     parent: str = req.parent  # type: ignore[attr-defined]
     queue = _queue_id(parent)
@@ -319,13 +334,28 @@ def task_row(
     deadline = None
     if t.HasField("dispatch_deadline"):
         deadline = t.dispatch_deadline.seconds + t.dispatch_deadline.nanos / 1e9
-    return {
+    headers = h.headers
+    row = {
         "queue": queue, "name": name, "task_class": task_class,
-        "url": url, "method": method, "headers": _headers_json(h.headers),
+        "url": url, "method": method, "headers": _headers_json(headers),
         "body": h.body, "oidc_email": oidc_email, "oidc_audience": oidc_audience,
         "app_engine": app_engine, "dispatch_deadline_s": deadline, "eta_us": eta_us,
         "created_us": now_us, "reserve_us": reserve,
     }  # fmt: skip
+    if PRIORITY_HEADER in headers or TAG_HEADER in headers:
+        _add_priority_and_tag(row, headers, priority_step_us)
+    return row
+
+
+def _add_priority_and_tag(row: dict[str, Any], headers: Any, step_us: int) -> None:
+    raw = headers.get(PRIORITY_HEADER, "0")
+    try:
+        priority = int(raw)
+    except ValueError:
+        raise _invalid(f"{PRIORITY_HEADER} {raw!r} is not an integer") from None
+    row["priority"] = priority
+    row["rank_us"] = row["eta_us"] - priority * step_us if priority else None
+    row["tag"] = headers.get(TAG_HEADER) or None
 
 
 # The columns of a new row that `task_row` gives (bound in this order); those
@@ -350,22 +380,38 @@ def insert_task(conn: sa.Connection, row: dict[str, Any]) -> bool:
     that row have been deleted meanwhile).
     """
     dialect = conn.dialect.name
-    if conn.exec_driver_sql(_fast_insert(dialect), _bound_values(row)).rowcount == 1:
+    if "priority" in row:
+        sql, values = _fast_insert_ext(dialect), (*_bound_values(row), *_ext_values(row))
+    else:
+        sql, values = _fast_insert(dialect), _bound_values(row)
+    if conn.exec_driver_sql(sql, values).rowcount == 1:
         return True
-    full = {**_ALL_NULL, **row, **_NEW_TASK}
+    full = {**_ALL_NULL, "priority": 0, **row, **_NEW_TASK}
+    if _db.is_mysql(conn):
+        return _reuse_mysql(conn, full)
     return conn.execute(_reuse_statement(dialect), full).first() is not None
 
 
+_EXT = ("priority", "rank_us", "tag")
+_ext_values = operator.itemgetter(*_EXT)
+
+
 @functools.cache
-def _fast_insert(dialect: str) -> str:
+def _fast_insert(dialect: str, bound: tuple[str, ...] = _BOUND) -> str:
     # Plain SQL in the driver's positional style (sqlite3: qmark, psycopg: format).
     mark = "?" if dialect == "sqlite" else "%s"
     consts = [f"'{v}'" if isinstance(v, str) else str(v) for v in _NEW_TASK.values()]
-    return (
-        f"INSERT INTO {tasks.name} ({', '.join([*_BOUND, *_NEW_TASK])}) "
-        f"VALUES ({', '.join([mark] * len(_BOUND) + consts)}) "
-        "ON CONFLICT (queue, name) DO NOTHING"
-    )
+    columns = f"{tasks.name} ({', '.join([*bound, *_NEW_TASK])})"
+    values = f"VALUES ({', '.join([mark] * len(bound) + consts)})"
+    if dialect in _db.MYSQL_DIALECTS:
+        # Ignores the duplicate name (the row values are checked before: the
+        # errors IGNORE would also hide cannot happen).
+        return f"INSERT IGNORE INTO {columns} {values}"
+    return f"INSERT INTO {columns} {values} ON CONFLICT (queue, name) DO NOTHING"
+
+
+def _fast_insert_ext(dialect: str) -> str:
+    return _fast_insert(dialect, (*_BOUND, *_EXT))
 
 
 @functools.cache
@@ -381,6 +427,24 @@ def _reuse_statement(dialect: str) -> Any:
         set_={c.name: stmt.excluded[c.name] for c in tasks.c if c.name != "id"},
         where=reusable,
     ).returning(tasks.c.id)
+
+
+def _reuse_mysql(conn: sa.Connection, full: dict[str, Any]) -> bool:
+    """The reuse upsert on MySQL (whose upsert cannot say whether it wrote): takes
+    the conflicting row's lock, overwrites it if finished and past its window."""
+    key = (tasks.c.queue == full["queue"], tasks.c.name == full["name"])
+    found = conn.execute(
+        sa.select(tasks.c.id, tasks.c.finished_us, tasks.c.reserve_us).where(*key).with_for_update()
+    ).first()
+    if found is None:  # deleted meanwhile (retention): insert again
+        return bool(conn.execute(sa.insert(tasks).prefix_with("IGNORE").values(full)).rowcount)
+    if (
+        found.finished_us is None
+        or found.finished_us + (found.reserve_us or 0) > full["created_us"]
+    ):
+        return False
+    conn.execute(sa.update(tasks).where(tasks.c.id == found.id).values(full))
+    return True
 
 
 # Cloud Tasks' HttpMethod numbers by name; unspecified means POST.

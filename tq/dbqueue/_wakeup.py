@@ -39,8 +39,18 @@ class Waiter:
             pass  # the worker's loop is closed; it is not waiting any more
 
 
+class ThreadWaiter:
+    """A wakeup for a blocking caller (a pull lease that waits): a threading.Event."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+
+    def wake(self) -> None:
+        self.event.set()
+
+
 _lock = threading.Lock()
-_waiters: dict[str, set[Waiter]] = {}
+_waiters: dict[str, set[Waiter | ThreadWaiter]] = {}
 
 
 def subscribe(key: str) -> Waiter:
@@ -51,7 +61,15 @@ def subscribe(key: str) -> Waiter:
     return waiter
 
 
-def unsubscribe(key: str, waiter: Waiter) -> None:
+def subscribe_thread(key: str) -> ThreadWaiter:
+    """A ThreadWaiter woken by `notify(key)`, for blocking code in any thread."""
+    waiter = ThreadWaiter()
+    with _lock:
+        _waiters.setdefault(key, set()).add(waiter)
+    return waiter
+
+
+def unsubscribe(key: str, waiter: Waiter | ThreadWaiter) -> None:
     with _lock:
         ws = _waiters.get(key)
         if ws is not None:

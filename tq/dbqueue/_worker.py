@@ -18,7 +18,7 @@ import sqlalchemy as sa
 
 from tq import _metrics, clock
 from tq._dispatcher import Dispatcher
-from tq.dbqueue import _cron, _db, _gauges, _lease, _recurring, _wakeup
+from tq.dbqueue import _cron, _db, _gauges, _lease, _reclaim, _recurring, _wakeup
 from tq.dbqueue._delivery import Attempt, Pusher, Signer
 from tq.dbqueue._lease import Leased, Result
 from tq.dbqueue._schema import State, to_us
@@ -300,7 +300,7 @@ class Worker:
         `checkpoint`: also checkpoints a SQLite WAL (`_db.checkpoint`), here
         rather than in whichever commit crosses the autocheckpoint threshold.
         """
-        n = _lease.reclaim_expired(self.engine, now_us=now_us)
+        n = _reclaim.reclaim_expired(self.engine, now_us=now_us)
         n += _recurring.fire_due(self.engine, now_us=now_us)
         if self.dispatcher is not None:
             n += _cron.fire_schedules(self.engine, self.dispatcher, now_us=now_us)
