@@ -109,7 +109,7 @@ def _info(row: Any) -> TaskInfo:
         first_attempt=_opt(m["first_attempt_us"]), last_attempt=_opt(m["last_attempt_us"]),
         finished=_opt(m["finished_us"]), lease_owner=m["lease_owner"],
         lease_expires=_opt(m["lease_expires_us"]), headers=m["headers"], body=bytes(m["body"]),
-        lease_expires=_opt(m["lease_expires_us"]), priority=m["priority"], tag=m["tag"],
+        priority=m["priority"], tag=m["tag"],
         progress=m["progress"], result=_bytes(m["result"]), failure=_bytes(m["failure"]),
     )  # fmt: skip
 
