@@ -22,6 +22,7 @@ import tq
 import tq.txn.sql
 import tqtesting
 from tests.testpb import payloads_pb2 as pb
+from tq import dbqueue
 from tq.cli._errors import CONFIG, FAILED
 from tq.cli._main import cli
 from tq.cli._wiring import sql_engine
@@ -98,15 +99,15 @@ def test_db_init_creates_outbox_and_queue_tables_and_is_idempotent(db_url: str) 
     again = rows("db", "migrate", "--db", db_url)
 
     assert [(r["part"], r["before"], r["after"]) for r in first] == [
-        ("outbox", None, 2), ("dbqueue", None, 2),
+        ("outbox", None, 2), ("dbqueue", None, dbqueue.SCHEMA_VERSION),
     ]  # fmt: skip
     assert [(r["part"], r["before"], r["after"]) for r in again] == [
-        ("outbox", 2, 2), ("dbqueue", 2, 2),
+        ("outbox", 2, 2), ("dbqueue", dbqueue.SCHEMA_VERSION, dbqueue.SCHEMA_VERSION),
     ]  # fmt: skip
     e = sql_engine(db_url)
     try:
         tables = set(sa.inspect(e).get_table_names())
-        # A version-1 database queue (before cron schedules) migrates to 2.
+        # A version-1 database queue (before cron schedules) migrates to the latest.
         with e.begin() as conn:
             conn.execute(sa.text("DROP TABLE tq_cron"))
             conn.execute(sa.text("UPDATE tq_dbqueue_meta SET value = '1'"))
@@ -114,7 +115,7 @@ def test_db_init_creates_outbox_and_queue_tables_and_is_idempotent(db_url: str) 
         e.dispose()
     assert {"tq_reminders", "tq_leases", "tq_tasks", "tq_queues", "tq_cron"} <= tables
     migrated = rows("db", "migrate", "--db", db_url, "--only", "dbqueue")
-    assert [(r["before"], r["after"], r["latest"]) for r in migrated] == [(1, 2, 2)]
+    assert [(r["before"], r["after"], r["latest"]) for r in migrated] == [(1, dbqueue.SCHEMA_VERSION, dbqueue.SCHEMA_VERSION)]
 
 
 def test_db_init_only_one_part(tmp_path: Path) -> None:
