@@ -115,7 +115,9 @@ def test_db_init_creates_outbox_and_queue_tables_and_is_idempotent(db_url: str) 
         e.dispose()
     assert {"tq_reminders", "tq_leases", "tq_tasks", "tq_queues", "tq_cron"} <= tables
     migrated = rows("db", "migrate", "--db", db_url, "--only", "dbqueue")
-    assert [(r["before"], r["after"], r["latest"]) for r in migrated] == [(1, dbqueue.SCHEMA_VERSION, dbqueue.SCHEMA_VERSION)]
+    assert [(r["before"], r["after"], r["latest"]) for r in migrated] == [
+        (1, dbqueue.SCHEMA_VERSION, dbqueue.SCHEMA_VERSION)
+    ]
 
 
 def test_db_init_only_one_part(tmp_path: Path) -> None:

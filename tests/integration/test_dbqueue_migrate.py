@@ -52,4 +52,5 @@ def test_a_version_2_queue_gains_the_new_columns_and_keeps_its_tasks(
     assert (t.name, t.priority, t.tag) == ("old", 0, None)
     assert puller.complete(t, result=b"fine")
     info = dbqueue.Admin(engine).get_task("q", "old")
-    assert info is not None and info.result == b"fine"
+    assert info is not None
+    assert info.result == b"fine"
