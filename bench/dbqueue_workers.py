@@ -96,7 +96,7 @@ async def baseline(n: int, concurrency: int, direct: bool) -> float:
         async def one(i: int) -> None:
             async with sem:
                 if direct:
-                    status, _ = await _asgi_call.call(
+                    status, _, _ = await _asgi_call.call(
                         target, "POST", PUSH_URL, push_headers(i), body
                     )
                 else:

@@ -55,6 +55,7 @@ class PushResult:
     outcome: str  # ok, fatal, ignore, retry, transient, error, or a rejection reason
     class_id: str = ""
     error: BaseException | None = None
+    result: bytes | None = None  # what the handler returned (bytes, or str as UTF-8)
 
     @property
     def done(self) -> bool:
@@ -169,19 +170,19 @@ async def _handle(
     token = enter(info)
     try:
         if _is_async(handler):
-            await handler(payload)  # type: ignore[misc]  # _is_async: a coroutine function
+            returned = await handler(payload)  # type: ignore[misc]  # _is_async: a coroutine function
         else:
             # Sync handlers run in a thread (with this context) so they
             # never block the event loop.
             scope = dispatcher.sync_handler_scope
             if scope is None:
-                await asyncio.to_thread(handler, payload)
+                returned = await asyncio.to_thread(handler, payload)
             else:
-                await asyncio.to_thread(_in_scope, scope, handler, payload)
+                returned = await asyncio.to_thread(_in_scope, scope, handler, payload)
     except Exception as e:
         result = _outcome_of(e, cls.id, info, cls.quiet_on_error)
     else:
-        result = PushResult(200, "ok", cls.id)
+        result = _OK[cls.id] if returned is None else _ok_with(cls.id, returned)
     finally:
         leave(token)
         with _running_lock:
@@ -194,9 +195,30 @@ def _in_scope(
     scope: Callable[[], contextlib.AbstractContextManager[object]],
     handler: Callable[[object], object],
     payload: object,
-) -> None:
+) -> object:
     with scope():
-        handler(payload)
+        return handler(payload)
+
+
+class _OkResults(dict[str, PushResult]):
+    """The plain success result of each class, made once."""
+
+    def __missing__(self, class_id: str) -> PushResult:
+        r = self[class_id] = PushResult(200, "ok", class_id)
+        return r
+
+
+_OK = _OkResults()
+
+
+def _ok_with(class_id: str, returned: object) -> PushResult:
+    """Success with the handler's result: bytes, or str as UTF-8; other values
+    are not results (ignored, as before handlers could return one)."""
+    if isinstance(returned, str):
+        returned = returned.encode()
+    if not isinstance(returned, bytes):
+        return _OK[class_id]
+    return PushResult(200, "ok", class_id, result=returned)
 
 
 _async_handlers: weakref.WeakKeyDictionary[Callable[..., object], bool] = (

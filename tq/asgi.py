@@ -237,7 +237,10 @@ class _Endpoint:
             log.debug(
                 "tq: push %s -> %d %s", _where(class_id, headers), result.status, result.outcome
             )
-        await _respond(send, result.status, result.outcome)
+        if result.result is not None:
+            await _respond_result(send, result.status, result.result)
+        else:
+            await _respond(send, result.status, result.outcome)
 
     async def _launcher_refusal(self, request: Request, what: str) -> Response | None:
         """None if the caller may launch sweeps and cron ticks, else the refusal."""
@@ -405,10 +408,25 @@ async def _respond(send: Send, status: int, outcome: str) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
+RESULT_HEADER = "x-tq-result"
+"""Marks a push response whose body is the handler's result (the database queue keeps it)."""
+
+
+async def _respond_result(send: Send, status: int, body: bytes) -> None:
+    headers = [
+        (b"content-length", str(len(body)).encode()),
+        (b"content-type", b"application/octet-stream"),
+        (RESULT_HEADER.encode(), b"1"),
+    ]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
 __all__ = [
     "DEFAULT_MAX_BODY_BYTES",
     "GOOGLE_CERTS_URL",
     "INSECURE_NO_AUTH",
+    "RESULT_HEADER",
     "OIDCVerifier",
     "app",
     "routes",

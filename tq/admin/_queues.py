@@ -7,8 +7,10 @@ Cloud Tasks.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
@@ -76,6 +78,7 @@ def task_row(t: TaskInfo, *, full: bool = False) -> dict[str, Any]:
         "queue": t.queue, "name": t.name, "task_class": t.task_class, "state": t.state.value,
         "eta": t.eta, "attempts": t.attempts, "last_status": t.last_status,
         "last_error": t.last_error, "url": t.url, "created": t.created,
+        "priority": t.priority, "tag": t.tag, "progress": t.progress,
     }  # fmt: skip
     if full:
         try:
@@ -85,7 +88,8 @@ def task_row(t: TaskInfo, *, full: bool = False) -> dict[str, Any]:
         row.update(
             method=t.method, headers=headers, body=t.body, executions=t.executions,
             first_attempt=t.first_attempt, last_attempt=t.last_attempt, finished=t.finished,
-            lease_owner=t.lease_owner, lease_expires=t.lease_expires,
+            lease_owner=t.lease_owner, lease_expires=t.lease_expires, result=t.result,
+            failure=t.failure,
         )  # fmt: skip
     return row
 
@@ -181,6 +185,27 @@ class DbQueueAdmin:
     def run_task(self, queue: str, name: str) -> bool:
         """Makes a pending task due now or gives a failed one a fresh start; else False."""
         return self.admin.run_task(queue, name)
+
+    def count_tasks(self, queue: str | None, state: str | None, task_class: str | None) -> int:
+        """How many tasks match the filters (None matches everything)."""
+        self._check_state(state)
+        return self.admin.count_tasks(queue=queue, state=state, task_class=task_class)
+
+    def clean(
+        self,
+        queue: str | None,
+        state: str | None,
+        task_class: str | None,
+        *,
+        dry_run: bool = False,
+        progress: Callable[[int], None] | None = None,
+    ) -> dict[str, Any]:
+        """Deletes tasks by filters (see `tq.dbqueue.Admin.clean`); what it did as a row."""
+        self._check_state(state)
+        c = self.admin.clean(
+            queue=queue, state=state, task_class=task_class, dry_run=dry_run, progress=progress
+        )
+        return dataclasses.asdict(c)
 
     def count_by_state(self, queue: str) -> dict[str, int] | None:
         return {s.value: n for s, n in self.admin.count_by_state(queue).items()}

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from tq.admin import QueueAdmin
+from tq.admin import DbQueueAdmin, QueueAdmin
 from tq.cli import _output
 from tq.cli._backends import (
     QUEUE_COLUMNS,
@@ -17,7 +17,7 @@ from tq.cli._backends import (
     open_backend,
     refusals_as_config_errors,
 )
-from tq.cli._errors import FAILED, fail
+from tq.cli._errors import CONFIG, FAILED, fail
 from tq.cli._options import Config, settings_options
 
 _backend_opts = settings_options(
@@ -134,8 +134,58 @@ def list_tasks(
     """List tasks (oldest first on the database queue)."""
     with _backend(kwargs) as b:
         rows = b.list_tasks(queue, state, task_class, limit)
-    cols = [*TASK_COLUMNS, "last_error"] if as_json else TASK_COLUMNS
+    cols = [*TASK_COLUMNS, "last_error"] if as_json else list(TASK_COLUMNS)
+    # The database queue's priorities, tags and heartbeat progress, where any task has one.
+    cols += [k for k in ("priority", "tag", "progress") if any(r.get(k) for r in rows)]
     _output.table(rows, cols, as_json=as_json, title="tasks")
+
+
+@tasks.command("clean")
+@_backend_opts
+@_json
+@click.option("--queue", help="Only this queue.")
+@click.option("--state", help="Only this state: pending, leased, done, failed, deleted.")
+@click.option("--task-class", help="Only tasks of this class ID.")
+@click.option("--dry-run", is_flag=True, help="Only count what would be deleted.")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+def clean(
+    queue: str | None,
+    state: str | None,
+    task_class: str | None,
+    dry_run: bool,
+    yes: bool,
+    as_json: bool,
+    **kwargs: Any,
+) -> None:
+    """Delete tasks of the database queue by queue, state and class (at least one).
+
+    Waiting and running tasks are deleted (they will not run; their names
+    stay taken for the tombstone window); finished ones are dropped, except
+    those whose names are still reserved. Works in batches, with a progress
+    bar. --dry-run counts what would happen.
+    """
+    if queue is None and state is None and task_class is None:
+        raise fail("give --queue, --state or --task-class: clean never deletes everything", CONFIG)
+    with _backend(kwargs) as b:
+        if not isinstance(b, DbQueueAdmin):
+            raise fail("tq tasks clean works on the database queue (--db) only", CONFIG)
+        total = b.count_tasks(queue, state, task_class)
+        if not dry_run and total and not yes:
+            click.confirm(f"delete {total} tasks?", abort=True, err=True)
+        if dry_run or not total:
+            row = b.clean(queue, state, task_class, dry_run=True)
+        else:
+            with _output.progress("cleaning", total) as advance:
+                row = b.clean(queue, state, task_class, progress=advance)
+    if as_json:
+        _output.value(row, as_json=True)
+        return
+    verb = "would be" if dry_run else "were"
+    _output.say(
+        f"{row['matched']} tasks matched: {row['deleted']} waiting or running {verb} deleted, "
+        f"{row['dropped']} finished {verb} dropped, {row['kept']} kept while their names "
+        "are reserved"
+    )
 
 
 @tasks.command("delete")

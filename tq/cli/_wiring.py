@@ -123,7 +123,8 @@ def normalize_url(url: str) -> str:
 
 
 def sql_engine(url: str) -> sa.Engine:
-    """An engine for the database queue and admin commands (SQLite gets WAL and a busy timeout)."""
+    """An engine for the database queue and admin commands (SQLite gets WAL and a busy
+    timeout; MySQL / MariaDB READ COMMITTED)."""
     import sqlalchemy as sa
 
     url = normalize_url(url)
@@ -131,6 +132,10 @@ def sql_engine(url: str) -> sa.Engine:
         from tq.dbqueue import sqlite_engine
 
         return sqlite_engine(url[len("sqlite:///") :])
+    if url.startswith(("mysql", "mariadb")):
+        from tq.dbqueue import mysql_engine
+
+        return mysql_engine(url)
     return sa.create_engine(url, pool_pre_ping=True)
 
 

@@ -38,6 +38,7 @@ import sqlalchemy as sa
 
 from tq._errors import LeaseConflict, TaskNotFound
 from tq.dbqueue._admin import ORDERS, Admin, HistoryPoint, QueueStats, TaskInfo
+from tq.dbqueue._cleaner import Cleanup
 from tq.dbqueue._cron import CronState, cron_states
 from tq.dbqueue._db import mysql_engine, sqlite_engine
 from tq.dbqueue._delivery import Signer
@@ -74,6 +75,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "TOMBSTONE_WINDOW",
     "Admin",
+    "Cleanup",
     "CronState",
     "DbQueueSubmitter",
     "HistoryPoint",

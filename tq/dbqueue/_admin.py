@@ -1,16 +1,18 @@
-"""Operating the database queue: list, page, count, delete, purge, stats, history, retention."""
+"""Operating the database queue: list, page, count, delete, clean, purge, stats, history,
+retention."""
 
 from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import sqlalchemy as sa
 
 from tq import clock
-from tq.dbqueue import _db, _queuedb
+from tq.dbqueue import _cleaner, _db, _queuedb
+from tq.dbqueue._cleaner import Cleanup
 from tq.dbqueue._queuedb import QueueState
 from tq.dbqueue._queues import QueueConfig
 from tq.dbqueue._schema import FINISHED_STATES, LIVE_STATES, State, from_us, tasks, to_us
@@ -326,6 +328,28 @@ class Admin:
                 .values(_deleted(now_us))
             )
         return int(res.rowcount)
+
+    def clean(
+        self,
+        *,
+        queue: str | None = None,
+        state: State | str | None = None,
+        task_class: str | None = None,
+        dry_run: bool = False,
+        batch_size: int = 500,
+        progress: Callable[[int], None] | None = None,
+    ) -> Cleanup:
+        """Deletes tasks by queue, state and task class (at least one), in batches.
+
+        Live tasks become `deleted` (tombstones); finished ones are dropped,
+        except rows whose name is still reserved. `dry_run` only counts.
+        `progress(n)` hears of each batch of n matching tasks. See
+        `tq.dbqueue._cleaner`.
+        """
+        return _cleaner.clean(
+            self.engine, queue=queue, state=state, task_class=task_class, dry_run=dry_run,
+            batch_size=batch_size, progress=progress,
+        )  # fmt: skip
 
     def delete_finished(self, older_than: dt.timedelta) -> int:
         """Retention: drops finished tasks older than `older_than`; returns how many.

@@ -14,6 +14,8 @@ from collections.abc import Mapping
 from typing import Any
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
+RESULT_HEADER = "x-tq-result"  # tq.asgi.RESULT_HEADER: the body is the handler's result
+MAX_BODY_KEPT = 64 * 1024 + 1  # enough to tell a result over the stored limit
 
 
 class AppError(Exception):
@@ -22,10 +24,13 @@ class AppError(Exception):
 
 async def call(
     app: Any, method: str, url: str, headers: Mapping[str, str], body: bytes
-) -> tuple[int, dict[str, str]]:
-    """(status, response headers with lowercase names) of one request to `app`.
+) -> tuple[int, dict[str, str], bytes | None]:
+    """(status, response headers with lowercase names, body) of one request to `app`.
 
-    Raises AppError when the app raises or does not finish its response.
+    The body is kept (its first MAX_BODY_KEPT bytes) only when it matters to
+    the database queue: an error response, or a result (RESULT_HEADER);
+    otherwise it is None. Raises AppError when the app raises or does not
+    finish its response.
     """
     parts = urllib.parse.urlsplit(url)
     scheme = parts.scheme or "http"
@@ -59,6 +64,7 @@ async def call(
     finished = asyncio.Event()
     status: int | None = None
     resp_headers: dict[str, str] = {}
+    kept: list[bytes] | None = None
 
     async def receive() -> dict[str, Any]:
         nonlocal sent_body
@@ -69,14 +75,19 @@ async def call(
         return {"type": "http.disconnect"}
 
     async def send(message: dict[str, Any]) -> None:
-        nonlocal status
+        nonlocal status, kept
         kind = message["type"]
         if kind == "http.response.start":
             status = int(message["status"])
             for k, v in message.get("headers", []):
                 resp_headers[k.decode("latin-1").lower()] = v.decode("latin-1")
-        elif kind == "http.response.body" and not message.get("more_body", False):
-            finished.set()
+            if status >= 300 or RESULT_HEADER in resp_headers:
+                kept = []
+        elif kind == "http.response.body":
+            if kept is not None and sum(map(len, kept)) < MAX_BODY_KEPT:
+                kept.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                finished.set()
 
     try:
         await app(scope, receive, send)
@@ -86,4 +97,4 @@ async def call(
         finished.set()
     if status is None:
         raise AppError("the app returned without starting a response")
-    return status, resp_headers
+    return status, resp_headers, None if kept is None else b"".join(kept)[:MAX_BODY_KEPT]

@@ -45,6 +45,7 @@ class Attempt:
     status: int | None
     error: str | None = None
     retry_after_s: float | None = None
+    body: bytes | None = None  # a result (2xx with x-tq-result) or an error response's body
 
     @property
     def ok(self) -> bool:
@@ -128,7 +129,9 @@ class Pusher:
         headers = push_headers(t, token)
         try:
             async with asyncio.timeout(deadline_s):
-                status, resp_headers = await self._send(t.method, url, headers, t.body, deadline_s)
+                status, resp_headers, resp_body = await self._send(
+                    t.method, url, headers, t.body, deadline_s
+                )
         except TimeoutError:
             return Attempt(None, f"DEADLINE_EXCEEDED: no response within {deadline_s:g} s")
         except httpx.TimeoutException:
@@ -136,24 +139,26 @@ class Pusher:
         except httpx.HTTPError as e:
             return Attempt(None, f"UNAVAILABLE: {type(e).__name__}: {e}")
         if 200 <= status < 300:
-            return Attempt(status)
-        return Attempt(status, f"HTTP {status}", _retry_after_s(resp_headers))
+            return Attempt(status, body=resp_body)
+        return Attempt(status, f"HTTP {status}", _retry_after_s(resp_headers), resp_body)
 
     async def _send(
         self, method: str, url: str, headers: dict[str, str], body: bytes, deadline_s: float
-    ) -> tuple[int, Mapping[str, str]]:
+    ) -> tuple[int, Mapping[str, str], bytes | None]:
         if self.app is not None:
             try:
                 return await _asgi_call.call(self.app, method, url, headers, body)
             except _asgi_call.AppError:
                 # What a server answers when the app fails before responding.
                 log.exception("tq.dbqueue: the app failed on a push to %s", url)
-                return 500, {}
+                return 500, {}, None
         assert self.client is not None
         resp = await self.client.request(
             method, url, headers=headers, content=body, timeout=httpx.Timeout(deadline_s)
         )
-        return resp.status_code, resp.headers
+        status = resp.status_code
+        kept = status >= 300 or _asgi_call.RESULT_HEADER in resp.headers
+        return status, resp.headers, resp.content[: _asgi_call.MAX_BODY_KEPT] if kept else None
 
     async def _token(self, t: Leased) -> str | None:
         if not t.oidc_email:

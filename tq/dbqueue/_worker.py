@@ -357,6 +357,8 @@ class Worker:
     def _result_of(self, t: Leased, a: Attempt) -> Result:
         responded = a.status is not None and a.status < 500
         r = _lease.decide(t, a.ok, a.status, a.error, responded, a.retry_after_s)
+        if a.body is not None:
+            r = _with_body(r, a.body)
         _count(t, {State.DONE: "done", State.FAILED: "failed"}.get(r.state, "retry"))
         if r.state is State.FAILED:
             log.error(
@@ -420,3 +422,17 @@ async def run_workers(
         for w in workers:
             with contextlib.suppress(Exception):
                 await w.aclose()
+
+
+def _with_body(r: Result, body: bytes) -> Result:
+    """The attempt's result with the response body kept: the result of a success,
+    the failure of an error (at most MAX_RESULT_BYTES; a larger result is dropped)."""
+    if len(body) > _lease.MAX_RESULT_BYTES:
+        if r.state is State.DONE:
+            log.warning(
+                "tq.dbqueue: task %s/%s returned a result of over %d bytes; not kept",
+                r.task.queue, r.task.name, _lease.MAX_RESULT_BYTES,
+            )  # fmt: skip
+            return r
+        body = body[: _lease.MAX_RESULT_BYTES]
+    return dataclasses.replace(r, data=body)
