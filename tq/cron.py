@@ -79,13 +79,19 @@ _LOOKBACK = dt.timedelta(days=366 * 9)
 
 
 class Cron:
-    """A unix-cron schedule in a time zone. Immutable; equal if expression and zone are.
+    """A unix-cron schedule in a time zone. Immutable; equal if expression, zone and
+    guard are.
 
     Args:
       expression: five fields or a shorthand (see the module docstring).
       time_zone: an IANA time zone name; default "Etc/UTC".
+      max_pending: a guard: the database queue's workers add no task for a
+        tick while this many tasks of the class (pending or running) are
+        still in its queue; the tick is skipped, not caught up later.
+        None (default): no guard. Cloud Scheduler does not apply it.
 
-    Raises ConfigError naming the bad field, or the unknown time zone.
+    Raises ConfigError naming the bad field, the unknown time zone, or a bad
+    guard.
     """
 
     __slots__ = (
@@ -97,15 +103,30 @@ class Cron:
         "_months",
         "expression",
         "fields",
+        "max_pending",
         "time_zone",
         "zone",
     )
 
-    def __init__(self, expression: str, time_zone: str = DEFAULT_TIME_ZONE) -> None:
+    def __init__(
+        self,
+        expression: str,
+        time_zone: str = DEFAULT_TIME_ZONE,
+        *,
+        max_pending: int | None = None,
+    ) -> None:
         if not isinstance(expression, str):
             raise ConfigError(f"cron schedule must be a string, got {expression!r}")
         self.expression = " ".join(expression.split())
         self.time_zone = time_zone
+        if max_pending is not None and (
+            not isinstance(max_pending, int) or isinstance(max_pending, bool) or max_pending < 1
+        ):
+            raise ConfigError(
+                f"cron schedule {self.expression!r}: max_pending must be a positive int or "
+                f"None, got {max_pending!r}"
+            )
+        self.max_pending = max_pending
         try:
             self.zone = zoneinfo.ZoneInfo(time_zone)
         except (zoneinfo.ZoneInfoNotFoundError, ValueError, TypeError):
@@ -148,15 +169,20 @@ class Cron:
             )
 
     def __repr__(self) -> str:
-        return f"Cron({self.expression!r}, time_zone={self.time_zone!r})"
+        guard = "" if self.max_pending is None else f", max_pending={self.max_pending}"
+        return f"Cron({self.expression!r}, time_zone={self.time_zone!r}{guard})"
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Cron):
             return NotImplemented
-        return (self.expression, self.time_zone) == (other.expression, other.time_zone)
+        return (self.expression, self.time_zone, self.max_pending) == (
+            other.expression,
+            other.time_zone,
+            other.max_pending,
+        )
 
     def __hash__(self) -> int:
-        return hash((self.expression, self.time_zone))
+        return hash((self.expression, self.time_zone, self.max_pending))
 
     # Ticks.
 

@@ -30,7 +30,7 @@ from tq import _schedule
 from tq._dispatcher import Dispatcher
 from tq._submitter import use_submitter
 from tq._taskclass import TaskClass
-from tq.dbqueue import _db, _queuedb
+from tq.dbqueue import _db, _guard, _queuedb
 from tq.dbqueue._recurring import _Capture
 from tq.dbqueue._schema import cron, from_us, to_us
 from tq.dbqueue._submitter import TOMBSTONE_WINDOW, insert_task, task_row
@@ -159,5 +159,14 @@ def _fire(
         )
         if moved.rowcount != 1:
             return 0  # another worker fired this tick
+        if schedule.max_pending is not None:
+            pending = _guard.live_tasks(conn, row["queue"], task_class=row["task_class"])
+            if pending >= schedule.max_pending:
+                log.info(
+                    "tq.dbqueue: cron tick %s of %s skipped: %d of its tasks are still pending "
+                    "(max_pending=%d)",
+                    tick.isoformat(), cls.id, pending, schedule.max_pending,
+                )  # fmt: skip
+                return 0
         _queuedb.ensure_queue(conn, row["queue"])
         return 1 if insert_task(conn, row) else 0

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import logging
 import re
 from typing import Any
 
@@ -24,10 +25,12 @@ from tq._errors import ConfigError
 from tq._request import CreateTaskRequest
 from tq._submitter import Submission, use_submitter
 from tq._task import Task
-from tq.dbqueue import _db, _queuedb
+from tq.dbqueue import _db, _guard, _queuedb
 from tq.dbqueue._schema import from_us, recurring, to_us
 from tq.dbqueue._submitter import insert_task, task_row
 from tq.txn._store import current_transaction
+
+log = logging.getLogger("tq.dbqueue")
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,100}$")
 
@@ -42,6 +45,7 @@ class RecurringInfo:
     every: dt.timedelta
     next_run: dt.datetime
     last_run: dt.datetime | None
+    max_pending: int | None = None
 
 
 class _Capture:
@@ -75,16 +79,26 @@ class Recurring:
         dispatcher: Dispatcher,
         task: Task,
         first_run: dt.datetime | None = None,
+        max_pending: int | None = None,
     ) -> None:
         """Adds `task` every `every` (at least 1 s), from `first_run` (default: now).
 
         `name` ([A-Za-z0-9_-]{1,100}) identifies it: putting the same name
         again replaces it. The task's class must be NON_TRANSACTIONAL or
-        FOLLOWS_CONTEXT; no deduplication key, delay or ETA. Raises
-        ConfigError / ValidationError.
+        FOLLOWS_CONTEXT; no deduplication key, delay or ETA. `max_pending`
+        guards it: a run is skipped while that many earlier runs are still
+        pending or running (None: no guard). Raises ConfigError /
+        ValidationError.
         """
         if not _NAME_RE.match(name):
             raise ConfigError(f"recurring task name {name!r}: use 1 to 100 of [A-Za-z0-9_-]")
+        if max_pending is not None and (
+            not isinstance(max_pending, int) or isinstance(max_pending, bool) or max_pending < 1
+        ):
+            raise ConfigError(
+                f"recurring task {name!r}: max_pending must be a positive int or None, "
+                f"got {max_pending!r}"
+            )
         if every < dt.timedelta(seconds=1):
             raise ConfigError(f"recurring task {name!r}: every must be at least 1 s")
         if task.deduplication_key or task.delay or task.eta:
@@ -106,6 +120,7 @@ class Recurring:
             "task_class": sub.task_class,
             "request": req.SerializeToString(),
             "every_us": int(every.total_seconds() * 1e6),
+            "max_pending": max_pending,
             "next_run_us": to_us(first_run) if first_run is not None else now_us,
             "last_run_us": None,
             "created_us": now_us,
@@ -132,6 +147,7 @@ class Recurring:
                 every=dt.timedelta(microseconds=r.every_us),
                 next_run=from_us(r.next_run_us),
                 last_run=None if r.last_run_us is None else from_us(r.last_run_us),
+                max_pending=r.max_pending,
             )
             for r in rows
         ]
@@ -142,6 +158,7 @@ def _info(r: Any) -> RecurringInfo:
         name=r.name, queue=r.queue, task_class=r.task_class,
         every=dt.timedelta(microseconds=r.every_us), next_run=from_us(r.next_run_us),
         last_run=None if r.last_run_us is None else from_us(r.last_run_us),
+        max_pending=r.max_pending,
     )  # fmt: skip
 
 
@@ -174,6 +191,15 @@ def _fire(conn: sa.Connection, r: Any, now_us: int) -> int:
         .where(recurring.c.name == r.name)
         .values(next_run_us=slot_us + (missed + 1) * r.every_us, last_run_us=now_us)
     )
+    if r.max_pending is not None:
+        pending = _guard.live_tasks(conn, r.queue, name_prefix=f"rec-{r.name}-")
+        if pending >= r.max_pending:
+            log.info(
+                "tq.dbqueue: recurring task %s: run skipped, %d earlier runs still pending "
+                "(max_pending=%d)",
+                r.name, pending, r.max_pending,
+            )  # fmt: skip
+            return 0
     req = CreateTaskRequest.FromString(r.request)
     req.task.name = f"{req.parent}/tasks/rec-{r.name}-{slot_us // 1_000_000}"
     req.task.ClearField("schedule_time")
