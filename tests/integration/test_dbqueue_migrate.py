@@ -1,4 +1,4 @@
-"""Schema 2 to 3 on SQLite, PostgreSQL and MariaDB: `create_schema` adds the new
+"""Schema 3 to 4 on SQLite, PostgreSQL and MariaDB: `create_schema` adds the new
 columns and indexes to existing tables, and the tasks already there keep working."""
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ NEW_COLUMNS = {
 NEW_INDEXES = ["ix_tq_tasks_priority", "ix_tq_tasks_tag"]
 
 
-def downgrade_to_version_2(engine: sa.Engine) -> None:
+def downgrade_to_version_3(engine: sa.Engine) -> None:
     with engine.begin() as conn:
         for index in NEW_INDEXES:
             on = "" if engine.dialect.name != "mysql" else " ON tq_tasks"
@@ -28,21 +28,21 @@ def downgrade_to_version_2(engine: sa.Engine) -> None:
         for table, columns in NEW_COLUMNS.items():
             for column in columns:
                 conn.exec_driver_sql(f"ALTER TABLE {table} DROP COLUMN {column}")
-        conn.execute(sa.update(meta).values(value="2"))
+        conn.execute(sa.update(meta).values(value="3"))
 
 
-def test_a_version_2_queue_gains_the_new_columns_and_keeps_its_tasks(
+def test_a_version_3_queue_gains_the_new_columns_and_keeps_its_tasks(
     engine: sa.Engine, clock: FakeClock
 ) -> None:
     dbqueue.apply_queues(engine, [dbqueue.QueueConfig("q", pull=True)])
     dbqueue.DbQueueSubmitter(engine).submit(submission(name="old"))
-    downgrade_to_version_2(engine)
+    downgrade_to_version_3(engine)
     assert "priority" not in {c["name"] for c in sa.inspect(engine).get_columns("tq_tasks")}
 
     dbqueue.create_schema(engine)
     dbqueue.create_schema(engine)  # idempotent
 
-    assert dbqueue.schema_version(engine) == dbqueue.SCHEMA_VERSION == 3
+    assert dbqueue.schema_version(engine) == dbqueue.SCHEMA_VERSION == 4
     insp = sa.inspect(engine)
     for table, columns in NEW_COLUMNS.items():
         assert set(columns) <= {c["name"] for c in insp.get_columns(table)}

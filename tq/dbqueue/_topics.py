@@ -90,8 +90,7 @@ def apply_subscriptions(engine: sa.Engine, subs: Iterable[Subscription]) -> None
                 "oidc_email": s.oidc_email, "oidc_audience": s.oidc_audience,
                 "updated_us": now_us,
             }  # fmt: skip
-            stmt = _db.insert(conn, subscriptions).values(**row, created_us=now_us)
-            conn.execute(stmt.on_conflict_do_update(index_elements=["name"], set_=row))
+            _db.upsert(conn, subscriptions, {**row, "created_us": now_us}, ["name"], row)
             cfg = s.queue_config()
             ensure_queue(conn, s.name)
             conn.execute(
