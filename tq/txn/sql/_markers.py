@@ -14,7 +14,7 @@ short transaction; `count_markers` counts live and expired ones.
 from __future__ import annotations
 
 import datetime as dt
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from sqlalchemy import Connection, Engine, bindparam, case, func, select
 from sqlalchemy.orm import Session
@@ -42,17 +42,57 @@ DEFAULT_EXPIRE_BATCH = 1000
 _inserts: dict[str, str] = {}
 
 
-def _insert(conn: Connection, key: str | None, retention: dt.timedelta) -> tuple[str, Any]:
-    """The INSERT of the marker and its parameters, in `conn`'s driver's style."""
-    key = marker_key() if key is None else check_key(key)
-    expires_at = expiry(check_retention(retention))
+def write(conn: Connection, key: str, expires_at: dt.datetime) -> bool:
+    """Inserts the marker in `conn`'s transaction (key and time checked); True if new."""
     dialect = conn.dialect
     paramstyle = dialect.paramstyle
     sql = _inserts.get(paramstyle)
     if sql is None:
         sql = _inserts[paramstyle] = insert_marker_sql(paramstyle)
     params = insert_marker_params(key, expires_at, dialect=dialect.name, paramstyle=paramstyle)
-    return sql, params
+    return bool(conn.exec_driver_sql(sql, params).rowcount == 1)
+
+
+async def write_async(conn: AsyncConnection, key: str, expires_at: dt.datetime) -> bool:
+    dialect = conn.dialect
+    paramstyle = dialect.paramstyle
+    sql = _inserts.get(paramstyle)
+    if sql is None:
+        sql = _inserts[paramstyle] = insert_marker_sql(paramstyle)
+    params = insert_marker_params(key, expires_at, dialect=dialect.name, paramstyle=paramstyle)
+    result = await conn.exec_driver_sql(sql, params)
+    return bool(result.rowcount == 1)
+
+
+def _checked(key: str | None, retention: dt.timedelta) -> tuple[str, dt.datetime]:
+    key = marker_key() if key is None else check_key(key)
+    return key, expiry(check_retention(retention))
+
+
+def connection_of(target: Session | Connection) -> Connection:
+    """The Connection of a Session's transaction (begun if need be), or `target` itself."""
+    conn = target.connection() if isinstance(target, Session) else target
+    if not isinstance(conn, Connection):
+        raise ConfigError(
+            f"tq.txn.sql.mark_done takes a Session or a Connection, got {target!r} "
+            "(for an AsyncSession use mark_done_async)"
+        )
+    return conn
+
+
+async def connection_of_async(target: AsyncSession | AsyncConnection) -> AsyncConnection:
+    """`connection_of` for an AsyncSession or an AsyncConnection."""
+    kinds = async_types()
+    if kinds is not None and isinstance(target, kinds[1]):
+        conn = await target.connection()
+    else:
+        conn = target  # type: ignore[assignment]
+    if not isinstance(getattr(conn, "sync_connection", None), Connection):
+        raise ConfigError(
+            f"tq.txn.sql.mark_done_async takes an AsyncSession or an AsyncConnection, got "
+            f"{target!r} (for a Session use mark_done)"
+        )
+    return conn
 
 
 def mark_done(
@@ -73,14 +113,7 @@ def mark_done(
     here for this transaction to end. Raises ConfigError for a task without
     a name (see `marker_key`) or a retention out of bounds.
     """
-    conn = target.connection() if isinstance(target, Session) else target
-    if not isinstance(conn, Connection):
-        raise ConfigError(
-            f"tq.txn.sql.mark_done takes a Session or a Connection, got {target!r} "
-            "(for an AsyncSession use mark_done_async)"
-        )
-    sql, params = _insert(conn, key, retention)
-    return bool(conn.exec_driver_sql(sql, params).rowcount == 1)
+    return write(connection_of(target), *_checked(key, retention))
 
 
 async def mark_done_async(
@@ -90,20 +123,7 @@ async def mark_done_async(
     retention: dt.timedelta = DEFAULT_MARKER_RETENTION,
 ) -> bool:
     """Like `mark_done`, for an AsyncSession or an AsyncConnection."""
-    kinds = async_types()
-    if kinds is not None and isinstance(target, kinds[1]):
-        conn = await target.connection()
-    else:
-        conn = target  # type: ignore[assignment]
-    sync = getattr(conn, "sync_connection", None)
-    if not isinstance(sync, Connection):
-        raise ConfigError(
-            f"tq.txn.sql.mark_done_async takes an AsyncSession or an AsyncConnection, got "
-            f"{target!r} (for a Session use mark_done)"
-        )
-    sql, params = _insert(sync, key, retention)
-    result = await conn.exec_driver_sql(sql, params)
-    return bool(result.rowcount == 1)
+    return await write_async(await connection_of_async(target), *_checked(key, retention))
 
 
 def _engine_of(bind: SQLStore | Engine) -> tuple[Engine, str]:

@@ -25,11 +25,12 @@ from tq._execution import execution_info
 from tq.txn._markers import (
     DEFAULT_MARKER_RETENTION,
     check_retention,
+    expiry,
     marker_key,
     note_done_already,
 )
 from tq.txn.sql._helpers import transaction, transaction_async
-from tq.txn.sql._markers import mark_done, mark_done_async
+from tq.txn.sql._markers import connection_of, connection_of_async, write, write_async
 from tq.txn.sql._store import SQLStore, async_types
 
 if TYPE_CHECKING:
@@ -101,8 +102,9 @@ def once(
         def handler(payload: Any) -> None:
             info = execution_info()
             key = marker_key(info)
+            expires_at = expiry(retention)
             with transaction(factory, store=store) as session:
-                if not mark_done(session, key, retention=retention):
+                if not write(connection_of(session), key, expires_at):
                     note_done_already(key, info.task_class)
                     return
                 fn(payload, session)
@@ -136,8 +138,9 @@ def once_async(
         async def handler(payload: P) -> None:
             info = execution_info()
             key = marker_key(info)
+            expires_at = expiry(retention)
             async with transaction_async(factory, store=store) as session:
-                if not await mark_done_async(session, key, retention=retention):
+                if not await write_async(await connection_of_async(session), key, expires_at):
                     note_done_already(key, info.task_class)
                     return
                 await fn(payload, session)
