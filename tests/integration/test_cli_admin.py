@@ -394,3 +394,34 @@ def test_cloudtasks_not_found_queue_is_exit_1(monkeypatch: pytest.MonkeyPatch) -
 def test_cloudtasks_needs_project_and_region() -> None:
     result = run("queues", "list", "--backend", "cloudtasks", code=CONFIG)
     assert "--cloud-project" in result.stderr
+
+
+class _FailingPublisher(_FailingSubmitter):
+    takes_topics = True
+
+
+def test_parked_pubsub_reminders_are_listed_with_their_topic_and_replayed(
+    engine: sa.Engine, db_url: str
+) -> None:
+    from tq import dbqueue
+
+    store = tq.txn.sql.SQLStore(engine, register=False)
+    d = tq.Dispatcher(cloud_project="p", submitter=_FailingPublisher(grpc.StatusCode.NOT_FOUND))
+    d.register_task_class(
+        tq.TaskClass(id="placed", prototype=pb.Count, kind=tq.Kind.TRANSACTIONAL, topic="orders")
+    )
+    with tq.txn.sql.transaction(engine, store=store):
+        d.add_task(tq.Task(payload=pb.Count(n=1)))
+
+    (p,) = rows("parked", "list", "--db", db_url)
+    assert (p["task_class"], p["topic"], p["queue"], p["parked_code"]) == (
+        "placed", "orders", "", "NOT_FOUND",
+    )  # fmt: skip
+    # The topic gets a subscription (the cause fixed); the replay publishes to it.
+    dbqueue.apply_subscriptions(
+        engine, [dbqueue.Subscription("audit", "orders", push_endpoint="http://app/pubsub/audit")]
+    )
+    run("parked", "replay", p["id"], "--db", db_url, "--now", "--backend", "dbqueue")
+    assert rows("reminders", "count", "--db", db_url)[0]["parked"] == 0
+    (task,) = rows("tasks", "list", "--db", db_url, "--queue", "audit")
+    assert task["task_class"] == "placed"

@@ -240,8 +240,18 @@ def backend_of(cfg: Config) -> str:
     )
 
 
-def cloudtasks_submitter(cfg: Config) -> tq.CloudTasksSubmitter:
-    return tq.CloudTasksSubmitter(endpoint=cfg.cloudtasks_endpoint)
+def cloudtasks_submitter(cfg: Config) -> tq.Submitter:
+    """Cloud Tasks for queue classes and, with google-cloud-pubsub installed, Pub/Sub for
+    topic classes (the client is made on the first message; `$PUBSUB_EMULATOR_HOST`
+    points it at an emulator), so the sweep and `tq parked replay` serve both."""
+    tasks = tq.CloudTasksSubmitter(endpoint=cfg.cloudtasks_endpoint)
+    try:
+        import google.cloud.pubsub_v1  # noqa: F401  (only whether it is installed)
+    except ImportError:
+        return tasks
+    from tq.pubsub import Publisher
+
+    return tq.Router(queues=tasks, topics=Publisher())
 
 
 def dbqueue_submitter(engine: sa.Engine, cfg: Config) -> Any:
