@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import threading
 
+from django.db import transaction
 from django.tasks import TaskContext, task
 
 from tests.django.shop.models import Confirmation
+from tq.contrib.django import once
 
 failures_left: dict[str, int] = {}  # key -> attempts that still fail
 _lock = threading.Lock()
@@ -39,3 +42,14 @@ def flaky(key: str) -> str:
 @task(takes_context=True)
 def attempt_of(context: TaskContext) -> int:
     return context.attempt
+
+
+@task
+@once()
+def charge(order_id: int, database: str = "default") -> dict[str, int]:
+    """Effectively once on the results database (the `database` the test configures)."""
+    Confirmation.objects.using(database).create(order_id=order_id, note="charged")
+    if os.environ.get("TQ_TEST_DIE_AFTER_COMMIT"):
+        # The process dies once the transaction committed, before answering the push.
+        transaction.on_commit(lambda: os._exit(9), using=database)
+    return {"charged": order_id}

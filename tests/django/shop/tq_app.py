@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import tq
+from tq.contrib.django import once
 from tests.testpb import payloads_pb2 as pb
 
 disp = tq.Dispatcher()
@@ -15,3 +16,11 @@ def ship(payload: pb.Count) -> None:
 
     shipped.append(payload.n)
     Confirmation.objects.using(payload.tag or "default").create(order_id=payload.n, note="shipped")
+
+
+@disp.task_class(id="bill", prototype=pb.Greet, kind=tq.Kind.FOLLOWS_CONTEXT, queue="default")
+@once()
+def bill(payload: pb.Greet) -> None:
+    from tests.django.shop.models import Confirmation
+
+    Confirmation.objects.create(order_id=len(payload.name), note="billed")

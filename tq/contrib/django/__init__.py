@@ -24,7 +24,16 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 
-__all__ = ["on_database"]
+__all__ = ["mark_done", "on_database", "once"]
+
+
+def __getattr__(name: str) -> object:
+    # once and mark_done need Django's settings: imported on first use.
+    if name in ("once", "mark_done"):
+        from tq.contrib.django import _once
+
+        return getattr(_once, name)
+    raise AttributeError(f"module 'tq.contrib.django' has no attribute {name!r}")
 
 
 @contextlib.contextmanager

@@ -24,8 +24,9 @@ from django.db import connections
 
 from tq._reminder import Reminder
 from tq.dbqueue import sqlite_engine
-from tq.txn import Lease, ReminderKey
+from tq.txn import Lease, ReminderKey, stores, unregister_store
 from tq.txn.sql import DEFAULT_MAX_PAYLOAD, SQLStore
+from tq.txn.sql._store import url_key
 
 VENDORS = ("postgresql", "sqlite")
 # Django's PostgreSQL OPTIONS that are Django's own, not libpq connection parameters.
@@ -112,31 +113,31 @@ def dispose_engines() -> None:
         e.dispose()
 
 
-class DjangoStore:
+class DjangoStore(SQLStore):
     """The outbox store of a Django alias: tq's `SQLStore` on an engine from its settings.
 
     Reminders are written by Django's own connection inside `atomic()`
-    blocks; everything else (sweeper scans, deletes, parking, leases, admin)
-    goes through this store, on the engine `engine_for(alias)` gives at the
-    time of the call.
+    blocks; everything else (sweeper scans, deletes, parking, leases, done
+    markers, admin) goes through this store, on the engine
+    `engine_for(alias)` gives at the time of the call. It is a `SQLStore`
+    (what tq's SQL tooling looks for) made on use rather than at start-up:
+    Django's test runner renames the database after the app is ready.
     """
 
-    def __init__(self, alias: str) -> None:
+    def __init__(self, alias: str) -> None:  # no SQLStore.__init__: no engine yet
         self.alias = alias
         self._name = f"django:{alias}"
         self._lock = threading.Lock()
         self._store: SQLStore | None = None
+        self._owns_engine = False
+        self._max_payload_size = DEFAULT_MAX_PAYLOAD
+        try:
+            self.url_key = url_key(sqlalchemy_url(alias))
+        except ImproperlyConfigured:  # said again when the store is used
+            self.url_key = ("django", alias)
 
     def __repr__(self) -> str:
         return f"DjangoStore({self.alias!r})"
-
-    @property
-    def name(self) -> str:
-        return self._name
-
-    @property
-    def max_payload_size(self) -> int:
-        return DEFAULT_MAX_PAYLOAD
 
     def sql_store(self) -> SQLStore:
         """The SQLStore on the alias's database as configured now."""
@@ -144,11 +145,24 @@ class DjangoStore:
         with self._lock:
             if self._store is None or self._store.engine is not engine:
                 self._store = SQLStore(engine, name=self._name, register=False)
+                self.url_key = self._store.url_key
             return self._store
 
     @property
     def engine(self) -> sa.Engine:
         return self.sql_store().engine
+
+    @property
+    def dialect(self) -> str:
+        return self.sql_store().dialect
+
+    def create_schema(self) -> int:
+        return self.sql_store().create_schema()
+
+    def close(self) -> None:
+        """Unregisters the store (engines stay shared: see `dispose_engines`)."""
+        if any(s is self for s in stores()):
+            unregister_store(self._name)
 
     def delete_reminders(self, ids: Sequence[str]) -> None:
         self.sql_store().delete_reminders(ids)

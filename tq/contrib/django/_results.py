@@ -14,7 +14,7 @@ import datetime as dt
 import json
 from typing import Any
 
-from django.db import connections
+from django.db import IntegrityError, connections, transaction
 from django.tasks import Task, TaskResult, TaskResultStatus
 from django.tasks.base import TaskError
 from django.tasks.exceptions import TaskResultDoesNotExist
@@ -108,7 +108,8 @@ def started(payload: DjangoTask, worker_id: str) -> Any | None:
     """Marks the row RUNNING for a new attempt; None if it is SUCCESSFUL already.
 
     A row that is missing (enqueued on another database, whose commit
-    hook did not run) is made from the payload.
+    hook did not run) is made from the payload. The update leaves a row
+    that turned SUCCESSFUL meanwhile (a concurrent delivery) as it is.
     """
     from tq.contrib.django.models import TaskResultRecord
 
@@ -121,15 +122,26 @@ def started(payload: DjangoTask, worker_id: str) -> Any | None:
             id=payload.result_id, task_path=payload.task_path, backend=payload.backend,
             queue_name=payload.queue_name, priority=payload.priority,
             args_json=payload.args_json, kwargs_json=payload.kwargs_json, enqueued_at=now,
+            status=TaskResultStatus.READY.value,
         )  # fmt: skip
+        try:
+            with transaction.atomic(using=alias):
+                rec.save(using=alias, force_insert=True)
+        except IntegrityError:  # a concurrent delivery made it first
+            return started(payload, worker_id)
     elif rec.status == TaskResultStatus.SUCCESSFUL:
         return None
     rec.status = TaskResultStatus.RUNNING.value
     rec.started_at = rec.started_at or now
     rec.last_attempted_at = now
     rec.worker_ids_json = json.dumps([*json.loads(rec.worker_ids_json), worker_id])
-    rec.save(using=alias)
-    return rec
+    fields = ("status", "started_at", "last_attempted_at", "worker_ids_json")
+    updated = (
+        objects.filter(id=rec.id)
+        .exclude(status=TaskResultStatus.SUCCESSFUL.value)
+        .update(**{f: getattr(rec, f) for f in fields})
+    )
+    return rec if updated else None
 
 
 def succeeded(rec: Any, alias: str, value: Any) -> None:

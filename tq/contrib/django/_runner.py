@@ -26,15 +26,18 @@ import traceback
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
-from django.db import close_old_connections
+from django.db import close_old_connections, transaction
 from django.tasks import Task, TaskContext, task_backends
 from django.tasks.base import TaskError
 from django.tasks.signals import task_finished, task_started
 from django.utils.json import normalize_json
 
 import tq
+from tq._execution import execution_info
 from tq._pb.django_task_pb2 import DjangoTask
 from tq.contrib.django import _results
+from tq.contrib.django._once import Once, mark_done, once_of
+from tq.txn._markers import marker_key, note_done_already
 
 WORKER_ID = f"{socket.gethostname()}:{os.getpid()}"
 T = TypeVar("T")
@@ -79,8 +82,7 @@ def _end(payload: DjangoTask, task: Task, rec: Any, value: Any, exc: BaseExcepti
     alias = payload.results_database
     if exc is None:
         try:
-            value = normalize_json(value)
-            json.dumps(value)
+            value = _json_value(value)
         except (TypeError, ValueError) as e:
             exc = e
     if exc is None:
@@ -102,12 +104,54 @@ def _call_sync(payload: DjangoTask, task: Task, args: list[Any], kwargs: dict[st
         return
     if task.takes_context:
         args = [TaskContext(task_result=_results.task_result(rec, task)), *args]
+    once = once_of(task.func)
+    if once is not None:
+        _call_once(payload, task, rec, once, args, kwargs)
+        return
     try:
         value = task.func(*args, **kwargs)
     except Exception as e:
         _end(payload, task, rec, None, e)
     else:
         _end(payload, task, rec, value, None)
+
+
+def _call_once(
+    payload: DjangoTask,
+    task: Task,
+    rec: Any,
+    once: Once,
+    args: list[Any],
+    kwargs: dict[str, Any],
+) -> None:
+    """The marker, the function's effects and (on the results alias) SUCCESSFUL in one commit."""
+    results = payload.results_database
+    alias = once.using or results
+    info = execution_info()
+    key = marker_key(info)
+    try:
+        with transaction.atomic(using=alias):
+            if not mark_done(alias, key, retention=once.retention):
+                note_done_already(key, info.task_class)
+                if alias != results:  # done, but its result was not recorded
+                    _results.succeeded(rec, results, None)
+                return
+            value = _json_value(task.func.__wrapped__(*args, **kwargs))
+            if alias == results:
+                _results.succeeded(rec, results, value)
+    except Exception as e:
+        _end(payload, task, rec, None, e)
+        return
+    if alias != results:
+        _results.succeeded(rec, results, value)
+    task_finished.send(_sender(payload), task_result=_results.task_result(rec, task))
+
+
+def _json_value(value: Any) -> Any:
+    """The return value as stored (normalize_json); TypeError or ValueError if it is not JSON."""
+    value = normalize_json(value)
+    json.dumps(value)
+    return value
 
 
 async def run(payload: DjangoTask) -> None:
