@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """The shop's manage.py. One command runs it locally with tq (see README.md):
 
-    python manage.py tq dev
+python manage.py tq dev
 """
 
 import os

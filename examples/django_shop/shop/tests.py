@@ -20,18 +20,19 @@ class OrderTests(DatabaseQueueTestCase):
 
     def test_an_order_is_confirmed_once_by_its_task(self) -> None:
         placed = self.order(2)
-        self.assertEqual(placed["status"], 201)
-        self.assertEqual(mail.outbox, [])  # queued, not run yet
-        self.assertEqual(self.deliver(), 1)
-        self.assertEqual(self.deliver(), 0)
+        assert placed["status"] == 201
+        assert mail.outbox == []  # queued, not run yet
+        assert self.deliver() == 1
+        assert self.deliver() == 0
         (sent,) = mail.outbox
-        self.assertEqual((sent.subject, sent.to), (f"Order {placed['order']} confirmed", ["ann@example.com"]))
-        self.assertIsNotNone(Order.objects.get(id=placed["order"]).confirmed_at)
+        assert sent.subject == f"Order {placed['order']} confirmed"
+        assert sent.to == ["ann@example.com"]
+        assert Order.objects.get(id=placed["order"]).confirmed_at is not None
         result = send_confirmation.get_result(str(placed["confirmation"]))
-        self.assertEqual((result.status, result.return_value), ("SUCCESSFUL", "ann@example.com"))
+        assert (result.status, result.return_value) == ("SUCCESSFUL", "ann@example.com")
 
     def test_a_rolled_back_order_sends_nothing(self) -> None:
-        self.assertEqual(self.order(50)["status"], 409)
-        self.assertEqual(self.deliver(), 0)
-        self.assertEqual(mail.outbox, [])
-        self.assertFalse(Order.objects.exists())
+        assert self.order(50)["status"] == 409
+        assert self.deliver() == 0
+        assert mail.outbox == []
+        assert not Order.objects.exists()

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import tq
-from tq.contrib.django import once
 from tests.testpb import payloads_pb2 as pb
+from tq.contrib.django import once
 
 disp = tq.Dispatcher()
 shipped: list[int] = []
