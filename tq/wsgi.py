@@ -118,4 +118,4 @@ def app(
     return WSGIEndpoint(inner, max_body_bytes, root_path)
 
 
-__all__ = ["INSECURE_NO_AUTH", "OIDCVerifier", "WSGIEndpoint", "app"]
+__all__ = ["GOOGLE_CERTS_URL", "INSECURE_NO_AUTH", "OIDCVerifier", "WSGIEndpoint", "app"]

@@ -117,9 +117,8 @@ def test_one_command_runs_the_shop_and_delivers_the_confirmation(
     r = httpx.post(f"{base}/orders", content=json.dumps(order), timeout=30)
     assert r.status_code == 201, r.text
     order_id = r.json()["order"]
-    out.wait_for(
-        r"Subject: Order \d+ confirmed"
-    )  # the task's email, printed by the console backend
+    # The task's email, printed by the console email backend.
+    out.wait_for(r"Subject: Order \d+ confirmed")
     deadline = time.monotonic() + TIMEOUT_S
     while not httpx.get(f"{base}/orders/{order_id}", timeout=30).json()["confirmed"]:
         assert time.monotonic() < deadline, "the order was never confirmed"
