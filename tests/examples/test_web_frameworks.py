@@ -38,9 +38,7 @@ def wait_until(check: Callable[[], bool], what: str) -> None:
 
 
 @pytest.fixture
-def fastapi_example(
-    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
-) -> ModuleType:
+def fastapi_example(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
     monkeypatch.setenv("APP_DATABASE", str(tmp_path / "fastapi.db"))
     return fresh_import("examples.fastapi_app.app")
 
