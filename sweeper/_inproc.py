@@ -128,6 +128,8 @@ class InProcSweeper:
         self._running = threading.Lock()
         self.last_stats: SweepStats | None = None
         """What the last finished sweep did."""
+        self.last_finished: dt.datetime | None = None
+        """When the last sweep finished (`tq.clock` time), shown by the dashboard."""
 
     def stores(self) -> list[ReminderStore]:
         """The stores a sweep covers now."""
@@ -144,6 +146,7 @@ class InProcSweeper:
 
     def _done(self, stats: SweepStats, started: float) -> None:
         self.last_stats = stats
+        self.last_finished = clock.now()
         _metrics.add("tq_sweeps", mode="inproc")
         duration = clock.current().monotonic() - started
         _metrics.record("tq_sweep_duration", duration, mode="inproc")

@@ -121,6 +121,11 @@ class OIDCVerifier:
       clock_skew_s: how far `iat` may be ahead and `exp` behind the clock.
       refetch_interval_s: the least time between two fetches caused by
         unknown key IDs.
+      issuers, algorithm, require_verified_email: what a token must say
+        (default Google's ID tokens: RS256, `ISSUERS`, `email_verified`).
+        Identity-Aware Proxy's assertions are ES256 from
+        `https://cloud.google.com/iap` with no `email_verified` claim (see
+        `tq.dashboard`).
 
     One verifier (and its certificate cache) may serve any number of
     endpoints; `tq.asgi.app` makes one per app unless given one. It
@@ -133,9 +138,15 @@ class OIDCVerifier:
         *,
         clock_skew_s: float = DEFAULT_CLOCK_SKEW_S,
         refetch_interval_s: float = DEFAULT_REFETCH_INTERVAL_S,
+        issuers: Collection[str] = ISSUERS,
+        algorithm: str = "RS256",
+        require_verified_email: bool = True,
     ) -> None:
         self.certs = CertsCache(certs_url, refetch_interval_s=refetch_interval_s)
         self.clock_skew_s = clock_skew_s
+        self.issuers = frozenset(issuers)
+        self.algorithm = algorithm
+        self.require_verified_email = require_verified_email
         # Token text -> (its claims, the certificates its signature was checked against).
         self._verified: dict[str, tuple[dict[str, Any], Certs]] = {}
         self._verified_lock = threading.Lock()
@@ -158,7 +169,7 @@ class OIDCVerifier:
                 self._verified.pop(token, None)
         header, claims, signed, signature = _split(token)
         alg = header.get("alg")
-        if alg != "RS256":
+        if alg != self.algorithm:
             raise AuthError("bad_signature", f"unsupported signing algorithm {alg!r}")
         kid = header.get("kid")
         if kid is not None and not isinstance(kid, str):
@@ -188,8 +199,8 @@ class OIDCVerifier:
         self, claims: Mapping[str, Any], audiences: Collection[str], allowed: Collection[str]
     ) -> Caller:
         iss = claims.get("iss")
-        if iss not in ISSUERS:
-            raise AuthError("wrong_issuer", f"token issued by {iss!r}, not Google")
+        if iss not in self.issuers:
+            raise AuthError("wrong_issuer", f"token issued by {iss!r}, not {sorted(self.issuers)}")
         iat, exp = _number(claims.get("iat")), _number(claims.get("exp"))
         if iat is None or exp is None:
             raise AuthError("malformed", "token lacks numeric iat and exp claims")
@@ -204,7 +215,7 @@ class OIDCVerifier:
             raise AuthError(
                 "wrong_audience", f"token audience {aud!r}, expected one of {sorted(audiences)}"
             )
-        if claims.get("email_verified") not in (True, "true"):
+        if self.require_verified_email and claims.get("email_verified") not in (True, "true"):
             raise AuthError("unverified_email", "token's email is not verified")
         email = claims.get("email")
         if not isinstance(email, str) or email not in allowed:

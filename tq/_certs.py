@@ -165,10 +165,22 @@ class CertsCache:
         verifiers = {}
         for kid, pem in doc.items():
             if isinstance(kid, str) and isinstance(pem, str):
-                verifiers[kid] = crypt.RSAVerifier.from_string(pem)  # type: ignore[no-untyped-call]
+                verifiers[kid] = _verifier(pem)
         if not verifiers:
             raise ValueError("no certificates in the document")
         return verifiers, _ttl(cache_control, age)
+
+
+def _verifier(pem: str) -> crypt.Verifier:
+    """An RS256 verifier of an RSA key or certificate, or ES256 for an EC key (IAP's keys)."""
+    if "BEGIN PUBLIC KEY" in pem:
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+
+        key = serialization.load_pem_public_key(pem.encode())
+        if isinstance(key, ec.EllipticCurvePublicKey):
+            return crypt.ES256Verifier.from_string(pem)
+    return crypt.RSAVerifier.from_string(pem)  # type: ignore[no-untyped-call,no-any-return]
 
 
 def _ttl(cache_control: str, age: str) -> float:

@@ -8,6 +8,7 @@ import click
 
 import tq
 from tq.cli import (
+    _dashboard,
     _db,
     _markers,
     _output,
@@ -46,7 +47,7 @@ def cli() -> None:
 
 
 @cli.command("config")
-@settings_options("dispatcher", "database", "sweeper", "worker", "server")
+@settings_options("dispatcher", "database", "sweeper", "worker", "server", "dashboard")
 @click.option("--markdown", is_flag=True, help="Print the documentation table of every setting.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def config(markdown: bool, as_json: bool, **kwargs: Any) -> None:
@@ -56,11 +57,17 @@ def config(markdown: bool, as_json: bool, **kwargs: Any) -> None:
         return
     cfg = Config.take(kwargs)
     rows = [
-        {"setting": s.key, "flag": s.flag, "env": ",".join(s.env), "value": getattr(cfg, s.key),
+        {"setting": s.key, "flag": s.flag, "env": ",".join(s.env), "value": _shown(s.key, cfg),
          "source": "set" if cfg.given(s.key) else "default"}
         for s in _settings.SETTINGS
     ]  # fmt: skip
     _output.table(rows, ["setting", "flag", "env", "value", "source"], as_json=as_json)
+
+
+def _shown(key: str, cfg: Config) -> object:
+    value = getattr(cfg, key)
+    secret = key.endswith(("_token", "_secret"))
+    return "(set, not shown)" if secret and value else value
 
 
 for command in (
@@ -75,5 +82,6 @@ for command in (
     _reminders.parked,
     _markers.markers,
     _schedules.schedules,
+    _dashboard.dashboard,
 ):
     cli.add_command(command)

@@ -67,12 +67,13 @@ def _s(
     )
 
 
-DISPATCHER, DATABASE, SWEEPER, WORKER, SERVER = (
+DISPATCHER, DATABASE, SWEEPER, WORKER, SERVER, DASHBOARD = (
     "dispatcher",
     "database",
     "sweeper",
     "worker",
     "server",
+    "dashboard",
 )
 GROUP_TITLES = {
     DISPATCHER: "Dispatcher (where tasks go and how pushes come back)",
@@ -80,6 +81,7 @@ GROUP_TITLES = {
     SWEEPER: "Sweeper",
     WORKER: "Database-queue workers",
     SERVER: "Serving (`tq dev`, `tq serve`)",
+    DASHBOARD: "Dashboard (`tq dashboard`; see docs/dashboard.md)",
 }
 
 SETTINGS: tuple[Setting, ...] = (
@@ -185,6 +187,25 @@ SETTINGS: tuple[Setting, ...] = (
        "(the example does)."),
     _s("log_level", "info", STR, SERVER, "Log level: debug, info, warning, error.",
        choices=("debug", "info", "warning", "error")),
+    # The dashboard.
+    _s("dashboard_token", None, STR, DASHBOARD,
+       "Token of the operator role (looks and acts). Unset, with no other access setting: "
+       "`tq dashboard` makes one and prints its sign-in address."),
+    _s("dashboard_viewer_token", None, STR, DASHBOARD,
+       "Token of the read-only role."),
+    _s("dashboard_operators", (), LIST, DASHBOARD,
+       "Google identities (emails, comma separated) with the operator role; needs "
+       "`--dashboard-audience` or `--dashboard-iap-audience`."),
+    _s("dashboard_viewers", (), LIST, DASHBOARD,
+       "Google identities (emails, comma separated) with the read-only role."),
+    _s("dashboard_audience", None, STR, DASHBOARD,
+       "Audience of the Google ID tokens sent as `Authorization: Bearer` (turns on OIDC)."),
+    _s("dashboard_iap_audience", None, STR, DASHBOARD,
+       "Identity-Aware Proxy's audience (`/projects/NUMBER/global/backendServices/ID` or "
+       "`/projects/NUMBER/apps/PROJECT`): trusts IAP's signed `X-Goog-IAP-JWT-Assertion`."),
+    _s("dashboard_secret", None, STR, DASHBOARD,
+       "Key signing sign-in cookies and form tokens; give replicas the same one (unset: "
+       "random per process)."),
 )  # fmt: skip
 
 BY_KEY = {s.key: s for s in SETTINGS}
