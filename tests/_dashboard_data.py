@@ -9,6 +9,7 @@ outbox (waiting and parked reminders), and a worker firing a cron class.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import dataclasses
 import datetime as dt
 from typing import Any
@@ -94,7 +95,9 @@ def populate(engine: sa.Engine, *, waiting: int = 3) -> Data:
     d.add_task(tq.Task(payload=pb.Greet(name="done-1"), title="done-1"))
     d.add_task(tq.Task(payload=pb.Greet(name="fail-1"), title="fail-1"))
     d.add_task(tq.Task(payload=pb.Blob(data=b"pulled")))
-    asyncio.run(_deliver(engine, d))  # done-1 done, fail-1 failed; the report's cron row
+    # In a thread of its own: the caller may be inside an event loop (Playwright's).
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, _deliver(engine, d)).result()  # done-1 done, fail-1 failed
     (leased,) = dbqueue.PullQueue(engine, PULL).lease(1, dt.timedelta(hours=1))
     later = dt.timedelta(hours=2)
     for i in range(waiting):
@@ -145,11 +148,12 @@ def _all(store: tq.txn.sql.SQLStore) -> list[Any]:
 def add_waiting(engine: sa.Engine, n: int, *, batch: int = 1000) -> None:
     """`n` more waiting tasks in QUEUE, fast (for the 10,000-task page)."""
     d = dispatcher(engine)
+    store = tq.txn.sql.SQLStore(engine, register=False)
     later = dt.timedelta(hours=3)
     done = 0
     while done < n:
         k = min(batch, n - done)
-        with tq.txn.sql.transaction(engine):
+        with tq.txn.sql.transaction(engine, store=store):
             for i in range(done, done + k):
                 d.add_task(tq.Task(payload=pb.Greet(name=f"bulk-{i}"), delay=later,
                                    title=f"bulk-{i}"))  # fmt: skip

@@ -9,6 +9,7 @@ pytest_plugins: list[str] = [
     "tests._services.spanner",
     "tests._services.postgres",
     "tests._services.mariadb",
+    "tests._services.chromium",
     "tests._longmode",
     "pytester",
 ]

@@ -11,6 +11,10 @@
 `https://www.googleapis.com/oauth2/v1/certs`) from an HTTP server on
 127.0.0.1 in a thread, and mints ID tokens shaped like the ones Cloud Tasks
 sends. Needs the `cryptography` package.
+
+`SigningKey.generate_ec()` makes an ES256 key served as a public-key PEM,
+the way Identity-Aware Proxy publishes its keys: with it, a `LocalIssuer`
+mints IAP-like assertions (`mint(..., iss=IAP issuer, email_verified=None)`).
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 from google.auth import crypt, jwt
 
@@ -72,8 +76,28 @@ class SigningKey:
         signer = crypt.RSASigner(key, key_id=kid)  # type: ignore[no-untyped-call]
         return cls(kid=kid, private_pem=private_pem, cert_pem=cert_pem, signer=signer)
 
+    @classmethod
+    def generate_ec(cls, kid: str | None = None) -> SigningKey:
+        """A fresh P-256 key (ES256); `cert_pem` holds its public key PEM (as IAP serves)."""
+        kid = kid or secrets.token_hex(3)
+        key = ec.generate_private_key(ec.SECP256R1())
+        private_pem = key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        ).decode()
+        public_pem = (
+            key.public_key()
+            .public_bytes(
+                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+            )
+            .decode()
+        )
+        signer = crypt.ES256Signer(key, key_id=kid)
+        return cls(kid=kid, private_pem=private_pem, cert_pem=public_pem, signer=signer)
+
     def sign(self, claims: dict[str, Any]) -> str:
-        """A JWT (RS256, with this key's `kid` in its header) of `claims`."""
+        """A JWT (RS256 or ES256, with this key's `kid` in its header) of `claims`."""
         signer = self.signer or crypt.RSASigner.from_string(  # type: ignore[no-untyped-call]
             self.private_pem, key_id=self.kid
         )

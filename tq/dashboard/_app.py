@@ -22,7 +22,7 @@ from tq.dashboard._access import (
     User,
     _InsecureNoAuth,
 )
-from tq.dashboard._context import Ctx, NotFound
+from tq.dashboard._context import Ctx, Forbidden, NotFound
 from tq.dashboard._html import join, layout, link, tag
 from tq.dashboard._sources import Sources
 
@@ -185,6 +185,10 @@ class _Guard:
                 text = await run_in_threadpool(render, ctx, request)
             except NotFound as e:
                 return _message(request, "Not found", str(e), 404)
+            except Forbidden as e:
+                return _message(request, "Not allowed", str(e), 403)
+            except _actions.Refused as e:
+                return _message(request, "Bad request", str(e), 400)
             except ValueError as e:  # a filter or cursor the backend refuses
                 return _message(request, "Bad request", str(e), 400)
             response = _html(text)
@@ -200,7 +204,7 @@ class _Guard:
 
     def _confirm_page(self, ctx: Ctx, request: Request) -> str:
         if not ctx.user.may_act:
-            raise _actions.Refused("viewers cannot act")
+            raise Forbidden("Your role is read-only.")
         r = _actions.Request.parse(
             request.path_params["action"],
             dict(request.query_params),
@@ -226,19 +230,20 @@ class _Guard:
             and urllib.parse.urlsplit(origin).netloc != request.url.netloc
         ):
             return _message(request, "Not allowed", "Cross-site request refused.", 403)
-        form = await request.form()
+        pairs = await _form(request)
+        if pairs is None:
+            return _message(request, "Bad request", "Expected a form.", 400)
         ctx = self._ctx(request, user)
-        token = form.get("csrf")
+        fields = dict(pairs)
+        ids = [v for k, v in pairs if k == "ids"]
         assert self.access is not None
-        if not isinstance(token, str) or not self.access.check_csrf(user, token):
+        if not self.access.check_csrf(user, fields.get("csrf", "")):
             return _message(
                 request,
                 "Not allowed",
                 "Missing or stale form token: reload the page and try again.",
                 403,
             )
-        fields = {k: v for k, v in form.items() if isinstance(v, str)}
-        ids = [v for v in form.getlist("ids") if isinstance(v, str)]
         try:
             r = _actions.Request.parse(request.path_params["action"], fields, ids)
             message, back, ok = await run_in_threadpool(_actions.perform, ctx, r)
@@ -271,9 +276,8 @@ class _Guard:
         nxt = request.query_params.get("next", "")
         token = request.query_params.get("token", "")
         if request.method == "POST":
-            form = await request.form()
-            token = str(form.get("token", ""))
-            nxt = str(form.get("next", ""))
+            form = dict(await _form(request) or [])
+            token, nxt = form.get("token", ""), form.get("next", "")
         if token:
             user = access.by_token(token)
             if user is None:
@@ -298,6 +302,25 @@ class _Guard:
         response = RedirectResponse(f"{_root(request)}/login", 303)
         response.delete_cookie(SESSION_COOKIE, path=_root(request) or "/")
         return response
+
+
+MAX_FORM_BYTES = 256 * 1024
+
+
+async def _form(request: Request) -> list[tuple[str, str]] | None:
+    """The fields of an urlencoded form (no multipart: the pages never send one)."""
+    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if kind != "application/x-www-form-urlencoded":
+        return None
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_FORM_BYTES:
+            return None
+    try:
+        return urllib.parse.parse_qsl(body.decode("utf-8"), keep_blank_values=True)
+    except (UnicodeDecodeError, ValueError):
+        return None
 
 
 def _login_form(root: str, nxt: str, error: str = "", status: int = 200) -> Response:

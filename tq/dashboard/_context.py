@@ -16,6 +16,10 @@ class NotFound(Exception):
     """The page's subject does not exist (a 404 page)."""
 
 
+class Forbidden(Exception):
+    """The user's role may not do this (a 403 page)."""
+
+
 @dataclasses.dataclass
 class Ctx:
     root: str  # the mount path, "" at the top
@@ -63,4 +67,4 @@ def short(text: Any, n: int = 80) -> Any:
     return tag("span", text[: n - 1] + "…", title=text)
 
 
-__all__ = ["PAGE_SIZE", "Ctx", "NotFound", "dl", "esc", "short"]
+__all__ = ["PAGE_SIZE", "Ctx", "Forbidden", "NotFound", "dl", "esc", "short"]
