@@ -1,6 +1,7 @@
 """The demo: the orders service on the embedded default, under a burst of orders.
 
     python -m examples.orders.demo [--orders N] [--chain N] [--http] [--timeout S]
+                                   [--dashboard | --no-dashboard] [--port P]
 
 Runs the example on a SQLite file in a temporary directory, with the
 database queue's workers in this process delivering through tq's push
@@ -10,6 +11,11 @@ committing its row and a transactional e-mail task together, plus a
 count-down chain; shows progress; then prints what happened: tasks added,
 delivered, retried, parked, and the commit-to-handler latency. Some e-mails
 fail on their first try on purpose, to show retries.
+
+At its end it serves the operator's dashboard (`tq.dashboard`, mounted at
+`/tq` beside the push endpoint) over the demo's database and prints its
+address, with a token made for the run, until Ctrl-C: by default when
+standard output is a terminal (`--dashboard` / `--no-dashboard` choose).
 
 Exit status: 0 when every task ran; 1 when any was lost (not run by the
 deadline) or parked.
@@ -22,6 +28,8 @@ import asyncio
 import concurrent.futures
 import contextlib
 import logging
+import secrets
+import signal
 import socket
 import statistics
 import sys
@@ -39,6 +47,7 @@ from rich.table import Table
 
 import tq
 import tq.asgi
+import tq.dashboard
 from examples.orders.db import Order, make_engine
 from examples.orders.service import OrdersService
 from examples.orders.web import create_app
@@ -104,24 +113,59 @@ async def _uvicorn(app: Any, sock: socket.socket) -> AsyncIterator[None]:
         await serving
 
 
-async def run(orders: int, chain: int, http: bool, timeout_s: float, console: Console) -> int:
+async def run(
+    orders: int,
+    chain: int,
+    http: bool,
+    timeout_s: float,
+    console: Console,
+    dashboard_port: int | None = None,
+) -> int:
+    """The demo; with `dashboard_port`, then the dashboard on that port until Ctrl-C."""
     with tempfile.TemporaryDirectory(prefix="tq-demo-") as tmp:
         db = Path(tmp) / "orders.db"
         mailer = DemoMailer()
         service = OrdersService(make_engine(f"sqlite:///{db}"), mailer=mailer)
         queue_engine = dbqueue.sqlite_engine(db)
+        token = secrets.token_urlsafe(16)
+        app = create_app(service, push_auth=tq.asgi.INSECURE_NO_AUTH,
+                         dashboard=tq.dashboard.Access(operator_tokens=[token]))  # fmt: skip
         try:
-            return await _run(service, mailer, queue_engine, orders, chain, http, timeout_s,
-                              console)  # fmt: skip
+            code = await _run(service, mailer, queue_engine, app, orders, chain, http,
+                              timeout_s, console)  # fmt: skip
+            if dashboard_port is not None:
+                await _serve_dashboard(app, dashboard_port, token, console)
+            else:
+                console.print("Dashboard: run [bold]scripts/demo --dashboard[/] to browse the "
+                              "queues, tasks and reminders of a run")  # fmt: skip
+            return code
         finally:
             service.close()
             queue_engine.dispose()
+
+
+async def _serve_dashboard(app: Any, port: int, token: str, console: Console) -> None:
+    """Serves the app (the dashboard at /tq) until SIGINT or SIGTERM, after printing where."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", port))
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    async with _uvicorn(app, sock):
+        address = f"http://127.0.0.1:{sock.getsockname()[1]}/tq/login?token={token}"
+        # Plain print: an address must not be wrapped.
+        print(f"Dashboard: {address}  (Ctrl-C to stop)", flush=True)
+        await stop.wait()
+    console.print("dashboard stopped")
 
 
 async def _run(
     service: OrdersService,
     mailer: DemoMailer,
     queue_engine: sa.Engine,
+    app: Any,
     orders: int,
     chain: int,
     http: bool,
@@ -132,7 +176,6 @@ async def _run(
     dbqueue.create_schema(queue_engine)
     # The embedded default: tasks become rows of the database queue in the
     # app's own SQLite file, inserted in the order's own transaction.
-    app = create_app(service, push_auth=tq.asgi.INSECURE_NO_AUTH)
     sock = _free_port()
     service.dispatcher.configure(
         cloud_project="tq-demo", cloud_region="local", target_scheme="http",
@@ -250,11 +293,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--chain", type=int, default=20, help="length of the count-down chain (20)")
     p.add_argument("--http", action="store_true", help="push over HTTP to uvicorn on loopback")
     p.add_argument("--timeout", type=float, default=45.0, help="seconds to wait (45)")
+    p.add_argument(
+        "--dashboard",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="then serve the dashboard until Ctrl-C (default: on a terminal)",
+    )
+    p.add_argument(
+        "--port", type=int, default=8080, help="the dashboard's port (8080; 0 picks a free one)"
+    )
     args = p.parse_args(argv)
+    show = sys.stdout.isatty() if args.dashboard is None else args.dashboard
     # The retries shown are on purpose: keep their log lines out of the way.
     logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
     console = Console(stderr=False, highlight=False)
-    return asyncio.run(run(args.orders, args.chain, args.http, args.timeout, console))
+    return asyncio.run(
+        run(args.orders, args.chain, args.http, args.timeout, console, args.port if show else None)
+    )
 
 
 if __name__ == "__main__":

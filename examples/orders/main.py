@@ -2,7 +2,8 @@
 
 The database is `TQ_DATABASE_URL` (default `sqlite:///orders.db`), the
 variable the `tq` command reads and exports too; `TQ_AUTHORIZED_LAUNCHERS`
-names who may call the sweep endpoint. `tq dev` and `tq serve`
+names who may call the sweep endpoint; `TQ_DASHBOARD_TOKEN`, when set,
+serves the dashboard at `/tq` to whoever holds it. `tq dev` and `tq serve`
 find the dispatcher here (`dispatcher`) and configure it.
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import os
 
+import tq.dashboard
 from examples.orders.service import OrdersService
 from examples.orders.web import create_app
 
@@ -19,4 +21,6 @@ dispatcher = service.dispatcher
 launchers = [
     e.strip() for e in os.environ.get("TQ_AUTHORIZED_LAUNCHERS", "").split(",") if e.strip()
 ]
-app = create_app(service, authorized_launchers=launchers)
+token = os.environ.get("TQ_DASHBOARD_TOKEN")
+dashboard = tq.dashboard.Access(operator_tokens=[token]) if token else None
+app = create_app(service, authorized_launchers=launchers, dashboard=dashboard)

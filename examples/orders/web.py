@@ -13,6 +13,7 @@ from starlette.routing import Mount, Route
 
 import tq
 import tq.asgi
+import tq.dashboard
 from examples.orders.service import OrdersService
 
 
@@ -21,6 +22,7 @@ def create_app(
     *,
     push_auth: Any = None,
     authorized_launchers: Collection[str] = (),
+    dashboard: Any = None,
 ) -> Starlette:
     """The ASGI app of `service`.
 
@@ -30,7 +32,10 @@ def create_app(
     `/internal/tasks` (`push_auth` and `authorized_launchers`, who may call
     its sweep and cron endpoints, go to `tq.asgi.app`: None checks OIDC
     tokens), whose `/internal/tasks/c/cron/daily-report` Cloud Scheduler or
-    App Engine cron calls. Start-up creates the tables if missing.
+    App Engine cron calls. With `dashboard` (a `tq.dashboard.Access`, or
+    `INSECURE_NO_AUTH`), the operator's dashboard is served under `/tq`
+    over the app's database (its outbox and database queue). Start-up
+    creates the tables if missing.
     """
 
     @contextlib.asynccontextmanager
@@ -83,8 +88,14 @@ def create_app(
     push = tq.asgi.app(
         service.dispatcher, auth=push_auth, authorized_launchers=authorized_launchers
     )
+    extra = []
+    if dashboard is not None:
+        board = tq.dashboard.app(service.dispatcher, engine=service.engine,
+                                 stores=[service.store], access=dashboard)  # fmt: skip
+        extra.append(Mount("/tq", app=board))
     return Starlette(
         routes=[
+            *extra,
             Route("/healthz", healthz),
             Route("/orders", orders, methods=["POST"]),
             Route("/orders/{order_id:int}", get_order),

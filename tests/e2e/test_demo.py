@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 from rich.console import Console
 
 from examples.orders import demo
@@ -61,3 +64,34 @@ def test_demo_summary_fails_when_a_task_is_lost(tmp_path: Path) -> None:
         engine.dispose()
     assert code == 1
     assert "1 lost" in (tmp_path / "out.txt").read_text()
+
+
+def test_demo_ends_by_serving_the_dashboard_at_the_address_it_prints() -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "examples.orders.demo", "--orders", "10", "--chain", "2",
+         "--dashboard", "--port", "0"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    seen = []
+    try:
+        for line in proc.stdout:  # ends when the demo exits (if it never prints the address)
+            seen.append(line)
+            m = re.search(r"Dashboard: (http://\S+)", line)
+            if m:
+                with httpx.Client(follow_redirects=True, timeout=30) as client:
+                    page = client.get(m.group(1))
+                    assert page.status_code == 200, page.text
+                    assert "Overview" in page.text
+                    assert "orders" in page.text
+                    assert "parked" in page.text
+                break
+        else:
+            raise AssertionError("no dashboard address: " + "".join(seen))
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=60) == 0, "".join(seen)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stdout.close()

@@ -16,7 +16,7 @@ from typing import Any
 
 from tq import clock
 from tq.txn import ReminderStore
-from tq.txn._store import id_to_int, key_bound
+from tq.txn._store import id_to_int, int_to_id, key_bound
 
 PAGE = 500  # reminders read from a store per call
 
@@ -159,8 +159,17 @@ class OutboxAdmin:
         s = self.store(store)
         if s is None:
             return None
-        found = s.fetch_reminders([reminder_id])
+        found = s.fetch_reminders([reminder_id]) or self._parked_by_id(s, reminder_id)
         return describe_reminder(s, found[0], full=True) if found else None
+
+    def _parked_by_id(self, store: ReminderStore, reminder_id: str) -> list[Any]:
+        """The parked reminder `reminder_id`, if parked (a store may keep them apart: Spanner)."""
+        try:
+            key = id_to_int(reminder_id)
+        except ValueError:
+            return []
+        after = int_to_id(key - 1) if key > 0 else ""
+        return [r for r in store.list_parked(1, after) if r.id == reminder_id]
 
     # Parked reminders.
 
@@ -198,7 +207,9 @@ class OutboxAdmin:
             if ids is None:
                 chosen += [Chosen(s, r) for r in self.parked(s, 1 << 30)]
             else:
-                chosen += [Chosen(s, r) for r in s.fetch_reminders(list(ids)) if r.parked]
+                chosen += [
+                    Chosen(s, r) for i in dict.fromkeys(ids) for r in self._parked_by_id(s, i)
+                ]
         missing = [] if ids is None else sorted(set(ids) - {c.reminder.id for c in chosen})
         return chosen, missing
 

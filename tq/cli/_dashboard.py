@@ -17,7 +17,7 @@ from typing import Any
 
 import click
 
-from tq.cli import _output, _server, _wiring
+from tq.cli import _server, _wiring
 from tq.cli._backends import open_backend
 from tq.cli._errors import CONFIG, CLIError, fail
 from tq.cli._options import Config, settings_options
@@ -87,10 +87,12 @@ def dashboard(app_spec: str | None, insecure_no_auth: bool, **kwargs: Any) -> No
     host, port = sock.getsockname()[:2]
     address = f"http://{'[' + host + ']' if ':' in host else host}:{port}"
     where = f"{address}/login?token={made}" if made else f"{address}/"
-    _output.say(f"tq dashboard: {label or 'no queue backend'}; open {where}")
+    # Plain lines (never wrapped): scripts and people copy the address.
+    click.echo(f"tq dashboard: {label or 'no queue backend'}", err=True)
+    click.echo(f"tq dashboard: open {where}", err=True)
     if made:
-        _output.say("tq dashboard: that token (made for this run) signs in as operator; set "
-                    "TQ_DASHBOARD_TOKEN to choose one")  # fmt: skip
+        click.echo("tq dashboard: that token (made for this run) signs in as operator; set "
+                   "TQ_DASHBOARD_TOKEN to choose one", err=True)  # fmt: skip
     try:
         with _server.graceful_signals(), contextlib.suppress(KeyboardInterrupt):
             asyncio.run(_server.serve(app, sock, cfg.log_level, []))
