@@ -37,7 +37,8 @@ class Data:
     dispatcher: tq.Dispatcher
     store: tq.txn.sql.SQLStore
     names: dict[str, str]  # state -> the name of one task in that state (of QUEUE)
-    leased: str  # the leased task of PULL
+    leased: str  # the leased task of PULL (priority 5, tag batch-a)
+    finished: str  # a task of PULL completed with a result
     waiting_reminders: list[str]
     parked_reminders: list[str]
 
@@ -94,11 +95,14 @@ def populate(engine: sa.Engine, *, waiting: int = 3) -> Data:
     admin = dbqueue.Admin(engine)
     d.add_task(tq.Task(payload=pb.Greet(name="done-1"), title="done-1"))
     d.add_task(tq.Task(payload=pb.Greet(name="fail-1"), title="fail-1"))
-    d.add_task(tq.Task(payload=pb.Blob(data=b"pulled")))
+    d.add_task(tq.Task(payload=pb.Blob(data=b"pulled"), priority=5, tag="batch-a"))
+    d.add_task(tq.Task(payload=pb.Blob(data=b"finished")))
     # In a thread of its own: the caller may be inside an event loop (Playwright's).
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         pool.submit(asyncio.run, _deliver(engine, d)).result()  # done-1 done, fail-1 failed
-    (leased,) = dbqueue.PullQueue(engine, PULL).lease(1, dt.timedelta(hours=1))
+    pull = dbqueue.PullQueue(engine, PULL)
+    leased, finished = pull.lease(2, dt.timedelta(hours=1))  # the higher priority first
+    assert pull.complete(finished, result='{"rows": 3}')
     later = dt.timedelta(hours=2)
     for i in range(waiting):
         d.add_task(tq.Task(payload=pb.Greet(name=f"wait-{i}"), delay=later + dt.timedelta(
@@ -114,7 +118,7 @@ def populate(engine: sa.Engine, *, waiting: int = 3) -> Data:
     }
     waiting_ids = _remind(engine, store, d, grpc.StatusCode.UNAVAILABLE, ["late-1", "late-2"])
     parked_ids = _remind(engine, store, d, grpc.StatusCode.NOT_FOUND, ["lost-1", "lost-2"])
-    return Data(d, store, names, leased.name, waiting_ids, parked_ids)
+    return Data(d, store, names, leased.name, finished.name, waiting_ids, parked_ids)
 
 
 async def _deliver(engine: sa.Engine, d: tq.Dispatcher) -> None:

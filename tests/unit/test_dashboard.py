@@ -215,6 +215,35 @@ async def test_every_action_changes_the_database_and_is_logged_with_who(
     assert record.tq_target == {"queue": "emails"}  # type: ignore[attr-defined]
 
 
+async def test_priorities_tags_and_results_are_shown(app: Any, data: dd.Data) -> None:
+    async with client(app, VIEWER) as c:
+        page = await c.get("/queues/pulled")
+        assert "batch-a" in page.text
+        assert ">priority<" in page.text
+        leased = await c.get(f"/queues/pulled/tasks/{data.leased}")
+        assert "<dt>tag</dt><dd>batch-a</dd>" in leased.text
+        assert "<dt>priority</dt><dd>5</dd>" in leased.text
+        done = await c.get(f"/queues/pulled/tasks/{data.finished}")
+        assert '<pre id="result">{\n  &quot;rows&quot;: 3\n}</pre>' in done.text
+
+
+async def test_clean_deletes_the_filtered_tasks_after_saying_how_many(
+    app: Any, data: dd.Data, engine: sa.Engine
+) -> None:
+    async with client(app, OPERATOR) as c:
+        page = await c.get("/queues/emails", params={"state": "failed"})
+        assert "Clean failed tasks…" in page.text
+        ask = await c.get("/confirm/clean", params={"queue": "emails", "state": "failed"})
+        assert "1 match: 0 waiting or running would be deleted" in ask.text
+        assert "1 finished would be dropped" in ask.text
+        done = await confirm_and_act(c, "clean", queue="emails", state="failed")
+        assert done.headers["location"] == "/queues/emails?state=failed"
+        everything = await c.get("/confirm/clean", params={"queue": "emails"})
+        assert everything.status_code == 400  # never the whole queue by accident
+    assert dbqueue.Admin(engine).count_tasks(queue="emails", state="failed") == 0
+    assert dbqueue.Admin(engine).count_tasks(queue="emails", state="done") == 1
+
+
 async def test_what_a_task_carries_is_escaped(data: dd.Data, engine: sa.Engine, app: Any) -> None:
     data.dispatcher.add_task(tq.Task(payload=pb.Greet(name="<script>alert(1)</script>"),
                                      title="a&b'c"))  # fmt: skip

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 from tq.dashboard._access import User
 from tq.dashboard._context import Ctx, NotFound
@@ -18,7 +19,7 @@ from tq.dashboard._html import Markup, join, link, quote, tag
 
 log = logging.getLogger("tq.dashboard")
 
-QUEUE_ACTIONS = ("pause", "resume", "purge")
+QUEUE_ACTIONS = ("pause", "resume", "purge", "clean")
 TASK_ACTIONS = ("run", "delete")
 PARKED_ACTIONS = ("replay", "drop")
 ACTIONS = QUEUE_ACTIONS + TASK_ACTIONS + PARKED_ACTIONS
@@ -38,6 +39,8 @@ class Request:
     store: str | None = None
     ids: tuple[str, ...] = ()
     all: bool = False
+    state: str = ""  # clean: which tasks
+    task_class: str = ""
 
     @classmethod
     def parse(cls, action: str, fields: Mapping[str, str], ids: Sequence[str]) -> Request:
@@ -52,6 +55,8 @@ class Request:
             store=fields.get("store") or None,
             ids=tuple(i for i in ids if i),
             all=fields.get("all") == "1",
+            state=fields.get("state", ""),
+            task_class=fields.get("class", ""),
         )
         if action in QUEUE_ACTIONS + TASK_ACTIONS and not r.queue:
             raise Refused("which queue?")
@@ -64,7 +69,13 @@ class Request:
     def fields(self) -> list[tuple[str, str]]:
         out = [
             (k, v)
-            for k, v in (("queue", self.queue), ("name", self.name), ("store", self.store or ""))
+            for k, v in (
+                ("queue", self.queue),
+                ("name", self.name),
+                ("store", self.store or ""),
+                ("state", self.state),
+                ("class", self.task_class),
+            )
             if v
         ]
         out += [("ids", i) for i in self.ids]
@@ -78,6 +89,8 @@ class Request:
             return "/parked"
         if self.action in TASK_ACTIONS and self.action != "delete":
             return f"/queues/{quote(self.queue)}/tasks/{quote(self.name)}"
+        if self.action == "clean" and self.state:
+            return f"/queues/{quote(self.queue)}?state={quote(self.state)}"
         return f"/queues/{quote(self.queue)}"
 
 
@@ -96,6 +109,17 @@ def _question(ctx: Ctx, r: Request) -> str:
             f"Purge queue {r.queue}? This deletes every waiting task ({s['tasks']} now); "
             "they will never run."
         )
+    if r.action == "clean":
+        c = _clean(admin, r, dry_run=True)
+        which = " ".join(
+            x for x in (r.state, f"of class {r.task_class}" if r.task_class else "") if x
+        )
+        return (
+            f"Clean the {which or ''} tasks of queue {r.queue}? {c['matched']} match: "
+            f"{c['deleted']} waiting or running would be deleted (never to run), "
+            f"{c['dropped']} finished would be dropped, {c['kept']} kept while their names "
+            "are reserved."
+        )
     if r.action == "delete":
         return f"Delete task {r.name} of queue {r.queue}? It will never run."
     if r.action == "run":
@@ -111,7 +135,7 @@ def confirm(ctx: Ctx, r: Request) -> str:
     """The page asking to confirm `r`, with the POST form that does it."""
     hidden = [tag("input", type="hidden", name=k, value=v) for k, v in r.fields()]
     hidden.append(tag("input", type="hidden", name="csrf", value=ctx.csrf))
-    danger = r.action in ("purge", "delete", "drop")
+    danger = r.action in ("purge", "clean", "delete", "drop")
     form = tag(
         "form",
         join(
@@ -163,6 +187,12 @@ def _on_queues(ctx: Ctx, r: Request) -> tuple[bool, str]:
         if n is None:
             return False, f"no queue {r.queue}"
         return True, f"queue {r.queue} purged" + (f": {n} tasks deleted" if n else "")
+    if r.action == "clean":
+        c = _clean(admin, r, dry_run=False)
+        return True, (
+            f"{c['matched']} tasks cleaned from queue {r.queue}: {c['deleted']} deleted, "
+            f"{c['dropped']} dropped, {c['kept']} kept while their names are reserved"
+        )
     if r.action == "delete":
         ok = admin.delete_task(r.queue, r.name)
         return ok, (
@@ -176,6 +206,20 @@ def _on_queues(ctx: Ctx, r: Request) -> tuple[bool, str]:
         if ok
         else f"task {r.name} is neither waiting nor failed: nothing to run"
     )
+
+
+def _clean(admin: Any, r: Request, *, dry_run: bool) -> dict[str, Any]:
+    if not hasattr(admin, "clean"):
+        raise Refused("this backend cannot clean tasks (the database queue can)")
+    if not (r.state or r.task_class):
+        raise Refused("clean which tasks? Choose a state or a class first")
+    try:
+        found: dict[str, Any] = admin.clean(
+            r.queue, r.state or None, r.task_class or None, dry_run=dry_run
+        )
+    except ValueError as e:
+        raise Refused(str(e)) from None
+    return found
 
 
 def _on_parked(ctx: Ctx, r: Request) -> tuple[bool, str]:
@@ -200,6 +244,8 @@ def _log(user: User, r: Request, message: str, ok: bool) -> None:
         "queue": r.queue or None,
         "task": r.name or None,
         "store": r.store,
+        "state": r.state or None,
+        "class": r.task_class or None,
         "reminders": list(r.ids) or ("all" if r.all else None),
     }
     log.warning(

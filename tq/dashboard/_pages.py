@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -148,6 +149,16 @@ def queue(ctx: Ctx, name: str, q: Mapping[str, str]) -> str:
                     if s["state"] == "PAUSED"
                     else ctx.action("pause", "Pause", queue=name),
                     ctx.action("purge", "Purge…", danger=True, queue=name),
+                    ctx.action(
+                        "clean",
+                        f"Clean {state or 'all'} tasks…",
+                        danger=True,
+                        queue=name,
+                        state=state,
+                        **{"class": task_class},
+                    )
+                    if hasattr(admin, "clean") and (state or task_class)
+                    else "",
                 ]
             ),
             class_="actions",
@@ -203,6 +214,13 @@ def queue(ctx: Ctx, name: str, q: Mapping[str, str]) -> str:
         )
     )
 
+    # Priorities, tags and progress (database queue), when any task on the page has them.
+    extra_columns: list[tuple[str, Any]] = [
+        (label, key) for label, key in (("priority", "priority"), ("tag", "tag"),
+                                        ("progress", "progress"))
+        if any(r.get(key) for r in rows)
+    ]  # fmt: skip
+
     def actions(r: Mapping[str, Any]) -> Markup:
         out = []
         if r["state"] in ("pending", "failed"):
@@ -228,6 +246,7 @@ def queue(ctx: Ctx, name: str, q: Mapping[str, str]) -> str:
                 ("attempts", "attempts"),
                 ("last status", "last_status"),
                 ("last error", lambda r: short(r.get("last_error"), 60)),
+                *extra_columns,
                 ("", actions),
             ],
             empty="no tasks match",
@@ -283,6 +302,9 @@ def task(ctx: Ctx, queue_name: str, name: str) -> str:
             if t.get("lease_owner")
             else None,
         ),
+        ("priority", t.get("priority") or None),
+        ("tag", t.get("tag")),
+        ("progress", t.get("progress")),
         ("request", f"{t.get('method', '')} {t['url']}"),
     ]
     parts = [
@@ -302,8 +324,23 @@ def task(ctx: Ctx, queue_name: str, name: str) -> str:
         ),
         dl(facts),
     ]
+    for key, heading in (("result", "Result"), ("failure", "Last failure")):
+        if t.get(key):
+            parts += [tag("h2", heading), tag("pre", readable_bytes(t[key]), id=key)]
     parts += payload_section(shown, t.get("headers") or {})
     return ctx.page(f"Task {name}", join(parts))
+
+
+def readable_bytes(data: bytes) -> str:
+    """Bytes a task produced, for a person: indented JSON, text, or hex."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        return data.hex(" ")
+    try:
+        return json.dumps(json.loads(text), indent=2, ensure_ascii=False)
+    except ValueError:
+        return text
 
 
 def payload_section(shown: Mapping[str, Any], headers: Mapping[str, str]) -> list[Markup]:
