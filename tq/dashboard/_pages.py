@@ -124,7 +124,8 @@ def queue(ctx: Ctx, name: str, q: Mapping[str, str]) -> str:
     rows, nxt = admin.page_tasks(
         name, state=state, task_class=task_class, order=order, limit=PAGE_SIZE, cursor=cursor
     )
-    (s,) = admin.stats(name)
+    counts = admin.count_by_state(name)
+    s = _summary(admin, name, counts)
     base = f"/queues/{quote(name)}"
     parts = [
         tag(
@@ -165,7 +166,6 @@ def queue(ctx: Ctx, name: str, q: Mapping[str, str]) -> str:
         )
     )
     parts.append(_charts_of(admin.history(name), name))
-    counts = admin.count_by_state(name)
     tabs = [
         link(
             ctx.href(base, order=order, **{"class": task_class}),
@@ -266,6 +266,21 @@ def queue(ctx: Ctx, name: str, q: Mapping[str, str]) -> str:
         )
     parts.append(tag("p", join(x for p in pager for x in (p, " ")), class_="pager"))
     return ctx.page(f"Queue {name}", join(parts))
+
+
+def _summary(admin: Any, name: str, counts: Mapping[str, int] | None) -> dict[str, Any]:
+    """The queue's state, live tasks and oldest due ETA, from indexed reads where possible.
+
+    (Its full stats scan every task of the queue: fine for the overview's
+    table, wasted here, where the counts by state are read anyway.)
+    """
+    if counts is None:  # Cloud Tasks: no counts, its stats list the tasks anyway
+        (s,) = admin.stats(name)
+        return dict(s)
+    state = next(q["state"] for q in admin.list_queues() if q["queue"] == name)
+    first, _ = admin.page_tasks(name, state="pending", order="overdue", limit=1)
+    return {"state": state, "tasks": counts.get("pending", 0) + counts.get("leased", 0),
+            "oldest_eta": first[0]["eta"] if first else None}  # fmt: skip
 
 
 def title_of(url: str, task_class: str) -> str:
