@@ -3,7 +3,7 @@
     python -m bench [--tiny] [--rounds 3] [--out FILE] [NAME ...]
 
 NAMEs (default: all, in this order): outbox, defer, push, latency, sweeper,
-scheduler, dbqueue, once, dashboard. Each prints its own Markdown table; the
+scheduler, dbqueue, once, dashboard, pubsub. Each prints its own Markdown table; the
 suite prints them together, with the machine and its load, and writes them to `--out`
 (default .tq-run/bench/results.md). Logs: .tq-run/bench/<name>.log.
 """
@@ -28,6 +28,7 @@ SUITE = (
     "dbqueue",
     "once",
     "dashboard",
+    "pubsub",
 )
 
 

@@ -289,3 +289,29 @@ def test_python_in_image_matches_the_project() -> None:
     version = re.search(r"FROM python:(\d+\.\d+)", image)
     assert version is not None
     assert f"{sys.version_info.major}.{sys.version_info.minor}" == version.group(1)
+
+
+def test_pubsub_script_makes_topics_dead_letters_push_and_pull_with_their_iam() -> None:
+    url = "https://orders-HASH-uc.a.run.app"
+    out = subprocess.run(
+        ["bash", str(DEPLOY / "gcloud" / "pubsub.sh"), "--dry-run", "my-proj", "us-central1", url],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    lines = [shlex.split(line) for line in out.splitlines() if line.startswith("gcloud ")]
+    topics = {a[4] for a in lines if a[1:4] == ["pubsub", "topics", "create"]}
+    assert topics == {"order-events", "order-events-dead-letter"}
+    subs = {a[4]: a[5:] for a in lines if a[1:4] == ["pubsub", "subscriptions", "create"]}
+    push = subs["order-events-audit"]
+    endpoint = f"--push-endpoint={url}/internal/pubsub/order-events-audit"
+    assert endpoint in push
+    assert "--push-auth-service-account=tq-pubsub-pusher@my-proj.iam.gserviceaccount.com" in push
+    for flags in (push, subs["order-events-mailer"]):
+        assert "--dead-letter-topic=order-events-dead-letter" in flags
+        assert "--max-delivery-attempts=5" in flags
+    assert '--message-filter=attributes.tq_class = "order-placed"' in push
+    grants = {(a[-2], a[-1]) for a in lines if "add-iam-policy-binding" in a}
+    agent = "serviceAccount:service-123456789@gcp-sa-pubsub.iam.gserviceaccount.com"
+    assert (f"--member={agent}", "--role=roles/iam.serviceAccountTokenCreator") in grants
+    assert (f"--member={agent}", "--role=roles/pubsub.publisher") in grants  # dead letters
+    app = "serviceAccount:orders-app@my-proj.iam.gserviceaccount.com"
+    assert (f"--member={app}", "--role=roles/pubsub.publisher") in grants

@@ -10,7 +10,8 @@ an OIDC token for `oidc_email` when the worker has a signer), so the same
 locally; retries follow the queue's configuration, and a row that fails
 for good ends FAILED (where Pub/Sub would move it to a dead-letter topic).
 A pull subscription's queue is a pull queue: consumers lease its rows with
-`PullQueue` and read each body with `tq.pubsub.parse_push_body`.
+`PullQueue`, read each body with `tq.pubsub.parse_push_body` and run it
+with `tq.pubsub.handle`.
 
 As on Pub/Sub, a message published to a topic with no subscription is
 dropped (counted in `tq_dbqueue_messages_unrouted`), and messages are not

@@ -23,13 +23,22 @@ from __future__ import annotations
 from tq._topic import (
     ATTRIBUTES,
     CLASS_ATTRIBUTE,
+    EXPECTED_ETA_ATTRIBUTE,
     MAX_MESSAGE_SIZE,
     TASK_ID_ATTRIBUTE,
     TITLE_ATTRIBUTE,
     TYPE_ATTRIBUTE,
 )
 from tq.pubsub._endpoint import DEFAULT_MAX_BODY_BYTES, app, routes
-from tq.pubsub._message import ACK_STATUSES, Handled, Received, handle
+from tq.pubsub._message import (
+    ACK_STATUSES,
+    BadPushBody,
+    Handled,
+    Received,
+    handle,
+    parse_push_body,
+    push_body,
+)
 from tq.pubsub._publisher import Publisher
 from tq.pubsub._subscriber import Subscriber
 
@@ -38,15 +47,19 @@ __all__ = [
     "ATTRIBUTES",
     "CLASS_ATTRIBUTE",
     "DEFAULT_MAX_BODY_BYTES",
+    "EXPECTED_ETA_ATTRIBUTE",
     "MAX_MESSAGE_SIZE",
     "TASK_ID_ATTRIBUTE",
     "TITLE_ATTRIBUTE",
     "TYPE_ATTRIBUTE",
+    "BadPushBody",
     "Handled",
     "Publisher",
     "Received",
     "Subscriber",
     "app",
     "handle",
+    "parse_push_body",
+    "push_body",
     "routes",
 ]
