@@ -245,3 +245,66 @@ def test_push_subscription_redelivers_until_the_handler_succeeds(
         producer.add_task(tq.Task(payload=pb.Greet(name="persist")))
         assert done.wait(WAIT_S)
     assert attempts == [sub.rsplit("/", 1)[-1]] * 3
+
+
+def test_async_add_task_publishes_in_and_out_of_a_transaction(
+    pubsub_emulator: PubSubEmulator,
+    engine: sa.Engine,
+    store: SQLStore,
+    publisher: tq.pubsub.Publisher,
+) -> None:
+    topic = pubsub_emulator.create_topic("async")
+    sub = pubsub_emulator.create_subscription(topic)
+    d = dispatcher(pubsub_emulator, topic, tq.Router(topics=publisher))
+
+    async def main() -> None:
+        from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
+
+        await d.add_task_async(tq.Task(payload=pb.Count(n=1)))
+        aengine = create_async_engine(str(engine.url).replace("sqlite:", "sqlite+aiosqlite:"))
+        try:
+            async with tq.txn.sql.transaction_async(async_sessionmaker(aengine), store=store):
+                await d.add_task_async(tq.Task(payload=pb.Greet(name="in txn")))
+        finally:
+            await aengine.dispose()
+
+    asyncio.run(main())
+    assert sorted(classes(pubsub_emulator.pull(sub))) == ["count", "greet"]
+    assert store.count_reminders() == (0, 0)
+
+
+def test_pull_worker_stops_gracefully_finishing_the_running_handler(
+    pubsub_emulator: PubSubEmulator, publisher: tq.pubsub.Publisher
+) -> None:
+    topic = pubsub_emulator.create_topic("graceful")
+    sub = pubsub_emulator.create_subscription(topic, "slow", ack_deadline_s=60)
+    started, finished = threading.Event(), []
+    release = threading.Event()
+
+    def greet(p: pb.Greet) -> None:
+        started.set()
+        release.wait(WAIT_S)  # still running when stop() is called
+        finished.append(p.name)
+
+    consumer = tq.Dispatcher(cloud_project=pubsub_emulator.project)
+    consumer.task_class(
+        id="greet", prototype=pb.Greet, kind=tq.Kind.NON_TRANSACTIONAL,
+        topic=topic.rsplit("/", 1)[-1],
+    )(greet)  # fmt: skip
+    producer = dispatcher(pubsub_emulator, topic, tq.Router(topics=publisher))
+    producer.add_task(tq.Task(payload=pb.Greet(name="slow one")))
+
+    async def run() -> None:
+        worker = tq.pubsub.Subscriber(consumer, sub, endpoint=pubsub_emulator.endpoint)
+        await worker.start()
+        assert await asyncio.to_thread(started.wait, WAIT_S)
+        stopping = asyncio.ensure_future(worker.stop())
+        await asyncio.sleep(0.2)  # stop() is waiting for the handler
+        assert not stopping.done()
+        release.set()
+        await asyncio.wait_for(stopping, WAIT_S)
+        assert worker.handled == 1
+
+    asyncio.run(run())
+    assert finished == ["slow one"]
+    assert pubsub_emulator.pull(sub, wait_s=1.0) == []  # acked before stop() returned
