@@ -1,4 +1,4 @@
-"""9. Publish after commit: a topic class on the Pub/Sub emulator next to Cloud Tasks.
+"""10. Publish after commit: a topic class on the Pub/Sub emulator next to Cloud Tasks.
 
 What is compared: the same transaction (one business row and one
 TRANSACTIONAL add_task, SQLite outbox in WAL mode) with the happy path on,
@@ -175,7 +175,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=8)
     a = ap.parse_args()
     n, rounds = (20, 1) if a.tiny else (a.n, a.rounds)
-    table = c.Table("9. Publish after commit: Pub/Sub emulator vs Cloud Tasks emulator")
+    table = c.Table("10. Publish after commit: Pub/Sub emulator vs Cloud Tasks emulator")
     table.notes.append(
         "Transactions per second with the happy path on (commit, submit, DELETE of the "
         "reminder); tq = the topic class through tq.pubsub.Publisher, baseline = a queue "
