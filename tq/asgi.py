@@ -71,17 +71,25 @@ DEFAULT_MAX_BODY_BYTES = 1024 * 1024 + 16 * 1024
 
 
 class _InsecureNoAuth:
+    def __init__(self, name: str = "tq.asgi.INSECURE_NO_AUTH") -> None:
+        self._name = name
+
     def __repr__(self) -> str:
-        return "tq.asgi.INSECURE_NO_AUTH"
+        return self._name
 
 
 INSECURE_NO_AUTH = _InsecureNoAuth()
 """Pass as `auth=` to accept pushes and sweep calls with no authentication.
 
 For local development only (a dev server, the database queue on loopback):
-anyone who can reach the endpoint can run any task. Logged as a warning when
-the app is made and on its first request.
+anyone who can reach the endpoint can run any task. Logged as a warning,
+once, when the endpoint serves its first request (building the app, e.g. in
+a script that only adds tasks, says nothing).
 """
+
+_IN_PROCESS_ONLY = _InsecureNoAuth("tq.asgi._IN_PROCESS_ONLY")
+# For an endpoint no socket leads to, which only database-queue workers in the
+# same process call (`tq serve --with-workers`): no authentication, no warning.
 
 _BANNER = (
     "tq: the push endpoint is running WITHOUT AUTHENTICATION (auth=INSECURE_NO_AUTH): "
@@ -178,7 +186,7 @@ class _Endpoint:
         elif isinstance(auth, OIDCVerifier):
             if certs_url != GOOGLE_CERTS_URL:
                 raise ConfigError("pass certs_url to the OIDCVerifier given as auth=, not here")
-        elif auth is not INSECURE_NO_AUTH:
+        elif not isinstance(auth, _InsecureNoAuth):
             raise ConfigError(
                 f"auth must be None, a tq.asgi.OIDCVerifier or tq.asgi.INSECURE_NO_AUTH, "
                 f"got {auth!r}"
@@ -187,14 +195,9 @@ class _Endpoint:
         self.verifier = auth if isinstance(auth, OIDCVerifier) else None
         self.max_body_bytes = max_body_bytes
         self.launchers = frozenset(authorized_launchers)
-        self._warned_insecure = False
-        if self.verifier is None:
-            log.warning(_BANNER)
-        elif not (dispatcher.push_as or dispatcher.authorized_pushers or dispatcher.app_engine):
-            log.warning(
-                "tq: the dispatcher has no push_as or authorized_pushers: the push endpoint "
-                "will refuse every push (403 auth_email_not_allowed) until one is configured"
-            )
+        # Warnings wait for the first request: an app that is built but never
+        # served (a script adding tasks, `tq schedules`) has nothing to warn of.
+        self._warned = auth is _IN_PROCESS_ONLY
 
     async def push(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Serves one push (a plain ASGI app: no Request or Response objects per push)."""
@@ -207,9 +210,9 @@ class _Endpoint:
             where = _where(class_id, headers)
             await self._refuse(send, 400, "body_too_large", f"Content-Length {length}", where)
             return
-        if self.verifier is None:
-            self._warn_insecure()
-        else:
+        if not self._warned:
+            self._warn_once()
+        if self.verifier is not None:
             audiences = request_audiences(
                 self.dispatcher.push_audience,
                 headers.get("host", ""),
@@ -246,8 +249,9 @@ class _Endpoint:
         """None if the caller may launch sweeps and cron ticks, else the refusal."""
         scope = request.scope
         headers = _headers(scope)
+        if not self._warned:
+            self._warn_once()
         if self.verifier is None:
-            self._warn_insecure()
             return None
         audiences = request_audiences(
             self.dispatcher.push_audience,
@@ -302,10 +306,17 @@ class _Endpoint:
             return PlainTextResponse("cron failed\n", status_code=500)
         return PlainTextResponse(f"added {tick.isoformat()}\n")
 
-    def _warn_insecure(self) -> None:
-        if not self._warned_insecure:
-            self._warned_insecure = True
+    def _warn_once(self) -> None:
+        """What is wrong with how the endpoint is set up, said once, at its first request."""
+        self._warned = True
+        d = self.dispatcher
+        if self.verifier is None:
             log.warning(_BANNER)
+        elif not (d.push_as or d.authorized_pushers or d.app_engine):
+            log.warning(
+                "tq: the dispatcher has no push_as or authorized_pushers: the push endpoint "
+                "refuses every push (403 auth_email_not_allowed) until one is configured"
+            )
 
     async def _refuse(self, send: Send, status: int, reason: str, detail: str, where: str) -> None:
         _push.reject(status, reason, f"{detail} ({where})")

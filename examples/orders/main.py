@@ -14,13 +14,13 @@ import os
 import tq.dashboard
 from examples.orders.service import OrdersService
 from examples.orders.web import create_app
+from tq.cli import settings_from_env
 
 service = OrdersService.from_env()
 dispatcher = service.dispatcher
-# Who may call the sweep endpoint (Cloud Scheduler's service account).
-launchers = [
-    e.strip() for e in os.environ.get("TQ_AUTHORIZED_LAUNCHERS", "").split(",") if e.strip()
-]
+# Who may call the sweep endpoint (Cloud Scheduler's service account), read
+# as the `tq` command reads its settings.
+launchers = settings_from_env(os.environ, ["authorized_launchers"])["authorized_launchers"]
 token = os.environ.get("TQ_DASHBOARD_TOKEN")
 dashboard = tq.dashboard.Access(operator_tokens=[token]) if token else None
 app = create_app(service, authorized_launchers=launchers, dashboard=dashboard)

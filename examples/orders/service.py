@@ -30,6 +30,7 @@ import tq
 import tq.txn.sql
 from examples.orders import orders_pb2 as pb
 from examples.orders.db import Base, CountdownStep, DailyReport, Order, make_engine
+from tq.cli import settings_from_env
 
 log = logging.getLogger("orders")
 
@@ -92,9 +93,12 @@ class OrdersService:
 
     @classmethod
     def from_env(cls) -> OrdersService:
-        """The service on `TQ_DATABASE_URL` (default `sqlite:///orders.db`)."""
-        url = os.environ.get("TQ_DATABASE_URL") or DEFAULT_DATABASE_URL
-        return cls(make_engine(url))
+        """The service on `TQ_DATABASE_URL` (default `sqlite:///orders.db`).
+
+        Read as the `tq` command reads it: a SQLAlchemy URL, or a SQLite file path.
+        """
+        url = settings_from_env(os.environ, ["database_url"])["database_url"]
+        return cls(make_engine(url or DEFAULT_DATABASE_URL))
 
     def create_schema(self) -> None:
         """Creates the service's tables and the outbox's (idempotent)."""

@@ -190,6 +190,62 @@ def test_serve_configures_the_dispatcher_from_the_environment_and_keeps_auth_on(
     assert task["state"] == "pending"
 
 
+def test_serve_with_workers_runs_the_orders_example_end_to_end(
+    procs: Callable[..., Proc], tmp_path: Path
+) -> None:
+    # docs/cli.md, "tq serve": the two commands as written there.
+    db = str(tmp_path / "orders.db")
+    _cli("db", "init", "--db", db)
+    p = procs("serve", APP, "--db", db, "--with-workers", env={"TQ_PORT": "0"})
+    base = "http://" + p.wait_for(r"on http://(\S+);").group(1)
+
+    with httpx.Client(base_url=base, timeout=10) as client:
+        order = client.post("/orders", json={"email": "ada@example.com", "item": "tea"})
+        assert order.status_code == 201
+        client.post("/countdown", json={"n": 2, "chain": "c"})
+        poll(lambda: client.get(f"/orders/{order.json()['id']}").json()["confirmed"],
+             "the confirmation, pushed in-process by the workers")  # fmt: skip
+        poll(lambda: client.get("/countdown/c").json()["steps"] == [2, 1, 0], "the chain")
+        # Over HTTP the app's own authentication still holds.
+        unsigned = client.post("/internal/tasks/t/count-down/x", json={})
+        assert unsigned.status_code == 403
+
+    assert p.stop(signal.SIGTERM) == 0
+    assert "WITHOUT AUTHENTICATION" not in p.drain()
+    done = [json.loads(x) for x in _cli("tasks", "list", "--db", db, "--json").splitlines()]
+    assert len(done) == 4  # the confirmation and three steps of the chain
+    assert {t["state"] for t in done} == {"done"}
+    assert {t["attempts"] for t in done} == {1}  # no push was refused and retried
+
+
+@pytest.mark.parametrize(
+    ("args", "flag"),
+    [
+        (["--with-workers"], "--db URL"),
+        (["--with-workers", "--db", "{db}", "--cloud-project", "p"], "--backend dbqueue"),
+        ([], "--cloud-project and --cloud-region"),
+        (["--cloud-project", "p", "--cloud-region", "r"], "--target-host"),
+        (["--db", "{db}", "--cloud-project", "p", "--cloud-region", "r"], "--target-host"),
+        (["--db", "{empty}", "--with-workers"], "tq db init"),
+    ],
+)
+def test_serve_refusals_name_the_flag_that_fixes_them(
+    tmp_path: Path, args: list[str], flag: str
+) -> None:
+    db, empty = str(tmp_path / "orders.db"), str(tmp_path / "empty.db")
+    _cli("db", "init", "--db", db)
+    argv = [a.format(db=db, empty=empty) for a in args]
+    proc = subprocess.run(
+        [sys.executable, "-m", "tq.cli", "serve", APP, "--port", "0", *argv],
+        cwd=ROOT, env={**os.environ, "TQ_DATABASE_URL": "", "PORT": ""}, capture_output=True,
+        text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 3, proc.stderr
+    (line,) = proc.stderr.splitlines()
+    assert line.startswith("tq: error: ")
+    assert flag in line
+
+
 @pytest.fixture(params=["sqlite", "postgres"])
 def orders_db(
     request: pytest.FixtureRequest, tmp_path: Path

@@ -223,3 +223,24 @@ async def test_daily_report_recurs_on_the_database_queue(
     finally:
         service.close()
         queue_engine.dispose()
+
+
+@pytest.mark.parametrize(
+    ("value", "url"),
+    [
+        ("orders.db", "sqlite:///orders.db"),
+        ("/srv/data/orders.db", "sqlite:////srv/data/orders.db"),
+        ("sqlite:///orders.db", "sqlite:///orders.db"),
+        ("postgresql://app@db/orders", "postgresql+psycopg://app@db/orders"),
+    ],
+)
+def test_the_service_reads_tq_database_url_by_the_commands_rule(
+    value: str, url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A bare path is a SQLite file, as for `tq --db` (docs/cli.md): one rule everywhere.
+    monkeypatch.setenv("TQ_DATABASE_URL", value)
+    service = OrdersService.from_env()
+    try:
+        assert service.engine.url.render_as_string(hide_password=False) == url
+    finally:
+        service.close()

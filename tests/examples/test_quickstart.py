@@ -77,10 +77,16 @@ def test_quick_start_against_the_emulator_and_uvicorn(
                 "import examples.quickstart.app as a; "
                 f"a.disp.configure(default_target_host='127.0.0.1:{port}'); a.greet_later('Ada')"
             )
-            subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, check=True, timeout=60)
+            added = subprocess.run(
+                [sys.executable, "-c", code], cwd=ROOT, env=env, check=True, timeout=60,
+                capture_output=True, text=True,
+            )  # fmt: skip
+            # Only adding a task: the insecure endpoint's warning is for where it serves.
+            assert "WITHOUT AUTHENTICATION" not in added.stderr, added.stderr
             out = _wait_for(log, "hello, Ada!")
             assert "hello, Ada! (attempt 1, queue greetings)" in out, out
             assert 'POST /internal/tasks/t/greet/greet-Ada HTTP/1.1" 200' in out, out
+            assert out.count("WITHOUT AUTHENTICATION") == 1, out  # where it serves, once
         finally:
             server.terminate()
             server.wait(timeout=20)

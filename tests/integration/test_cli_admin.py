@@ -232,8 +232,9 @@ def test_tasks_run_makes_a_waiting_task_due_now(engine: sa.Engine, db_url: str) 
     run("tasks", "run", "emails", "no-such-task", "--db", db_url, code=FAILED)
 
 
-def test_bad_state_filter_is_a_configuration_error(engine: sa.Engine, db_url: str) -> None:
-    run("tasks", "list", "--db", db_url, "--state", "sleeping", code=CONFIG)
+def test_bad_state_filter_is_a_usage_error(engine: sa.Engine, db_url: str) -> None:
+    result = run("tasks", "list", "--db", db_url, "--state", "sleeping", code=2)
+    assert result.stderr.startswith("tq: error: --state 'sleeping'")
 
 
 # tq reminders, tq parked, tq sweep

@@ -545,7 +545,7 @@ async def test_auth_is_on_by_default(disp: tq.Dispatcher, calls: Calls) -> None:
     assert calls.payloads == []
 
 
-async def test_insecure_no_auth_accepts_pushes_and_warns_loudly(
+async def test_insecure_no_auth_accepts_pushes_and_warns_once_where_it_serves(
     disp: tq.Dispatcher, calls: Calls, issuer: LocalIssuer, caplog: pytest.LogCaptureFixture
 ) -> None:
     push = built_push(disp, pb.Greet(name="a"))
@@ -555,16 +555,32 @@ async def test_insecure_no_auth_accepts_pushes_and_warns_loudly(
         r2 = await c.post(push.url, headers=push.headers, content=push.body)
     banners = [r for r in caplog.records if "WITHOUT AUTHENTICATION" in r.message]
     assert (r1.status_code, r2.status_code) == (200, 200)
-    assert len(banners_at_creation) == 1
-    assert len(banners) == 2  # at creation and on the first push only
-    assert all(r.levelno == logging.WARNING for r in banners)
+    assert banners_at_creation == []  # an app built but never served says nothing
+    assert len(banners) == 1  # on the first push only
+    assert banners[0].levelno == logging.WARNING
 
 
-async def test_dispatcher_without_pushers_warns_at_creation(
-    caplog: pytest.LogCaptureFixture,
+def test_an_insecure_app_that_is_only_built_does_not_warn(
+    disp: tq.Dispatcher, caplog: pytest.LogCaptureFixture
 ) -> None:
-    tq.asgi.app(make_dispatcher(push_as=None))
-    assert any("refuse every push" in r.message for r in caplog.records)
+    tq.asgi.app(disp, auth=tq.asgi.INSECURE_NO_AUTH)
+    assert caplog.records == []
+
+
+async def test_dispatcher_without_pushers_warns_once_at_the_first_push(
+    issuer: LocalIssuer, caplog: pytest.LogCaptureFixture
+) -> None:
+    disp = make_dispatcher(push_as=None)
+    disp.register_task_class(
+        tq.TaskClass(id="greet", prototype=pb.Greet, kind=tq.Kind.NON_TRANSACTIONAL, queue="q")
+    )
+    push = built_push(disp, pb.Greet(name="a"))
+    async with client(disp, issuer) as c:
+        assert not any("refuses every push" in r.message for r in caplog.records)
+        for _ in range(2):
+            r = await c.post(push.url, headers=push.headers, content=push.body)
+            assert r.status_code == 403
+    assert sum("refuses every push" in r.message for r in caplog.records) == 1
 
 
 @pytest.mark.parametrize(

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import pathlib
 import shlex
 import subprocess
+import sys
 
 import pytest
 import yaml
@@ -91,3 +93,26 @@ def test_cron_yaml_matches_the_app_engine_deploy_file() -> None:
 )
 def test_app_engine_schedules_translate_where_they_can(expr: str, expected: str | None) -> None:
     assert app_engine_schedule(tq.Cron(expr)) == expected
+
+
+def _schedules_process(db: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "tq.cli", "schedules", "--app", APP, "--format", "json"],
+        cwd=ROOT, env={**os.environ, "TQ_DATABASE_URL": db}, capture_output=True, text=True,
+        timeout=120, check=False,
+    )  # fmt: skip
+
+
+def test_schedules_prints_its_table_and_no_warning(tmp_path: pathlib.Path) -> None:
+    # The app's push endpoint is built, never served: nothing to warn of.
+    proc = _schedules_process(f"sqlite:///{tmp_path}/orders.db")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["class"] == "daily-report"
+    assert proc.stderr == ""
+
+
+def test_a_bare_sqlite_path_in_tq_database_url_is_a_sqlite_file(tmp_path: pathlib.Path) -> None:
+    # One rule for TQ_DATABASE_URL everywhere: the example app reads it as the command does.
+    proc = _schedules_process(str(tmp_path / "orders.db"))
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["class"] == "daily-report"

@@ -10,6 +10,7 @@ import sys
 import grpc
 import pytest
 from click.testing import CliRunner
+from google.api_core import exceptions as gexc
 
 import tq
 from tq.cli import _settings
@@ -100,15 +101,23 @@ def test_dispatcher_settings_cover_every_dispatcher_option() -> None:
         (tq.SubmitError(grpc.StatusCode.UNAVAILABLE, "down"), UNAVAILABLE),
         (tq.SubmitError(grpc.StatusCode.NOT_FOUND, "no queue"), FAILED),
         (ConnectionRefusedError("refused"), UNAVAILABLE),
+        # The Google clients' own retries ran out (a Cloud Tasks endpoint that refuses).
+        (gexc.RetryError("Timeout of 20.0s exceeded", gexc.ServiceUnavailable("refused")),
+         UNAVAILABLE),
+        (gexc.NotFound("Table not found: TQReminders"), CONFIG),
+        (gexc.NotFound("Queue does not exist"), FAILED),
+        (gexc.PermissionDenied("no"), CONFIG),
     ],
-)
+)  # fmt: skip
 def test_failures_map_to_documented_exit_codes(
     error: Exception, code: int, capsys: pytest.CaptureFixture[str]
 ) -> None:
     with pytest.raises(SystemExit) as exited, exit_codes():
         raise error
     assert exited.value.code == code
-    assert capsys.readouterr().err.startswith("tq: error: ")
+    err = capsys.readouterr().err
+    assert err.startswith("tq: error: ")
+    assert len(err.splitlines()) == 1
 
 
 def test_unknown_exceptions_are_not_swallowed() -> None:
@@ -145,3 +154,46 @@ def test_import_tq_imports_neither_click_nor_rich_nor_the_command() -> None:
         "assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+
+
+@pytest.mark.parametrize(
+    ("given", "backend"),
+    [
+        ({"database_url": "sqlite:///q.db"}, "dbqueue"),
+        ({"cloud_project": "p"}, "cloudtasks"),
+        # The database is also where the outbox is: a project says where tasks go.
+        ({"database_url": "sqlite:///q.db", "cloud_project": "p"}, "cloudtasks"),
+        ({"database_url": "sqlite:///q.db", "cloud_project": "p", "backend": "dbqueue"},
+         "dbqueue"),
+    ],
+)  # fmt: skip
+def test_backend_auto_is_cloud_tasks_when_a_project_is_set_else_the_database_queue(
+    given: dict[str, str], backend: str
+) -> None:
+    from tq.cli._options import Config
+    from tq.cli._wiring import backend_of
+
+    assert backend_of(Config(given)) == backend
+
+
+def test_the_backend_setting_documents_the_rule_the_code_follows() -> None:
+    doc = " ".join(_settings.BY_KEY["backend"].help.split())
+    assert "`auto`: Cloud Tasks when a cloud project is set" in doc
+    assert "else the database queue when `--db` is set" in doc
+    cli_md = " ".join((ROOT / "docs" / "cli.md").read_text().split())
+    assert doc in cli_md
+
+
+@pytest.mark.parametrize(
+    ("text", "url"),
+    [
+        ("orders.db", "sqlite:///orders.db"),
+        ("/var/lib/app/q.db", "sqlite:////var/lib/app/q.db"),
+        ("postgresql://app@db/app", "postgresql+psycopg://app@db/app"),
+        ("postgres://app@db/app", "postgresql+psycopg://app@db/app"),
+        ("mysql+pymysql://app@db/app", "mysql+pymysql://app@db/app"),
+    ],
+)
+def test_database_urls_and_bare_paths_follow_one_rule(text: str, url: str) -> None:
+    assert _settings.from_env({"TQ_DATABASE_URL": text}, ["database_url"]) == {"database_url": url}
+    assert _config("--db", text)["database_url"] == url

@@ -17,7 +17,7 @@ import importlib.util
 import sys
 from collections.abc import Sequence
 
-from tq.cli._errors import CONFIG, exit_codes, print_error
+from tq.cli._errors import CONFIG, USAGE, exit_codes, print_error
 from tq.cli._settings import from_env as settings_from_env
 
 REQUIRED = ("click", "rich")
@@ -31,7 +31,11 @@ def missing_dependencies() -> list[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Runs the `tq` command; returns (or exits with) its exit code."""
+    """Runs the `tq` command; returns (or exits with) its exit code.
+
+    Every error, usage errors included, is one line on stderr starting with
+    `tq: error: ` (docs/cli.md, "Exit codes").
+    """
     missing = missing_dependencies()
     if missing:
         print_error(
@@ -39,13 +43,30 @@ def main(argv: Sequence[str] | None = None) -> int:
             "(pip install 'tq[cli]')"
         )
         return CONFIG
+    import click
+
     from tq.cli._main import cli
 
     with exit_codes():
-        cli.main(
-            args=list(argv) if argv is not None else None, prog_name="tq", standalone_mode=True
-        )
-    return 0
+        try:
+            code = cli.main(
+                args=list(argv) if argv is not None else None,
+                prog_name="tq",
+                standalone_mode=False,
+            )
+        except click.exceptions.NoArgsIsHelpError as e:
+            click.echo(e.ctx.get_help() if e.ctx is not None else e.format_message())
+            return 0
+        except click.UsageError as e:
+            where = f" (see '{e.ctx.command_path} --help')" if e.ctx is not None else ""
+            print_error(e.format_message() + where)
+            return USAGE
+        except click.ClickException as e:
+            print_error(e.format_message())
+            return e.exit_code
+        except click.Abort:
+            raise KeyboardInterrupt from None
+    return code if isinstance(code, int) else 0
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -75,6 +75,22 @@ def value(data: dict[str, Any], *, as_json: bool) -> None:
         out().print(f"{k}: {_cell(v)}")
 
 
+def confirm(question: str) -> bool:
+    """Asks `question [y/N]` on stderr and reads the answer from stdin; True for yes.
+
+    End of input counts as no (a script without --yes never deletes by accident).
+    """
+    try:
+        err().print(f"{question} [y/N]: ", end="", markup=False)
+        answer = sys.stdin.readline()
+    except KeyboardInterrupt:
+        err().print()  # the error line that follows starts a line of its own
+        raise
+    if not answer or not sys.stdin.isatty():
+        err().print()  # a terminal echoed the answer's newline; a pipe did not
+    return answer.strip().lower() in ("y", "yes")
+
+
 def say(message: str) -> None:
     """A status line for people, on stderr (stdout stays for data)."""
     err().print(message)

@@ -17,7 +17,7 @@ from tq.cli._backends import (
     open_backend,
     refusals_as_config_errors,
 )
-from tq.cli._errors import CONFIG, FAILED, fail
+from tq.cli._errors import CONFIG, FAILED, USAGE, fail
 from tq.cli._options import Config, settings_options
 
 _backend_opts = settings_options(
@@ -98,13 +98,26 @@ def resume(queue: str, **kwargs: Any) -> None:
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 def purge(queue: str, yes: bool, **kwargs: Any) -> None:
     """Delete every task waiting in QUEUE. Exit 1 if there is no such queue."""
-    if not yes:
-        click.confirm(f"delete every task of queue {queue}?", abort=True, err=True)
+    if not yes and not _output.confirm(f"delete every task of queue {queue}?"):
+        raise fail(f"declined: queue {queue} not purged", FAILED)
     with _backend(kwargs) as b:
         n = b.purge(queue)
     if n is None:
         raise fail(f"no queue {queue!r}", FAILED)
     _output.say(f"queue {queue} purged" + (f": {n} tasks deleted" if n else ""))
+
+
+_BACKEND_NAMES = {"dbqueue": "the database queue", "cloudtasks": "Cloud Tasks"}
+
+
+def _check_state(backend: QueueAdmin, state: str | None) -> None:
+    """A --state the backend has no such state for is a usage error (exit 2)."""
+    if state is not None and state not in backend.states:
+        raise fail(
+            f"--state {state!r}: {_BACKEND_NAMES.get(backend.name, backend.name)} has the "
+            "states " + ", ".join(backend.states),
+            USAGE,
+        )
 
 
 # Tasks.
@@ -133,6 +146,7 @@ def list_tasks(
 ) -> None:
     """List tasks (oldest first on the database queue)."""
     with _backend(kwargs) as b:
+        _check_state(b, state)
         rows = b.list_tasks(queue, state, task_class, limit)
     cols = [*TASK_COLUMNS, "last_error"] if as_json else list(TASK_COLUMNS)
     # The database queue's priorities, tags and heartbeat progress, where any task has one.
@@ -169,9 +183,10 @@ def clean(
     with _backend(kwargs) as b:
         if not isinstance(b, DbQueueAdmin):
             raise fail("tq tasks clean works on the database queue (--db) only", CONFIG)
+        _check_state(b, state)
         total = b.count_tasks(queue, state, task_class)
-        if not dry_run and total and not yes:
-            click.confirm(f"delete {total} tasks?", abort=True, err=True)
+        if not (dry_run or not total or yes or _output.confirm(f"delete {total} tasks?")):
+            raise fail(f"declined: {total} tasks not deleted", FAILED)
         if dry_run or not total:
             row = b.clean(queue, state, task_class, dry_run=True)
         else:

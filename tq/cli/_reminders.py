@@ -102,8 +102,8 @@ def _select(outbox: OutboxAdmin, ids: tuple[str, ...], all_: bool) -> list[Chose
 
 
 def _confirm(all_: bool, yes: bool, what: str) -> None:
-    if all_ and not yes:
-        click.confirm(f"{what}?", abort=True, err=True)
+    if all_ and not yes and not _output.confirm(f"{what}?"):
+        raise fail(f"declined: did not {what}", FAILED)
 
 
 @parked.command("replay")

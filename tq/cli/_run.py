@@ -127,15 +127,18 @@ def _sweep_job(disp: tq.Dispatcher, interval_s: float) -> _server.Job:
 @click.option(
     "--with-workers",
     is_flag=True,
-    help="Database queue only: run workers in this process too, pushing into APP.",
+    help="Database queue only: run workers in this process too, pushing into APP in-process.",
 )
 def serve(app_spec: str, sweep_loop: bool, with_workers: bool, **kwargs: Any) -> None:
     """Run APP in production: uvicorn, the dispatcher configured from flags and environment.
 
     Push authentication stays as APP set it up (on by default). Tasks go to
     Cloud Tasks when a project is configured (the app's or --cloud-project),
-    else to the database queue in --db. The sweeper (--sweep-mode) is
-    installed unless APP installed one. Stops gracefully on SIGTERM (exit 0).
+    else to the database queue in --db (--backend forces either). With
+    --with-workers, database-queue workers in this process push into APP
+    without a network (those pushes skip authentication unless --signer
+    mints tokens). The sweeper (--sweep-mode) is installed unless APP
+    installed one. Stops gracefully on SIGTERM (exit 0).
     """
     cfg = Config.take(kwargs)
     _logging(cfg.log_level)
@@ -143,30 +146,58 @@ def serve(app_spec: str, sweep_loop: bool, with_workers: bool, **kwargs: Any) ->
     _wiring.configure_dispatcher(disp, cfg)
     eff = cfg if cfg.cloud_project else cfg.replace(cloud_project=disp.cloud_project)
     backend = _wiring.backend_of(eff) if (eff.cloud_project or eff.database_url) else None
+    if with_workers and backend != "dbqueue":
+        raise fail(_no_workers_reason(eff, backend), CONFIG)
+    sock = _server.listen(cfg.host, cfg.port)
+    address = f"{cfg.host}:{sock.getsockname()[1]}"
     jobs: list[_server.Job] = []
     engine = None
-    if backend == "cloudtasks" and cfg.cloudtasks_endpoint:
-        disp.configure(submitter=_wiring.cloudtasks_submitter(cfg))
-    elif backend == "dbqueue":
-        engine = _wiring.sql_engine(_wiring.require_db(cfg))
-        disp.configure(submitter=_wiring.dbqueue_submitter(engine, cfg))
-        if cfg.queue_yaml:
-            _wiring.apply_queue_yaml(engine, cfg.queue_yaml)
-        if with_workers:
-            jobs.append(_workers_job(engine, cfg, app=app, dispatcher=disp))
-    if with_workers and engine is None:
-        raise fail("--with-workers needs the database queue (--db, no cloud project)", CONFIG)
-    _wiring.install_sweeper(disp, cfg)
-    if sweep_loop:
-        jobs.append(_sweep_job(disp, cfg.sweep_interval))
     try:
-        sock = _server.listen(cfg.host, cfg.port)
-        _output.say(f"tq serve: {app_spec} on http://{cfg.host}:{sock.getsockname()[1]}")
+        if backend == "cloudtasks" and cfg.cloudtasks_endpoint:
+            disp.configure(submitter=_wiring.cloudtasks_submitter(cfg))
+        elif backend == "dbqueue":
+            engine = _wiring.sql_engine(_wiring.require_db(cfg))
+            _wiring.require_queue_tables(engine)
+            _wiring.configure_for_dbqueue(disp, address if with_workers else None)
+            disp.configure(submitter=_wiring.dbqueue_submitter(engine, cfg))
+            if cfg.queue_yaml:
+                _wiring.apply_queue_yaml(engine, cfg.queue_yaml)
+            if with_workers:
+                # In this process, with no network between them: the workers
+                # push past the app's authentication, unless a signer mints
+                # the tokens the app checks.
+                target = (
+                    app if cfg.signer else _server.InsecurePushFront(app, disp, in_process=True)
+                )
+                jobs.append(_workers_job(engine, cfg, app=target, dispatcher=disp))
+        _wiring.check_can_build_tasks(disp)
+        _wiring.install_sweeper(disp, cfg)
+        if sweep_loop:
+            jobs.append(_sweep_job(disp, cfg.sweep_interval))
+        where = f"tq serve: {app_spec} on http://{address}"
+        if with_workers:
+            where += f"; {cfg.workers} worker(s) pushing into it in-process"
+        _output.say(where)
         with _server.graceful_signals():
             asyncio.run(_server.serve(app, sock, cfg.log_level, jobs))
     finally:
+        sock.close()
         if engine is not None:
             engine.dispose()
+
+
+def _no_workers_reason(cfg: Config, backend: str | None) -> str:
+    """Why --with-workers cannot run, and which flag fixes it."""
+    if not cfg.database_url:
+        return (
+            "--with-workers runs database-queue workers: give --db URL (or set "
+            "TQ_DATABASE_URL), the database whose queue they deliver"
+        )
+    return (
+        f"--with-workers runs database-queue workers, but tasks go to Cloud Tasks (cloud "
+        f"project {cfg.cloud_project!r}, from --cloud-project or the app): add --backend "
+        "dbqueue to keep them in the database queue in --db"
+    )
 
 
 @click.command("worker")
@@ -216,6 +247,7 @@ def worker(app_spec: str | None, insecure_no_auth: bool, until_idle: bool, **kwa
         opts["dispatcher"] = _wiring.find_dispatcher(cfg)
     engine = _wiring.sql_engine(_wiring.require_db(cfg))
     try:
+        _wiring.require_queue_tables(engine)
         if cfg.queue_yaml:
             _wiring.apply_queue_yaml(engine, cfg.queue_yaml)
         asyncio.run(_work(engine, cfg, opts, until_idle))

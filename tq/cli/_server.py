@@ -33,13 +33,16 @@ class InsecurePushFront:
     POSTs under any routing prefix of the dispatcher's classes (and the
     default `/internal/tasks/t/`), and `/internal/tasks/c/sweep`, go to
     `tq.asgi.app(dispatcher, auth=INSECURE_NO_AUTH)`; everything else,
-    lifespan included, to `app`. For local development only.
+    lifespan included, to `app`. For local development only; or, with
+    `in_process`, for workers of this process that push into it directly
+    (no socket leads to it, so it logs no warning).
     """
 
-    def __init__(self, app: Any, dispatcher: tq.Dispatcher) -> None:
+    def __init__(self, app: Any, dispatcher: tq.Dispatcher, *, in_process: bool = False) -> None:
         self.app = app
         self.dispatcher = dispatcher
-        self.push = tq.asgi.app(dispatcher, auth=tq.asgi.INSECURE_NO_AUTH)
+        auth = tq.asgi._IN_PROCESS_ONLY if in_process else tq.asgi.INSECURE_NO_AUTH
+        self.push = tq.asgi.app(dispatcher, auth=auth)
 
     def _prefixes(self) -> set[str]:
         found = {c.routing_prefix for c in self.dispatcher.task_classes()}

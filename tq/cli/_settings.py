@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 # Kinds of values, as parsed from a flag or an environment variable.
-STR, INT, FLOAT, BOOL, LIST = "str", "int", "float", "bool", "list"
+STR, INT, FLOAT, BOOL, LIST, DB_URL = "str", "int", "float", "bool", "list", "url"
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -23,7 +23,8 @@ class Setting:
     `key` names it in code (the keyword of the command function), `flag` on
     the command line, `env` in the environment (the first of `env` that is
     set is read). `kind` says how text becomes a value: LIST is comma
-    separated; BOOL takes 1/0, true/false, yes/no, on/off.
+    separated; BOOL takes 1/0, true/false, yes/no, on/off; DB_URL is a
+    SQLAlchemy URL or a SQLite file path (see `database_url`).
     """
 
     key: str
@@ -117,16 +118,19 @@ SETTINGS: tuple[Setting, ...] = (
        "The app's dispatcher as `module:attribute`. Unset: the `dispatcher` attribute of the "
        "app's module if it is a `tq.Dispatcher`, else `tq.default`.", metavar="MODULE:ATTR"),
     # Databases.
-    _s("database_url", None, STR, DATABASE,
-       "SQLAlchemy URL (or SQLite file path) of the SQL database: outbox tables and the "
-       "database queue. `tq dev` and `tq serve` export it to the app.", env="TQ_DATABASE_URL",
+    _s("database_url", None, DB_URL, DATABASE,
+       "SQLAlchemy URL of the SQL database (outbox tables and the database queue), or a "
+       "SQLite file path; `postgresql://` means psycopg 3. `tq dev`, `tq serve` and `tq "
+       "worker` export it to the app as a URL.", env="TQ_DATABASE_URL",
        flag="--db", metavar="URL"),
     _s("spanner_database", None, STR, DATABASE,
        "Spanner outbox database, `projects/P/instances/I/databases/D`.",
        flag="--spanner", metavar="NAME"),
     _s("backend", "auto", STR, DATABASE,
-       "Where `queues` and `tasks` commands look and `tq sweep` submits: `dbqueue` (the "
-       "database queue in `--db`), `cloudtasks`, or `auto` (dbqueue when `--db` is set).",
+       "Where tasks go (`tq serve`, `tq sweep`, `tq parked replay --now`) and where `queues` "
+       "and `tasks` commands look: `dbqueue` (the database queue in `--db`), `cloudtasks`, "
+       "or `auto`: Cloud Tasks when a cloud project is set (`--cloud-project` or the app's), "
+       "else the database queue when `--db` is set.",
        choices=("auto", "dbqueue", "cloudtasks")),
     _s("queue_yaml", None, STR, DATABASE,
        "A `queue.yaml` whose queues are created or updated in the database queue at start.",
@@ -214,9 +218,27 @@ TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
 FALSE_WORDS = frozenset({"0", "false", "no", "off", ""})
 
 
+def database_url(text: str) -> str:
+    """The SQLAlchemy URL `text` stands for: the one rule for `--db` and `TQ_DATABASE_URL`.
+
+    A value without `://` is a SQLite file path (`orders.db` ->
+    `sqlite:///orders.db`); `postgresql://` and `postgres://` mean psycopg 3
+    (`postgresql+psycopg://`); any other URL is kept as it is.
+    """
+    text = text.strip()
+    if "://" not in text:
+        return f"sqlite:///{text}"
+    for bare in ("postgresql://", "postgres://"):
+        if text.startswith(bare):
+            return "postgresql+psycopg://" + text[len(bare) :]
+    return text
+
+
 def parse(setting: Setting, text: str) -> Any:
     """The value of `text` (from a flag or the environment); ValueError if invalid."""
     kind = setting.kind
+    if kind == DB_URL:
+        return database_url(text) if text.strip() else None  # empty: unset
     if kind == LIST:
         return tuple(p.strip() for p in text.split(",") if p.strip())
     if kind == BOOL:

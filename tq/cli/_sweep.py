@@ -42,6 +42,7 @@ def sweeping_dispatcher(cfg: Config, app_spec: str | None) -> Iterator[tq.Dispat
     engine = None
     submitter: Any = None
     try:
+        _check_stores(stores)
         # Auto: Cloud Tasks when a project is known (from the settings or the app).
         eff = cfg if cfg.cloud_project else cfg.replace(cloud_project=disp.cloud_project)
         if not app_spec or eff.backend != "auto" or eff.cloud_project or eff.database_url:
@@ -64,6 +65,14 @@ def sweeping_dispatcher(cfg: Config, app_spec: str | None) -> Iterator[tq.Dispat
         close = getattr(submitter, "close", None)
         if callable(close):
             close()
+
+
+def _check_stores(stores: list[Any]) -> None:
+    """Reads one reminder key of each store, so that a store that cannot be read at all
+    (tq's tables missing, the database down) fails the command with one line naming the
+    cause, instead of every scan of the sweep logging it."""
+    for store in stores:
+        store.fetch_reminder_keys("", "~", 1)
 
 
 def _stats_row(disp: tq.Dispatcher) -> dict[str, Any] | None:

@@ -13,7 +13,8 @@ import types
 from typing import TYPE_CHECKING, Any
 
 import tq
-from tq.cli._errors import CONFIG, fail
+from tq.cli import _settings
+from tq.cli._errors import CONFIG, UNAVAILABLE, code_of, fail
 from tq.cli._options import Config
 
 if TYPE_CHECKING:
@@ -34,8 +35,15 @@ def import_object(spec: str, what: str = "app") -> Any:
         sys.path.insert(0, os.getcwd())
     try:
         obj: Any = importlib.import_module(module_name)
-    except ImportError as e:
-        raise fail(f"cannot import {what} module {module_name!r}: {e}", CONFIG) from e
+    except Exception as e:
+        # Whatever stops the module from loading is configuration (a missing
+        # module, a bad setting it reads), unless a backend it reaches is down.
+        known = None if isinstance(e, ImportError) else code_of(e)
+        code = UNAVAILABLE if known is not None and known[0] == UNAVAILABLE else CONFIG
+        detail = known[1] if known is not None else f"{type(e).__name__}: {e}"
+        if isinstance(e, ImportError):
+            detail = str(e)
+        raise fail(f"cannot import {what} module {module_name!r}: {detail}", code) from e
     for part in attr.split("."):
         try:
             obj = getattr(obj, part)
@@ -109,22 +117,59 @@ def configure_for_dev(disp: tq.Dispatcher, address: str) -> None:
     disp.configure(**options)
 
 
+def configure_for_dbqueue(disp: tq.Dispatcher, address: str | None) -> None:
+    """Fills what the database queue needs and the app left unset.
+
+    The project and region only name queues there (`tq dev`'s `tq-dev` and
+    `local`); `address` (host:port of this server, when its own workers push
+    into it) becomes the target host.
+    """
+    options: dict[str, Any] = {}
+    if not disp.cloud_project:
+        options["cloud_project"] = DEV_PROJECT
+    if not disp.cloud_region:
+        options["cloud_region"] = DEV_REGION
+    if not disp.default_target_host and address is not None:
+        options["default_target_host"] = address
+    if options:
+        disp.configure(**options)
+
+
+def check_can_build_tasks(disp: tq.Dispatcher) -> None:
+    """Refuses, naming the flag to set, a dispatcher that could not build its classes' tasks.
+
+    Better at start-up than at the first `add_task` of a request.
+    """
+    for c in disp.task_classes():
+        if not c.queue.startswith("projects/") and not (disp.cloud_project and disp.cloud_region):
+            raise fail(
+                f"task class {c.id!r} has the short queue name {c.queue!r}, which needs a "
+                "project and a region: give --cloud-project and --cloud-region (Cloud Tasks), "
+                "or --db URL (the database queue, which needs neither)",
+                CONFIG,
+            )
+        if not (c.target_host or disp.default_target_host or disp.app_engine):
+            raise fail(
+                f"task class {c.id!r} has no target host for its pushes: give --target-host "
+                "HOST (or TQ_TARGET_HOST), the host Cloud Tasks or the workers push to",
+                CONFIG,
+            )
+
+
 # Databases.
 
 
 def normalize_url(url: str) -> str:
-    """A SQLAlchemy URL for `url`: file paths become SQLite, bare postgresql uses psycopg 3."""
-    if "://" not in url:
-        return f"sqlite:///{url}"
-    for bare in ("postgresql://", "postgres://"):
-        if url.startswith(bare):
-            return "postgresql+psycopg://" + url[len(bare) :]
-    return url
+    """A SQLAlchemy URL for `url` (`tq.cli.database_url`: file paths become SQLite)."""
+    return _settings.database_url(url)
 
 
 def sql_engine(url: str) -> sa.Engine:
     """An engine for the database queue and admin commands (SQLite gets WAL and a busy
-    timeout; MySQL / MariaDB READ COMMITTED)."""
+    timeout; MySQL / MariaDB READ COMMITTED).
+
+    A URL no installed dialect takes is a configuration error naming `--db`.
+    """
     import sqlalchemy as sa
 
     url = normalize_url(url)
@@ -136,7 +181,37 @@ def sql_engine(url: str) -> sa.Engine:
         from tq.dbqueue import mysql_engine
 
         return mysql_engine(url)
-    return sa.create_engine(url, pool_pre_ping=True)
+    try:
+        return sa.create_engine(url, pool_pre_ping=True)
+    except sa.exc.ArgumentError as e:
+        shown = _shown_url(url)
+        raise fail(
+            f"--db {shown}: {e}; give a SQLAlchemy URL (postgresql+psycopg://user@host/db, "
+            "sqlite:///file.db) or a SQLite file path",
+            CONFIG,
+        ) from e
+
+
+def _shown_url(url: str) -> str:
+    import sqlalchemy as sa
+
+    try:
+        return repr(sa.engine.make_url(url).render_as_string(hide_password=True))
+    except sa.exc.ArgumentError:
+        return repr(url.split("@", 1)[-1]) if "@" in url else repr(url)
+
+
+def require_queue_tables(engine: sa.Engine) -> None:
+    """Refuses a database without the database queue's tables, saying how to make them."""
+    from tq.dbqueue import schema_version
+
+    if schema_version(engine) is None:
+        shown = engine.url.render_as_string(hide_password=True)
+        raise fail(
+            f"database: tq's tables are missing (no database queue in {shown}): run "
+            "`tq db init --db URL`",
+            CONFIG,
+        )
 
 
 def require_db(cfg: Config) -> str:
