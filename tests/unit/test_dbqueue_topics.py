@@ -137,3 +137,31 @@ def test_a_version_2_schema_migrates_by_adding_the_subscriptions_table(engine: s
     assert dbqueue.schema_version(engine) == dbqueue.SCHEMA_VERSION
     dbqueue.apply_subscriptions(engine, [Subscription("sub-a", "orders")])
     assert [s.name for s in dbqueue.list_subscriptions(engine, "orders")] == ["sub-a"]
+
+
+async def test_pull_subscription_messages_are_leased_and_run_through_the_push_path(
+    engine: sa.Engine,
+) -> None:
+    import dataclasses
+
+    consumer = Consumer(fail_first=1)
+    producer, _ = setup(engine)
+    dbqueue.apply_subscriptions(engine, [Subscription("puller", "orders")])  # no push_endpoint
+    await producer.add_task_async(tq.Task(payload=pb.Greet(name="pulled")))
+    async with dbqueue.Worker(engine) as w:
+        assert await w.run_until_idle() == 0  # a pull queue: never pushed
+    q = dbqueue.PullQueue(engine, "puller")
+    for attempt in (1, 2):
+        (task,) = q.lease(1)
+        msg = tq.pubsub.parse_push_body(task.body)
+        msg = dataclasses.replace(msg, delivery_attempt=task.retry_count + 1)
+        handled = await tq.pubsub.handle(consumer.disp, msg)
+        assert handled.ack == (attempt == 2)  # the first run raised Transient
+        if handled.ack:
+            q.complete(task)
+        else:
+            q.release(task)
+    assert [(n, i.delivery_attempt, i.subscription) for n, i in consumer.seen] == [
+        ("pulled", 1, "puller"), ("pulled", 2, "puller"),
+    ]  # fmt: skip
+    assert q.lease(1) == []
