@@ -148,7 +148,13 @@ async def _serve_dashboard(app: Any, port: int, token: str, console: Console) ->
     """Serves the app (the dashboard at /tq) until SIGINT or SIGTERM, after printing where."""
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", port))
+    try:
+        sock.bind(("127.0.0.1", port))
+    except OSError as e:
+        sock.close()
+        console.print(f"[bold red]Dashboard not served[/]: port {port}: {e.strerror or e}; "
+                      "choose another with --port (0: any free one)")  # fmt: skip
+        return
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
