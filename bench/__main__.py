@@ -11,6 +11,7 @@ suite prints them together, with the machine and its load, and writes them to `-
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 import time
@@ -29,7 +30,10 @@ SUITE = (
     "once",
     "dashboard",
     "pubsub",
+    "django",
 )
+# Benchmarks that run in an interpreter of their own (Django 6 needs Python 3.12+).
+PYTHONS = {"django": "TQ_BENCH_DJANGO_PYTHON"}
 
 
 def table_of(output: str) -> str:
@@ -57,7 +61,8 @@ def main() -> None:
     parts = [f"# tq benchmarks\n\n{head}\n"]
     failed = []
     for name in names:
-        cmd = [sys.executable, "-m", f"bench.{name}", "--rounds", str(a.rounds)]
+        python = os.environ.get(PYTHONS.get(name, ""), "") or sys.executable
+        cmd = [python, "-m", f"bench.{name}", "--rounds", str(a.rounds)]
         if a.tiny:
             cmd.append("--tiny")
         print(f"\n== {name}: {' '.join(cmd[1:])}", flush=True)
