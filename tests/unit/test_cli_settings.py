@@ -89,7 +89,7 @@ def test_dispatcher_settings_cover_every_dispatcher_option() -> None:
 
     params = set(inspect.signature(tq.Dispatcher).parameters)
     # Objects, not settings: given by code (or, for the submitter, by --backend).
-    params -= {"submitter", "sweeper", "random_bytes"}
+    params -= {"submitter", "sweeper", "random_bytes", "sync_handler_scope"}
     assert set(_DISPATCHER_KEYS.values()) == params
 
 
