@@ -233,11 +233,12 @@ def main() -> None:
     for alias, res in results.items():
         db = "PostgreSQL" if alias == "pg" else "SQLite"
         hand, dtdb = res["row by hand"], res["django-tasks-db"]
-        table.ratio_row(f"{db}: tq enqueue, database queue / row by hand", res["tq dbqueue"], hand, goal=0.9)
-        table.ratio_row(f"{db}: tq enqueue, outbox / row by hand", res["tq outbox"], hand, goal=0.9)
-        table.ratio_row(f"{db}: tq enqueue, database queue / django-tasks-db", res["tq dbqueue"], dtdb, goal=1.0)
-        table.ratio_row(f"{db}: tq enqueue, outbox / django-tasks-db", res["tq outbox"], dtdb, goal=1.0)
-        table.ratio_row(f"{db}: tq outbox + happy path / row by hand", res["tq outbox + happy"], hand)
+        for kind, key in (("database queue", "tq dbqueue"), ("outbox", "tq outbox")):
+            table.ratio_row(f"{db}: tq enqueue, {kind} / row by hand", res[key], hand, goal=0.9)
+        for kind, key in (("database queue", "tq dbqueue"), ("outbox", "tq outbox")):
+            table.ratio_row(f"{db}: tq enqueue, {kind} / django-tasks-db", res[key], dtdb, goal=1.0)
+        happy = res["tq outbox + happy"]
+        table.ratio_row(f"{db}: tq outbox + happy path / row by hand", happy, hand)
         table.ratio_row(f"{db}: the transaction alone / row by hand", res["plain"], hand)
     table.notes.append(
         f"Transactions per second, each `transaction.atomic()` with one Order saved by the "
