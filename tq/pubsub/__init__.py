@@ -10,7 +10,8 @@ speak to Pub/Sub:
   its batching); route with `tq.Router(queues=..., topics=Publisher())`.
 * `app(dispatcher)` / `routes(dispatcher)`: the push-subscription endpoint
   (Pub/Sub's wrapped push format, OIDC tokens checked by tq's verifier).
-* `Subscriber`: a pull worker (streaming pull, flow control, graceful stop).
+* `Subscriber`: a pull worker (streaming pull, flow control, graceful stop);
+  `python -m tq.pubsub subscribe` runs one as a process.
 
 Every way of receiving runs the message through the same path: the handler
 of its `tq_class` attribute, with `tq.execution_info()` telling the
