@@ -68,6 +68,8 @@ class TaskRecord:
         `tq.internal.PublishRequest` for a message).
       created: when the task was submitted (scheduler clock).
       reminder_id: set when the task came from a transactional reminder.
+      priority: the task's `tq.Task.priority` (due tasks run highest first,
+        within the scheduler's `priority_step` head start).
     """
 
     name: str
@@ -85,6 +87,7 @@ class TaskRecord:
     error: BaseException | None = None
     outcome: str = ""
     history: list[Attempt] = dataclasses.field(default_factory=list)
+    priority: int = 0
 
     @property
     def task_id(self) -> str:

@@ -17,6 +17,7 @@ from google.protobuf.message import Message
 
 import tq
 from tq import _push
+from tq._task import PRIORITY_HEADER
 from tq._taskclass import FULL_QUEUE_RE
 from tq._topic import CLASS_ATTRIBUTE, is_publish
 from tq.clock import Clock
@@ -94,6 +95,10 @@ class Scheduler:
       subscriptions: the subscription IDs of topics, by topic ID (or full
         name), delivering to `dispatcher`; `subscribe()` adds more, also
         with dispatchers of their own (several consumers of one topic).
+      priority_step: the head start each point of `tq.Task.priority` gives
+        (default 1 s): due tasks run highest priority first, a task of
+        priority p ranking as if due p x step earlier, as on the database
+        queue (`DbQueueSubmitter(priority_step=...)`).
     """
 
     takes_topics = True
@@ -108,6 +113,7 @@ class Scheduler:
         auto_advance: bool | None = None,
         raise_on_task_error: bool = True,
         subscriptions: Mapping[str, Sequence[str]] | None = None,
+        priority_step: dt.timedelta = dt.timedelta(seconds=1),
     ) -> None:
         self._dispatcher = dispatcher if dispatcher is not None else tq.default
         self._topics = Topics(self._dispatcher, subscriptions)
@@ -124,6 +130,8 @@ class Scheduler:
         self._records: list[TaskRecord] = []
         self._names: set[str] = set()
         self._due: list[_Due] = []  # heap of pending tasks
+        self._prioritized = 0  # entries of _due with a priority (0: take the heap's head)
+        self._priority_step = priority_step
         self._queue_names: set[str] = set()  # queue names found valid
         self._last_attempt: Attempt | None = None
         self._wakers: list[Callable[[], None]] = []
@@ -181,11 +189,11 @@ class Scheduler:
             rec = TaskRecord(
                 name=name, class_id=submission.task_class, payload=payload, eta=eta,
                 request=req, created=now, seq=seq, pushed=push.class_id is not None,
-                reminder_id=submission.reminder_id,
+                reminder_id=submission.reminder_id, priority=_priority_of(task),
             )  # fmt: skip
             self._names.add(name)
             self._records.append(rec)
-            heapq.heappush(self._due, (eta, seq, rec, push))
+            self._push_due((eta, seq, rec, push))
             wakers = list(self._wakers) if self._wakers else None
         if wakers is not None:
             for wake in wakers:
@@ -396,9 +404,10 @@ class Scheduler:
         while True:
             now = self._clock.now()
             with self._lock:
-                if not self._due or self._due[0][0] > now:
+                i = self._next_due(now)
+                if i is None:
                     return None
-                rec = self._due[0][2]
+                rec = self._due[i][2]
                 if cfg.stop_before and any(matches(m, rec) for m in cfg.stop_before):
                     state.stopping = True
                     return None
@@ -410,7 +419,15 @@ class Scheduler:
                         "tqtesting.max_executions(n))"
                     )
                     return None
-                _, _, _, push = heapq.heappop(self._due)
+                if i == 0:
+                    _, _, _, push = heapq.heappop(self._due)
+                else:
+                    _, _, _, push = self._due[i]
+                    self._due[i] = self._due[-1]
+                    self._due.pop()
+                    heapq.heapify(self._due)
+                if rec.priority:
+                    self._prioritized -= 1
                 state.executions += 1
                 if push.class_id is not None:
                     rec.status = TaskStatus.EXECUTING
@@ -466,7 +483,29 @@ class Scheduler:
         """Makes a task that never ran to the end due again."""
         with self._lock:
             rec.status = TaskStatus.PENDING
-            heapq.heappush(self._due, (rec.eta, rec.seq, rec, push))
+            self._push_due((rec.eta, rec.seq, rec, push))
+
+    def _push_due(self, entry: _Due) -> None:
+        """Adds a pending task to the heap (under the lock)."""
+        heapq.heappush(self._due, entry)
+        if entry[2].priority:
+            self._prioritized += 1
+
+    def _next_due(self, now: dt.datetime) -> int | None:
+        """The heap index of the task to run next, or None if none is due (under the lock).
+
+        The heap's head (earliest ETA) unless due tasks have priorities: then
+        the least rank, ETA less priority x priority_step, as the database
+        queue leases (a bounded head start).
+        """
+        due = self._due
+        if not due or due[0][0] > now:
+            return None
+        if not self._prioritized:
+            return 0
+        step = self._priority_step
+        ranks = [(e[0] - e[2].priority * step, e[1], i) for i, e in enumerate(due) if e[0] <= now]
+        return min(ranks)[2]
 
     def _ended(
         self, state: _RunState, rec: TaskRecord, push: Delivery, result: _push.PushResult
@@ -504,7 +543,7 @@ class Scheduler:
                 else:
                     rec.status = TaskStatus.PENDING
                     rec.eta = now + retry.backoff(rec.attempts)
-                    heapq.heappush(self._due, (rec.eta, rec.seq, rec, push))
+                    self._push_due((rec.eta, rec.seq, rec, push))
         if (
             failed_for_good
             and self.raise_on_task_error
@@ -540,6 +579,18 @@ class Scheduler:
         with self._lock:
             n, pending = len(self._records), len(self._due)
         return f"<Scheduler tasks={n} pending={pending} clock={self._clock!r}>"
+
+
+def _priority_of(task: Any) -> int:
+    """`tq.Task.priority` of a request (its X-Tq-Priority header), else 0."""
+    kind = task.WhichOneof("message_type")
+    if kind is None:
+        return 0
+    raw = getattr(task, kind).headers.get(PRIORITY_HEADER)
+    try:
+        return int(raw) if raw else 0
+    except ValueError:
+        return 0
 
 
 def _copy(payload: Message | None) -> Message | None:
