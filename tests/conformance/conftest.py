@@ -26,7 +26,11 @@ for _mod_name in _MODULES:
             _available.add(_kind)
 
 
-_MARKS = {"postgres": pytest.mark.postgres, "spanner": pytest.mark.spanner}
+_MARKS = {
+    "postgres": pytest.mark.postgres,
+    "mariadb": pytest.mark.mariadb,
+    "spanner": pytest.mark.spanner,
+}
 
 
 @pytest.fixture(params=[pytest.param(k, marks=[_MARKS[k]] if k in _MARKS else []) for k in KINDS])

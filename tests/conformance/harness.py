@@ -31,7 +31,7 @@ from typing import Protocol
 
 from tq.txn import ReminderStore
 
-KINDS = ("sqlite", "postgres", "spanner")
+KINDS = ("sqlite", "postgres", "mariadb", "spanner")
 
 
 class RowWriter(Protocol):

@@ -1,4 +1,4 @@
-"""The SQL stores (SQLite, PostgreSQL) in the conformance suite (see harness.py).
+"""The SQL stores (SQLite, PostgreSQL, MariaDB) in the conformance suite (see harness.py).
 
 Transactions go through `tq.txn.sql.transaction(sessionmaker)`, the path
 most applications use; the other helpers (Core, AsyncSession, bind) have
@@ -18,8 +18,8 @@ import tq.txn.sql
 from tests.conformance.harness import ChildSpec, RowWriter
 from tq.txn.sql import SQLStore
 
-ROWS_DDL = "CREATE TABLE IF NOT EXISTS conformance_rows (key TEXT PRIMARY KEY)"
-_INSERT_ROW = text("INSERT INTO conformance_rows (key) VALUES (:key)")
+ROWS_DDL = "CREATE TABLE IF NOT EXISTS conformance_rows (k VARCHAR(200) PRIMARY KEY)"
+_INSERT_ROW = text("INSERT INTO conformance_rows (k) VALUES (:key)")
 
 
 def make_engine(url: str) -> Engine:
@@ -35,6 +35,10 @@ def make_engine(url: str) -> Engine:
             cur.close()
 
         return engine
+    if url.startswith(("mysql", "mariadb")):
+        from tq.dbqueue import mysql_engine
+
+        return mysql_engine(url, pool_size=10, max_overflow=10)
     return create_engine(url, pool_size=10, max_overflow=10)
 
 
@@ -65,7 +69,7 @@ class SQLHarness:
 
     def row_keys(self) -> set[str]:
         with self.engine.connect() as conn:
-            return {r[0] for r in conn.execute(text("SELECT key FROM conformance_rows"))}
+            return {r[0] for r in conn.execute(text("SELECT k FROM conformance_rows"))}
 
     def child_spec(self) -> ChildSpec:
         return ChildSpec(
@@ -95,6 +99,15 @@ def sqlite_harness(tmp_path: object) -> Iterator[SQLHarness]:
 @pytest.fixture
 def postgres_harness(postgres_db_url: str) -> Iterator[SQLHarness]:
     h = SQLHarness("postgres", postgres_db_url)
+    try:
+        yield h
+    finally:
+        h.close()
+
+
+@pytest.fixture
+def mariadb_harness(mariadb_db_url: str) -> Iterator[SQLHarness]:
+    h = SQLHarness("mariadb", mariadb_db_url)
     try:
         yield h
     finally:

@@ -1,9 +1,12 @@
 """The outbox tables: their SQLAlchemy description and how to create them.
 
 The DDL lives in `schema/<dialect>.sql` next to this module (copied to
-deploy/sql/ for operators). `create_schema` applies it idempotently under a
-lock and records the version in `tq_schema_version` (one row per component:
-the outbox is 'outbox'); later versions append migrations to `_MIGRATIONS`.
+deploy/sql/ for operators). The differences between the three databases
+(PostgreSQL, SQLite, MySQL / MariaDB) are named here: `dialect_name`, how
+times are stored (`MICROS_DIALECTS`), and the schema lock. `create_schema`
+applies the DDL idempotently under that lock and records the version in
+`tq_schema_version` (one row per component: the outbox is 'outbox'); later
+versions append migrations to `_MIGRATIONS`.
 
 Versions: 1 reminders and leases; 2 adds `tq_done`, the done markers of
 effectively-once handlers (`tq.txn.sql.once`).
@@ -11,8 +14,10 @@ effectively-once handlers (`tq.txn.sql.once`).
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import importlib.resources
+from collections.abc import Iterator
 from typing import Any
 
 from sqlalchemy import (
@@ -33,14 +38,18 @@ from tq._errors import ConfigError
 
 COMPONENT = "outbox"
 SCHEMA_VERSION = 2
-DIALECTS = ("postgresql", "sqlite")
+DIALECTS = ("postgresql", "sqlite", "mysql")
+"""The databases of the outbox (MariaDB counts as "mysql")."""
+MICROS_DIALECTS = frozenset({"sqlite", "mysql", "mariadb"})
+"""Dialects whose times are integer microseconds since the epoch (see `Timestamp`)."""
+_FILES = {"postgresql": "postgres.sql", "sqlite": "sqlite.sql", "mysql": "mysql.sql"}
 
 # Migrations to version N (N > 1) per dialect, applied in order by
 # create_schema after the schema file's statements (which create whatever
-# is missing, idempotently): {N: {"postgresql": [...], "sqlite": [...]}}.
+# is missing, idempotently): {N: {"postgresql": [...], "sqlite": [...], ...}}.
 _MIGRATIONS: dict[int, dict[str, list[str]]] = {
     # tq_done and its index: new tables only, made by the file's CREATE ... IF NOT EXISTS.
-    2: {"postgresql": [], "sqlite": []},
+    2: {"postgresql": [], "sqlite": [], "mysql": []},
 }
 
 # Serializes concurrent create_schema calls on PostgreSQL (a pg_advisory_xact_lock key).
@@ -61,13 +70,13 @@ def from_micros(value: int) -> dt.datetime:
 
 
 class Timestamp(TypeDecorator[dt.datetime]):
-    """A UTC time: timestamptz on PostgreSQL, integer microseconds on SQLite."""
+    """A UTC time: timestamptz on PostgreSQL, integer microseconds on SQLite and MySQL."""
 
     impl = DateTime(timezone=True)
     cache_ok = True
 
     def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
-        if dialect.name == "sqlite":
+        if dialect.name in MICROS_DIALECTS:
             return dialect.type_descriptor(BigInteger())
         return dialect.type_descriptor(DateTime(timezone=True))
 
@@ -76,12 +85,12 @@ class Timestamp(TypeDecorator[dt.datetime]):
             return None
         if value.tzinfo is None:
             raise ValueError(f"tq: naive datetime {value!r}; times must be timezone-aware")
-        return to_micros(value) if dialect.name == "sqlite" else value
+        return to_micros(value) if dialect.name in MICROS_DIALECTS else value
 
     def process_result_value(self, value: Any, dialect: Dialect) -> dt.datetime | None:
         if value is None:
             return None
-        if dialect.name == "sqlite":
+        if dialect.name in MICROS_DIALECTS:
             return from_micros(int(value))
         assert isinstance(value, dt.datetime)
         return value.astimezone(dt.UTC)
@@ -117,21 +126,48 @@ leases = Table(
 
 
 def dialect_name(bind: Engine | Connection) -> str:
-    """'postgresql' or 'sqlite'; ConfigError for any other database."""
+    """'postgresql', 'sqlite' or 'mysql' (MariaDB too); ConfigError for any other database."""
     name = bind.dialect.name
+    if name == "mariadb":
+        name = "mysql"
     if name not in DIALECTS:
         raise ConfigError(
-            f"tq.txn.sql supports PostgreSQL and SQLite, not {name!r} ({bind.engine.url!r})"
+            f"tq.txn.sql supports PostgreSQL, SQLite and MySQL / MariaDB, not {name!r} "
+            f"({bind.engine.url!r})"
         )
     return name
 
 
 def schema_sql(dialect: str) -> str:
-    """The DDL of the current version for 'postgresql' or 'sqlite' (deploy/sql/*.sql)."""
+    """The DDL of the current version for one of DIALECTS (deploy/sql/*.sql)."""
     if dialect not in DIALECTS:
         raise ConfigError(f"no tq schema for {dialect!r}; use one of {DIALECTS}")
-    file = "postgres.sql" if dialect == "postgresql" else "sqlite.sql"
+    file = _FILES[dialect]
     return (importlib.resources.files(__package__) / "schema" / file).read_text("utf-8")
+
+
+@contextlib.contextmanager
+def schema_lock(conn: Connection, dialect: str) -> Iterator[None]:
+    """Serializes schema changes across processes, for `conn`'s transaction.
+
+    PostgreSQL: a transaction-scoped advisory lock; SQLite: the write lock
+    (BEGIN IMMEDIATE); MySQL: a named lock, released on the way out.
+    """
+    if dialect == "sqlite":
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        yield
+    elif dialect == "mysql":
+        conn.execute(text("SELECT GET_LOCK('tq_schema', 60)"))
+        try:
+            yield
+        finally:
+            conn.execute(text("SELECT RELEASE_LOCK('tq_schema')"))
+    else:
+        conn.execute(
+            text("SELECT pg_advisory_xact_lock(:c, :k)"),
+            {"c": _PG_LOCK_CLASS, "k": _PG_SCHEMA_LOCK},
+        )
+        yield
 
 
 def statements(sql: str) -> list[str]:
@@ -148,14 +184,7 @@ def create_schema(engine: Engine) -> int:
     database whose recorded version is newer than this code knows.
     """
     dialect = dialect_name(engine)
-    with engine.connect() as conn:
-        if dialect == "sqlite":
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
-        else:
-            conn.execute(
-                text("SELECT pg_advisory_xact_lock(:c, :k)"),
-                {"c": _PG_LOCK_CLASS, "k": _PG_SCHEMA_LOCK},
-            )
+    with engine.connect() as conn, schema_lock(conn, dialect):
         for stmt in statements(schema_sql(dialect)):
             conn.exec_driver_sql(stmt)
         version = conn.execute(

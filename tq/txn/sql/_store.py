@@ -1,12 +1,14 @@
-"""SQLStore: the outbox's reminders and sweeper leases in PostgreSQL or SQLite."""
+"""SQLStore: the outbox's reminders and sweeper leases in PostgreSQL, SQLite or MySQL."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import hashlib
 import json
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import (
@@ -156,6 +158,8 @@ _LEASE_DROP = leases.delete().where(
 )
 _PG_LOCK = text("SELECT pg_advisory_xact_lock(:c, hashtext(:section))")
 _PG_LEASE_LOCK_CLASS = 0x7472
+_MYSQL_LOCK = text("SELECT GET_LOCK(:name, 60)")
+_MYSQL_UNLOCK = text("SELECT RELEASE_LOCK(:name)")
 
 
 def sync_url(url: URL) -> URL:
@@ -317,7 +321,7 @@ class SQLStore:
 
     def _times(self, rows: list[tuple[Any, ...]], col: int) -> Callable[[Any], dt.datetime] | None:
         """How to turn column `col` of the driver's rows into UTC times; None: as they are."""
-        if self._dialect == "sqlite":
+        if self._dialect in _schema.MICROS_DIALECTS:
             return _schema.from_micros
         return _pg_times(rows, col)
 
@@ -355,8 +359,7 @@ class SQLStore:
     ) -> Lease:
         wanted = merge_ranges(ranges)
         lease_id = os.urandom(16).hex()
-        with self._engine.connect() as conn:
-            self._lock_section(conn, section)
+        with self._engine.connect() as conn, self._section_lock(conn, section):
             conn.execute(_LEASE_GC, {"section": section, "now": now})
             held: list[tuple[int, int]] = []
             for (encoded,) in conn.execute(_LEASES_HELD, {"section": section}):
@@ -379,11 +382,22 @@ class SQLStore:
         with self._engine.begin() as conn:
             conn.execute(_LEASE_DROP, {"section": section, "lease_id": lease_id})
 
-    def _lock_section(self, conn: Connection, section: str) -> None:
+    @contextlib.contextmanager
+    def _section_lock(self, conn: Connection, section: str) -> Iterator[None]:
         # Takers of one section run one at a time, so two never see the same
         # free ranges. PostgreSQL: a transaction-scoped advisory lock per section
-        # (there may be no lease row to lock yet); SQLite: the database write lock.
+        # (there may be no lease row to lock yet); SQLite: the database write
+        # lock; MySQL: a named lock per section, released after the commit.
         if self._dialect == "sqlite":
             conn.exec_driver_sql("BEGIN IMMEDIATE")
+            yield
+        elif self._dialect == "mysql":
+            name = "tq_lease_" + hashlib.sha1(section.encode()).hexdigest()
+            conn.execute(_MYSQL_LOCK, {"name": name})
+            try:
+                yield
+            finally:
+                conn.execute(_MYSQL_UNLOCK, {"name": name})  # not transactional
         else:
             conn.execute(_PG_LOCK, {"c": _PG_LEASE_LOCK_CLASS, "section": section})
+            yield

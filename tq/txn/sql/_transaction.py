@@ -37,7 +37,7 @@ from tq import _outbox
 from tq._errors import ConfigError
 from tq._submitter import Submitter
 from tq.txn._store import PendingTask
-from tq.txn.sql._schema import to_micros
+from tq.txn.sql._schema import MICROS_DIALECTS, to_micros
 from tq.txn.sql._store import SQLStore
 
 log = logging.getLogger("tq.txn.sql")
@@ -78,12 +78,12 @@ def _insert_sql(paramstyle: str) -> str:
 def _insert(conn: Connection, pending: Sequence[PendingTask]) -> None:
     """Inserts the reminders of `pending` in `conn`'s transaction."""
     dialect = conn.dialect
-    sqlite = dialect.name == "sqlite"
+    micros = dialect.name in MICROS_DIALECTS
     rows: list[Any] = []
     for p in pending:
         r = p.reminder
-        # SQLite keeps times as integer microseconds (see _schema.Timestamp).
-        fu: Any = to_micros(r.fresh_until) if sqlite else r.fresh_until
+        # SQLite and MySQL keep times as integer microseconds (see _schema.Timestamp).
+        fu: Any = to_micros(r.fresh_until) if micros else r.fresh_until
         rows.append((r.id, fu, r.extra, r.payload))
     if dialect.paramstyle in _NAMED_STYLES:
         rows = [dict(zip(_COLUMNS, row, strict=True)) for row in rows]
