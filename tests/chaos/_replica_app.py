@@ -36,7 +36,7 @@ from starlette.routing import Mount, Route
 import tq
 import tq.asgi
 import tq.txn.sql
-from tests.chaos._tables import deliveries, events, orders
+from tests.chaos._tables import deliveries, events, make_engine, orders
 from tests.testpb import payloads_pb2 as pb
 from tq import dbqueue
 
@@ -80,7 +80,7 @@ class StuckSubmits:
 
 
 DB_URL = os.environ["TQ_CHAOS_DB"]
-engine = sa.create_engine(DB_URL, pool_size=5, max_overflow=10, pool_pre_ping=True)
+engine = make_engine(DB_URL, pool_size=5, max_overflow=10)
 store = tq.txn.sql.SQLStore(engine, name="chaos")
 fresh_s = float(os.environ.get("TQ_CHAOS_FRESH_S", "1"))
 dispatcher = tq.Dispatcher(

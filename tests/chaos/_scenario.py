@@ -93,7 +93,7 @@ class Fleet:
         self.loops_per_worker = loops_per_worker
         self.stuck_rate = stuck_rate
         self.dispatch_deadline_s = dispatch_deadline_s
-        self.engine = sa.create_engine(db_url, pool_pre_ping=True)
+        self.engine = tables.make_engine(db_url)
         self.issuer = LocalIssuer()
         self.port = _free_port()
         self.base = f"http://127.0.0.1:{self.port}"
@@ -213,10 +213,9 @@ class Fleet:
         with self.engine.connect() as conn:
             # The queue's tasks of these keys: one per task name.
             names = {task for _, task, _, _ in deliveries}
-            rows = conn.execute(
-                sa.text("SELECT count(*) FROM tq_tasks WHERE name = ANY(:names)"),
-                {"names": list(names)},
-            ).scalar_one()
+            count = sa.text("SELECT count(*) FROM tq_tasks WHERE name IN :names")
+            count = count.bindparams(sa.bindparam("names", expanding=True))
+            rows = conn.execute(count, {"names": list(names)}).scalar_one() if names else 0
         return Outcome(len(keys), committed, deliveries, int(rows))
 
     def events(self) -> collections.Counter[str]:
@@ -228,8 +227,8 @@ class Fleet:
     def reminders(self) -> tuple[int, int]:
         """(unparked, parked) reminders in the outbox."""
         query = (
-            "SELECT count(*) FILTER (WHERE NOT parked), count(*) FILTER (WHERE parked) "
-            "FROM tq_reminders"
+            "SELECT coalesce(sum(CASE WHEN parked THEN 0 ELSE 1 END), 0), "
+            "coalesce(sum(CASE WHEN parked THEN 1 ELSE 0 END), 0) FROM tq_reminders"
         )
         with self.engine.connect() as conn:
             unparked, parked = conn.execute(sa.text(query)).one()

@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import sqlalchemy as sa
 
 import tq.txn.sql
 from tq import dbqueue
 
 metadata = sa.MetaData()
-orders = sa.Table("chaos_orders", metadata, sa.Column("key", sa.Text, primary_key=True))
+# Strings of a bounded length: MySQL indexes no TEXT column without one.
+orders = sa.Table("chaos_orders", metadata, sa.Column("key", sa.String(200), primary_key=True))
 deliveries = sa.Table(
     "chaos_deliveries",
     metadata,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("key", sa.Text, nullable=False),
-    sa.Column("task", sa.Text, nullable=False),
+    sa.Column("key", sa.String(200), nullable=False),
+    sa.Column("task", sa.String(500), nullable=False),
     sa.Column("retry", sa.Integer, nullable=False),
     sa.Column("pid", sa.Integer, nullable=False),
 )
@@ -22,9 +25,16 @@ events = sa.Table(
     "chaos_events",
     metadata,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("kind", sa.Text, nullable=False),
-    sa.Column("reminder", sa.Text, nullable=False),
+    sa.Column("kind", sa.String(100), nullable=False),
+    sa.Column("reminder", sa.String(100), nullable=False),
 )
+
+
+def make_engine(url: str, **kwargs: Any) -> sa.Engine:
+    """An engine on PostgreSQL or MySQL / MariaDB (READ COMMITTED, as tq needs there)."""
+    if url.startswith(("mysql", "mariadb")):
+        return dbqueue.mysql_engine(url, **kwargs)
+    return sa.create_engine(url, pool_pre_ping=True, **kwargs)
 
 
 def create_tables(engine: sa.Engine) -> None:

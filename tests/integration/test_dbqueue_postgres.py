@@ -1,6 +1,7 @@
-"""The database queue on a real PostgreSQL: the shipped DDL, names, transactional
-add_task, SKIP LOCKED leasing with many workers and worker processes, a killed
-worker's lease, and limits shared by every worker."""
+"""The database queue on real database servers, PostgreSQL and MariaDB: names,
+transactional add_task, SKIP LOCKED leasing with many workers and worker
+processes, a killed worker's lease, and limits shared by every worker; and
+PostgreSQL's shipped DDL."""
 
 from __future__ import annotations
 
@@ -27,13 +28,27 @@ from tq import dbqueue
 from tq.dbqueue import State
 from tqtesting import FakeClock
 
-pytestmark = pytest.mark.postgres
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
+@pytest.fixture(
+    params=[
+        pytest.param("postgres", marks=pytest.mark.postgres),
+        pytest.param("mariadb", marks=pytest.mark.mariadb),
+    ]
+)
+def db_url(request: pytest.FixtureRequest) -> str:
+    """A new database on a server: PostgreSQL or MariaDB."""
+    url: str = request.getfixturevalue(f"{request.param}_db_url")
+    return url
+
+
 @pytest.fixture
-def engine(postgres_db_url: str) -> Iterator[sa.Engine]:
-    e = sa.create_engine(postgres_db_url, pool_size=20)
+def engine(db_url: str) -> Iterator[sa.Engine]:
+    if db_url.startswith("mysql"):
+        e = dbqueue.mysql_engine(db_url, pool_size=20)
+    else:
+        e = sa.create_engine(db_url, pool_size=20)
     dbqueue.create_schema(e)
     yield e
     e.dispose()
@@ -44,9 +59,12 @@ def submitter(engine: sa.Engine) -> dbqueue.DbQueueSubmitter:
     return dbqueue.DbQueueSubmitter(engine)
 
 
+@pytest.mark.postgres
 def test_shipped_postgres_ddl_matches_create_schema(
-    engine: sa.Engine, postgres_url: str, postgres_db_url: str
+    postgres_url: str, postgres_db_url: str
 ) -> None:
+    engine = sa.create_engine(postgres_db_url)
+    dbqueue.create_schema(engine)
     name = postgres_db_url.rsplit("/", 1)[1] + "_ddl"
     admin_url = postgres_url.replace("postgresql+psycopg://", "postgresql://")
     with psycopg.connect(admin_url, autocommit=True) as conn:
@@ -64,6 +82,7 @@ def test_shipped_postgres_ddl_matches_create_schema(
         finally:
             from_ddl.dispose()
     finally:
+        engine.dispose()
         with psycopg.connect(admin_url, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
@@ -152,13 +171,13 @@ async def test_many_workers_push_each_task_once(
 
 
 async def test_worker_processes_push_each_task_once(
-    engine: sa.Engine, postgres_db_url: str, tmp_path: pathlib.Path
+    engine: sa.Engine, db_url: str, tmp_path: pathlib.Path
 ) -> None:
     marks = str(tmp_path / "pushes")
     env = {**os.environ, "TQ_TEST_PUSHES": marks, "PYTHONPATH": str(ROOT)}
     procs = [
         await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "tq.dbqueue", "--db", postgres_db_url, "worker",
+            sys.executable, "-m", "tq.dbqueue", "--db", db_url, "worker",
             "--app", "tests._dbqueue_apps:recording", "--poll-interval", "0.02",
             cwd=ROOT, env=env, stderr=asyncio.subprocess.PIPE,
         )
@@ -191,13 +210,13 @@ async def test_worker_processes_push_each_task_once(
 
 
 async def test_a_killed_worker_process_task_is_redelivered(
-    engine: sa.Engine, postgres_db_url: str, tmp_path: pathlib.Path
+    engine: sa.Engine, db_url: str, tmp_path: pathlib.Path
 ) -> None:
     dbqueue.DbQueueSubmitter(engine).submit(submission(name="doomed"))
     marks = str(tmp_path / "pushes")
     env = {**os.environ, "TQ_TEST_PUSHES": marks, "PYTHONPATH": str(ROOT)}
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "tq.dbqueue", "--db", postgres_db_url, "worker",
+        sys.executable, "-m", "tq.dbqueue", "--db", db_url, "worker",
         "--app", "tests._dbqueue_apps:hanging",
         cwd=ROOT, env=env, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip

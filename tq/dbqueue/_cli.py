@@ -21,7 +21,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from tq.dbqueue._admin import Admin
-from tq.dbqueue._db import sqlite_engine
+from tq.dbqueue._db import mysql_engine, sqlite_engine
 from tq.dbqueue._queueyaml import load_queue_yaml, parse_age
 from tq.dbqueue._schema import State, create_schema, schema_sql
 from tq.dbqueue._worker import Worker
@@ -35,6 +35,8 @@ def engine_for(url: str) -> sa.Engine:
         return sqlite_engine(url)
     if url.startswith("sqlite:///"):
         return sqlite_engine(url[len("sqlite:///") :])
+    if url.startswith(("mysql", "mariadb")):
+        return mysql_engine(url)
     return sa.create_engine(url, pool_pre_ping=True)
 
 
