@@ -266,6 +266,25 @@ def test_postgres_ddl_applies_and_matches_the_code(postgres_db_url: str) -> None
     assert [(r["before"], r["after"]) for r in rows] == [(r["latest"], r["latest"]) for r in rows]
 
 
+@pytest.mark.mariadb
+def test_mariadb_ddl_applies_and_matches_the_code(mariadb_db_url: str) -> None:
+    from tests._services.mariadb import _connect
+
+    conn = _connect(mariadb_db_url)
+    try:
+        with conn.cursor() as cur:
+            cur.execute(f"USE `{mariadb_db_url.rsplit('/', 1)[1]}`")
+            for _ in range(2):  # idempotent
+                for name in ("mysql.sql", "dbqueue-mysql.sql"):
+                    for stmt in _statements((DEPLOY / "sql" / name).read_text()):
+                        cur.execute(stmt)
+        conn.commit()
+    finally:
+        conn.close()
+    rows = _migrate(mariadb_db_url)
+    assert [(r["before"], r["after"]) for r in rows] == [(r["latest"], r["latest"]) for r in rows]
+
+
 @pytest.mark.spanner
 def test_spanner_ddl_applies_to_the_emulator(spanner_emulator: Any) -> None:
     from tq.txn.spanner import SpannerStore

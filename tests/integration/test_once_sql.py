@@ -255,12 +255,20 @@ def _concurrent_duplicates(
 
 def _wait_for_a_lock_wait(engine: sa.Engine, timeout_s: float = 60.0) -> None:
     deadline = time.monotonic() + timeout_s
-    query = sa.text(
-        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE :q"
-    )
+    if engine.dialect.name in ("mysql", "mariadb"):
+        query = sa.text(
+            "SELECT count(*) FROM information_schema.innodb_trx "
+            "WHERE trx_state = 'LOCK WAIT' AND trx_query LIKE :q"
+        )
+        pattern = "INSERT IGNORE INTO tq_done%"
+    else:
+        query = sa.text(
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE :q"
+        )
+        pattern = "INSERT INTO tq_done%"
     while time.monotonic() < deadline:
         with engine.connect() as conn:
-            if conn.execute(query, {"q": "INSERT INTO tq_done%"}).scalar_one():
+            if conn.execute(query, {"q": pattern}).scalar_one():
                 return
         time.sleep(0.01)
     raise AssertionError("no delivery waited on the marker's key")

@@ -512,7 +512,9 @@ def test_sweep_scan_reads_the_primary_key_index_only(engine: Engine, store: SQLS
 
 
 def test_deploy_sql_matches_the_packaged_schema() -> None:
-    for dialect, file in (("postgresql", "postgres.sql"), ("sqlite", "sqlite.sql")):
+    for dialect, file in (
+        ("postgresql", "postgres.sql"), ("sqlite", "sqlite.sql"), ("mysql", "mysql.sql"),
+    ):  # fmt: skip
         assert (REPO / "deploy" / "sql" / file).read_text() == tq.txn.sql.schema_sql(dialect)
 
 

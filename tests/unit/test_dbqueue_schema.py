@@ -82,7 +82,9 @@ def test_shipped_sqlite_ddl_matches_create_schema(
         from_ddl.dispose()
 
 
-@pytest.mark.parametrize(("dialect", "file"), [("postgresql", "postgres"), ("sqlite", "sqlite")])
+@pytest.mark.parametrize(
+    ("dialect", "file"), [("postgresql", "postgres"), ("sqlite", "sqlite"), ("mysql", "mysql")]
+)
 def test_shipped_ddl_is_what_the_ddl_command_prints(dialect: str, file: str) -> None:
     shipped = (ROOT / f"deploy/sql/dbqueue-{file}.sql").read_text()
     assert shipped == dbqueue.schema_sql(dialect), (

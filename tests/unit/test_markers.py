@@ -115,9 +115,15 @@ def test_sqlite_markers_expire_at_integer_microseconds() -> None:
     assert pg == {"id": "q/t", "expires_at": WHEN}
 
 
+def test_mysql_inserts_ignoring_a_taken_key_with_times_in_microseconds() -> None:
+    assert _markers.insert_marker_sql("format", "mysql").startswith("INSERT IGNORE INTO tq_done")
+    params = _markers.insert_marker_params("q/t", WHEN, dialect="mysql", paramstyle="format")
+    assert params == ("q/t", 1767323045678901)
+
+
 def test_other_databases_and_naive_times_are_refused() -> None:
-    with pytest.raises(tq.ConfigError, match="mysql"):
-        _markers.insert_marker_params("q/t", WHEN, dialect="mysql", paramstyle="format")
+    with pytest.raises(tq.ConfigError, match="oracle"):
+        _markers.insert_marker_params("q/t", WHEN, dialect="oracle", paramstyle="format")
     with pytest.raises(tq.ConfigError, match="naive"):
         _markers.insert_marker_params(
             "q/t", WHEN.replace(tzinfo=None), dialect="sqlite", paramstyle="qmark"

@@ -57,7 +57,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     sub.add_parser("init", help="create the tables (idempotent)")
     ddl = sub.add_parser("ddl", help="print the schema as SQL (no database needed)")
-    ddl.add_argument("dialect", choices=["postgresql", "sqlite"])
+    ddl.add_argument("dialect", choices=["postgresql", "sqlite", "mysql"])
     q = sub.add_parser("apply-queues", help="create or update queues from a queue.yaml")
     q.add_argument("queue_yaml")
     w = sub.add_parser("worker", help="deliver tasks until SIGINT/SIGTERM")

@@ -289,7 +289,8 @@ _DDL_HEAD = """\
 
 
 def schema_sql(dialect: str) -> str:
-    """The schema as idempotent DDL for "postgresql" or "sqlite" (deploy/sql/ holds it)."""
+    """The schema as idempotent DDL for "postgresql", "sqlite" or "mysql" (MySQL /
+    MariaDB; deploy/sql/ holds them)."""
     from sqlalchemy.dialects import postgresql, sqlite
     from sqlalchemy.schema import CreateIndex, CreateTable
 
@@ -311,8 +312,17 @@ def schema_sql(dialect: str) -> str:
             'INSERT OR IGNORE INTO tq_dbqueue_meta ("key", value) '
             "VALUES ('schema_version', '{v}');\n"
         )
+    elif dialect == "mysql":
+        d = mysql.dialect()
+        head = {"db": "MySQL / MariaDB (10.6 or later)", "file": "mysql",
+                "apply": 'mariadb "$DATABASE" < deploy/sql/dbqueue-mysql.sql',
+                "extra": "\n-- Run tq's transactions READ COMMITTED "
+                         "(tq.dbqueue.mysql_engine does)."}  # fmt: skip
+        version = (
+            "INSERT IGNORE INTO tq_dbqueue_meta (`key`, value) VALUES ('schema_version', '{v}');\n"
+        )
     else:
-        raise ConfigError(f"no DDL for {dialect!r}: use 'postgresql' or 'sqlite'")
+        raise ConfigError(f"no DDL for {dialect!r}: use 'postgresql', 'sqlite' or 'mysql'")
     out = [_DDL_HEAD.format(v=SCHEMA_VERSION, dialect=dialect, **head)]
     for t in metadata.sorted_tables:
         ddl = str(CreateTable(t, if_not_exists=True).compile(dialect=d)).strip()

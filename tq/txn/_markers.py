@@ -121,9 +121,11 @@ def to_micros(value: dt.datetime) -> int:
 # The SQL write, shared by the SQLAlchemy stores and integrations with a
 # connection of their own. PostgreSQL: a second transaction inserting the same
 # key waits on the unique index until the first ends, then inserts nothing
-# (committed) or the row (rolled back). SQLite: writers take turns.
+# (committed) or the row (rolled back). SQLite: writers take turns. MySQL:
+# INSERT IGNORE waits on the duplicate key the same way.
 MARKER_TABLE = "tq_done"
-SQL_DIALECTS = ("postgresql", "sqlite")
+SQL_DIALECTS = ("postgresql", "sqlite", "mysql", "mariadb")
+_MICROS = ("sqlite", "mysql", "mariadb")  # times as integer microseconds
 _PLACEHOLDERS = {
     "qmark": ("?", "?"),
     "format": ("%s", "%s"),
@@ -134,26 +136,27 @@ _PLACEHOLDERS = {
 }
 
 
-def insert_marker_sql(paramstyle: str) -> str:
+def insert_marker_sql(paramstyle: str, dialect: str = "postgresql") -> str:
     """The marker INSERT in a DB-API `paramstyle`; it inserts nothing when the key exists."""
     marks = _PLACEHOLDERS.get(paramstyle)
     if marks is None:
         raise ConfigError(f"tq: unsupported driver parameter style {paramstyle!r}")
-    return (
-        f"INSERT INTO {MARKER_TABLE} (id, expires_at) VALUES ({marks[0]}, {marks[1]}) "
-        "ON CONFLICT (id) DO NOTHING"
-    )
+    values = f"{MARKER_TABLE} (id, expires_at) VALUES ({marks[0]}, {marks[1]})"
+    if dialect in ("mysql", "mariadb"):
+        return f"INSERT IGNORE INTO {values}"
+    return f"INSERT INTO {values} ON CONFLICT (id) DO NOTHING"
 
 
 def insert_marker_params(
     key: str, expires_at: dt.datetime, *, dialect: str, paramstyle: str
 ) -> Any:
-    """The parameters of `insert_marker_sql` (SQLite keeps times as integer microseconds)."""
+    """The parameters of `insert_marker_sql` (SQLite and MySQL keep times as integer
+    microseconds)."""
     if dialect not in SQL_DIALECTS:
         raise ConfigError(f"tq: no done markers for {dialect!r}; use one of {SQL_DIALECTS}")
     if expires_at.tzinfo is None:
         raise ConfigError(f"tq: naive datetime {expires_at!r}; times must be timezone-aware")
-    when: Any = to_micros(expires_at) if dialect == "sqlite" else expires_at
+    when: Any = to_micros(expires_at) if dialect in _MICROS else expires_at
     if paramstyle in ("pyformat", "named"):
         return {"id": key, "expires_at": when}
     return (key, when)
@@ -171,13 +174,13 @@ def insert_marker(
 
     True: the marker is new (run the handler, then commit). False: a
     committed marker exists (the task is done; run nothing). `dialect` is
-    "postgresql" or "sqlite"; `paramstyle` the cursor's (Django's cursors
+    "postgresql", "sqlite" or "mysql"; `paramstyle` the cursor's (Django's cursors
     take "format" whatever the database). The `tq_done` table must exist
     (`tq db migrate`).
     """
     check_key(key)
     cursor.execute(
-        insert_marker_sql(paramstyle),
+        insert_marker_sql(paramstyle, dialect),
         insert_marker_params(key, expires_at, dialect=dialect, paramstyle=paramstyle),
     )
     return bool(cursor.rowcount == 1)

@@ -1,4 +1,4 @@
-"""Done markers in PostgreSQL and SQLite: written in a transaction, counted, expired.
+"""Done markers in PostgreSQL, SQLite and MySQL: written in a transaction, counted, expired.
 
 `mark_done` inserts the marker of the running task (see `tq.txn.marker_key`)
 in the transaction of a Session or a Core Connection and says whether it is
@@ -39,16 +39,16 @@ if TYPE_CHECKING:
 DEFAULT_EXPIRE_BATCH = 1000
 """Markers deleted per statement (and transaction) by `expire_markers`."""
 
-_inserts: dict[str, str] = {}
+_inserts: dict[tuple[str, str], str] = {}
 
 
 def write(conn: Connection, key: str, expires_at: dt.datetime) -> bool:
     """Inserts the marker in `conn`'s transaction (key and time checked); True if new."""
     dialect = conn.dialect
     paramstyle = dialect.paramstyle
-    sql = _inserts.get(paramstyle)
+    sql = _inserts.get((paramstyle, dialect.name))
     if sql is None:
-        sql = _inserts[paramstyle] = insert_marker_sql(paramstyle)
+        sql = _inserts[paramstyle, dialect.name] = insert_marker_sql(paramstyle, dialect.name)
     params = insert_marker_params(key, expires_at, dialect=dialect.name, paramstyle=paramstyle)
     return bool(conn.exec_driver_sql(sql, params).rowcount == 1)
 
@@ -157,10 +157,17 @@ def expire_markers(
     at = now if now is not None else clock.now()
     victims = _EXPIRED.order_by(done.c.expires_at).limit(batch_size).scalar_subquery()
     stmt = done.delete().where(done.c.id.in_(victims))
+    oldest = _EXPIRED.order_by(done.c.expires_at).limit(batch_size)
+    by_ids = done.delete().where(done.c.id.in_(bindparam("ids", expanding=True)))
     total = batches = 0
     while max_batches is None or batches < max_batches:
         with engine.begin() as conn:
-            n = conn.execute(stmt, {"now": at}).rowcount
+            if conn.dialect.name in ("mysql", "mariadb"):
+                # MySQL cannot delete with a LIMIT subquery of the same table.
+                ids = list(conn.execute(oldest.with_for_update(), {"now": at}).scalars())
+                n = conn.execute(by_ids, {"ids": ids}).rowcount if ids else 0
+            else:
+                n = conn.execute(stmt, {"now": at}).rowcount
         total += n
         batches += 1
         if n:
