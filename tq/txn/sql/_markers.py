@@ -14,7 +14,7 @@ short transaction; `count_markers` counts live and expired ones.
 from __future__ import annotations
 
 import datetime as dt
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, Engine, bindparam, case, func, select
 from sqlalchemy.orm import Session
@@ -42,24 +42,23 @@ DEFAULT_EXPIRE_BATCH = 1000
 _inserts: dict[tuple[str, str], str] = {}
 
 
-def write(conn: Connection, key: str, expires_at: dt.datetime) -> bool:
-    """Inserts the marker in `conn`'s transaction (key and time checked); True if new."""
-    dialect = conn.dialect
+def _statement(dialect: Any, key: str, expires_at: dt.datetime) -> tuple[str, Any]:
+    """The marker INSERT in the driver's style and dialect, and its parameters."""
     paramstyle = dialect.paramstyle
     sql = _inserts.get((paramstyle, dialect.name))
     if sql is None:
         sql = _inserts[paramstyle, dialect.name] = insert_marker_sql(paramstyle, dialect.name)
-    params = insert_marker_params(key, expires_at, dialect=dialect.name, paramstyle=paramstyle)
+    return sql, insert_marker_params(key, expires_at, dialect=dialect.name, paramstyle=paramstyle)
+
+
+def write(conn: Connection, key: str, expires_at: dt.datetime) -> bool:
+    """Inserts the marker in `conn`'s transaction (key and time checked); True if new."""
+    sql, params = _statement(conn.dialect, key, expires_at)
     return bool(conn.exec_driver_sql(sql, params).rowcount == 1)
 
 
 async def write_async(conn: AsyncConnection, key: str, expires_at: dt.datetime) -> bool:
-    dialect = conn.dialect
-    paramstyle = dialect.paramstyle
-    sql = _inserts.get(paramstyle)
-    if sql is None:
-        sql = _inserts[paramstyle] = insert_marker_sql(paramstyle)
-    params = insert_marker_params(key, expires_at, dialect=dialect.name, paramstyle=paramstyle)
+    sql, params = _statement(conn.dialect, key, expires_at)
     result = await conn.exec_driver_sql(sql, params)
     return bool(result.rowcount == 1)
 
