@@ -115,7 +115,7 @@ def test_spanner_fault_injection_loses_no_committed_task(faulty_spanner: Any) ->
             ran[payload.name] += 1
 
     disp.attach_handler("greet", greet)  # type: ignore[arg-type]
-    store = SpannerStore(faulty_spanner, name="chaos-spanner", retry_delay_s=0.01)
+    store = SpannerStore(faulty_spanner, name="chaos-spanner", retry=0.01)
     disp.configure(sweeper=InProcSweeper(stores=[store], sweep_shards=4, submit_concurrency=8))
     attempts = collections.Counter[str]()
 

@@ -38,7 +38,7 @@ class SpannerHarness:
 
     def __init__(self, database: Any, env: dict[str, str]) -> None:
         self.database = database
-        self.store = SpannerStore(database, name=STORE_NAME, retry_delay_s=RETRY_DELAY_S)
+        self.store = SpannerStore(database, name=STORE_NAME, retry=RETRY_DELAY_S)
         self._env = env
 
     def run_in_transaction(self, body: Callable[[RowWriter], None]) -> None:

@@ -51,7 +51,7 @@ class _Refusing:
 
 @pytest.fixture
 def spanner_store(spanner_database: Any) -> Iterator[SpannerStore]:
-    s = SpannerStore(spanner_database, name="spanner", retry_delay_s=0.01)
+    s = SpannerStore(spanner_database, name="spanner", retry=0.01)
     try:
         yield s
     finally:

@@ -67,7 +67,7 @@ def database(spanner_emulator: SpannerEmulator) -> Iterator[Any]:
 
 @pytest.fixture
 def store(database: Any) -> Iterator[SpannerStore]:
-    s = SpannerStore(database, name="spanner-test", retry_delay_s=0.01)
+    s = SpannerStore(database, name="spanner-test", retry=0.01)
     try:
         yield s
     finally:
@@ -306,7 +306,7 @@ def test_random_commit_aborts_submit_each_committed_task_once(
     faulty_emulator: SpannerEmulator, disp: tq.Dispatcher, submitter: RecordingSubmitter
 ) -> None:
     db = faulty_emulator.create_database(extra_ddl=[ORDERS_DDL])
-    store = SpannerStore(db, name="spanner-faults", retry_delay_s=0.001)
+    store = SpannerStore(db, name="spanner-faults", retry=0.001)
     committed: list[str] = []
     aborted = 0
 

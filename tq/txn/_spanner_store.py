@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import random as _random
+import time
 import uuid
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
@@ -19,6 +21,7 @@ from google.cloud.spanner_v1 import KeyRange, KeySet
 from tq._errors import ConfigError
 from tq._outbox import after_commit
 from tq._reminder import Reminder
+from tq.txn._spanner_retry import DEFAULT, Backoff
 from tq.txn._spanner_schema import (
     LEASES,
     MAX_PAYLOAD,
@@ -114,23 +117,48 @@ class SpannerStore:
         tables (see `create_schema`).
       name: the store's name among registered stores (default "spanner");
         a store registered under the same name is replaced.
-      retry_delay_s: the pause before re-running an aborted transaction when
-        Spanner suggests none (the client's default then grows as 2**n
-        seconds); applies to the store's own transactions and, unless the
-        caller passes `default_retry_delay`, to `run_in_transaction`.
+      retry: when Spanner aborts a transaction (another one touched the
+        same rows), the pause before running it again: a `Backoff` (default
+        `DEFAULT`: 10 ms, doubling up to 0.5 s, jittered); a number of
+        seconds for the same pause before every retry; or None for the
+        Spanner client's own, 2**n seconds plus up to one when Spanner
+        suggests none (8 threads x 25 contending transactions on the
+        emulator: about 16 s, against about 2 s with the default). Applies
+        to the store's own transactions and to `run_in_transaction`, where a
+        `default_retry_delay` argument fixes the pause for that call.
+      retry_delay_s: the same as `retry` given in seconds (an older name).
+      random, sleep: the source of the jitter and how pauses are taken
+        (defaults `random.random`, `time.sleep`); tests pass their own.
 
     The store registers itself with `tq.txn.register_store`. Payloads up to
     102,400 bytes fit (`add_task` refuses bigger ones before writing).
     """
 
     def __init__(
-        self, database: Any, *, name: str = "spanner", retry_delay_s: float | None = None
+        self,
+        database: Any,
+        *,
+        name: str = "spanner",
+        retry: Backoff | float | None = DEFAULT,
+        retry_delay_s: float | None = None,
+        random: Callable[[], float] = _random.random,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         if not name:
             raise ConfigError("a SpannerStore needs a non-empty name")
+        if retry_delay_s is not None:
+            retry = retry_delay_s
+        if isinstance(retry, bool) or not (
+            retry is None or isinstance(retry, Backoff | int | float)
+        ):
+            raise ConfigError(f"retry must be a Backoff, seconds or None, not {retry!r}")
+        if isinstance(retry, int | float) and retry < 0:
+            raise ConfigError(f"retry must not be negative, got {retry}")
         self.database = database
         self._name = name
-        self.retry_delay_s = retry_delay_s
+        self.retry = retry
+        self._random = random
+        self._sleep = sleep
         register_store(self)
 
     @property
@@ -171,17 +199,38 @@ class SpannerStore:
         return result
 
     def _run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        if self.retry_delay_s is not None:
-            kwargs.setdefault("default_retry_delay", self.retry_delay_s)
+        retry = self.retry
+        if isinstance(retry, Backoff) and "default_retry_delay" not in kwargs:
+            # The client then pauses only as long as Spanner says (the
+            # emulator never does); the backoff is taken before each re-run.
+            kwargs["default_retry_delay"] = 0
+            fn = self._paced(fn, retry)
+        elif isinstance(retry, int | float):
+            kwargs.setdefault("default_retry_delay", float(retry))
         result: T = self.database.run_in_transaction(fn, *args, **kwargs)
         return result
 
+    def _paced(self, fn: Callable[..., T], backoff: Backoff) -> Callable[..., T]:
+        runs = 0
+
+        def paced(transaction: Any, *args: Any, **kwargs: Any) -> T:
+            nonlocal runs
+            if runs:
+                self._sleep(backoff.delay(runs, self._random))
+            runs += 1
+            return fn(transaction, *args, **kwargs)
+
+        return paced
+
     def _batch(self) -> Any:
         # Blind writes (deletes) need no read-write transaction: a batch is
-        # one Commit RPC, and the client retries it when aborted.
-        if self.retry_delay_s is None:
+        # one Commit RPC, and the client retries it when aborted (with one
+        # fixed pause: its retry loop takes no other).
+        retry = self.retry
+        if retry is None:
             return self.database.batch()
-        return self.database.batch(default_retry_delay=self.retry_delay_s)
+        delay = retry.first_s if isinstance(retry, Backoff) else float(retry)
+        return self.database.batch(default_retry_delay=delay)
 
     # The store protocol.
 

@@ -16,9 +16,10 @@ DDL in deploy/spanner/schema.sql), and run transactions through
 
 A reminder is an insert mutation buffered in the transaction (no RPC of its
 own). When Spanner aborts the transaction and the client re-runs the
-function, the aborted attempt's reminders vanish with it; the happy path
-(submit, then delete the reminder) runs once, after the commit, for the
-reminders of the attempt that committed.
+function (after the store's `retry` pause: by default `DEFAULT`, a short
+jittered `Backoff`), the aborted attempt's reminders vanish with it; the
+happy path (submit, then delete the reminder) runs once, after the commit,
+for the reminders of the attempt that committed.
 
 Effectively-once handlers: `once(database)` runs a handler in a read-write
 transaction with the task's done marker (table `TQDone`), so a redelivery
@@ -32,6 +33,7 @@ Requires `google-cloud-spanner` (the `tq[spanner]` extra).
 from __future__ import annotations
 
 from tq.txn._spanner_markers import count_markers, expire_markers, mark_done, once
+from tq.txn._spanner_retry import DEFAULT, Backoff
 from tq.txn._spanner_schema import SCHEMA_VERSION, create_schema, schema_sql, schema_version
 from tq.txn._spanner_store import (
     SpannerStore,
@@ -41,7 +43,9 @@ from tq.txn._spanner_store import (
 )
 
 __all__ = [
+    "DEFAULT",
     "SCHEMA_VERSION",
+    "Backoff",
     "SpannerStore",
     "SpannerTransaction",
     "count_markers",
