@@ -61,11 +61,18 @@ def ensure_queue(cursor: Cursor, submitter: DbQueueSubmitter, queue: str, now_us
 
 
 def insert_task(
-    cursor: Cursor, submitter: DbQueueSubmitter, submission: Submission, *, known_queue: bool
+    cursor: Cursor,
+    submitter: DbQueueSubmitter,
+    submission: Submission,
+    *,
+    known_queue: bool,
+    with_row: tuple[str, tuple[Any, ...]] | None = None,
 ) -> str:
     """Inserts the task row of `submission` on `cursor`; returns its queue.
 
-    The queue is created first (or checked) unless `known_queue`. Raises
+    The queue is created first (or checked) unless `known_queue`. On
+    PostgreSQL, `with_row` (an INSERT of the caller's and its parameters)
+    goes in the same statement, as a data-modifying WITH. Raises
     SubmitError: INVALID_ARGUMENT for a malformed request, ALREADY_EXISTS
     when the name is taken (a task added in a transaction has a fresh
     random name, so this only happens to a reused one).
@@ -76,7 +83,10 @@ def insert_task(
         ensure_queue(cursor, submitter, queue, int(row["created_us"]))
     # PostgreSQL's statement is in the format style (%s); SQLite takes the same
     # ON CONFLICT clause, and Django's cursors turn %s into its ? marks.
-    cursor.execute(_fast_insert("postgresql"), _bound_values(row))
+    sql, params = _fast_insert("postgresql"), _bound_values(row)
+    if with_row is not None:
+        sql, params = f"WITH tq_with AS ({with_row[0]}) {sql}", (*with_row[1], *params)
+    cursor.execute(sql, params)
     if cursor.rowcount != 1:
         raise _already_exists(row)
     return queue

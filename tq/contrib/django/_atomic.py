@@ -130,11 +130,17 @@ class DjangoTransaction:
         alias = self.alias
         conn = connections[alias]
         queue_sub = queue_submitter(pending.submitter, alias)
+        companion = _take_companion(alias)
         with conn.cursor() as cursor:
             if queue_sub is not None:
                 queue = pending.submission.request.parent.rsplit("/", 1)[-1]  # type: ignore[attr-defined]
                 known = _queue_known(queue_sub, queue)
-                _dbapi.insert_task(cursor, queue_sub, pending.submission, known_queue=known)
+                if companion is not None and (conn.vendor != "postgresql" or not known):
+                    cursor.execute(*companion)
+                    companion = None
+                _dbapi.insert_task(
+                    cursor, queue_sub, pending.submission, known_queue=known, with_row=companion
+                )
                 transaction.on_commit(
                     lambda: _task_committed(queue_sub, pending, queue), using=alias
                 )
@@ -143,8 +149,55 @@ class DjangoTransaction:
             fresh_until: Any = r.fresh_until
             if conn.vendor == "sqlite":
                 fresh_until = to_micros(fresh_until)  # SQLite keeps integer microseconds
-            cursor.execute(_INSERT_REMINDER, (r.id, fresh_until, r.extra, r.payload))
+            params: tuple[Any, ...] = (r.id, fresh_until, r.extra, r.payload)
+            if companion is None:
+                cursor.execute(_INSERT_REMINDER, params)
+            elif conn.vendor == "postgresql":
+                cursor.execute(*with_companion(companion, _INSERT_REMINDER, params))
+            else:
+                cursor.execute(*companion)
+                cursor.execute(_INSERT_REMINDER, params)
         transaction.on_commit(lambda: happy_path(alias, pending), using=alias)
+
+
+# A row of the caller's written with the task, in one statement on PostgreSQL
+# (the django.tasks backend's result row): one round trip fewer per enqueue.
+
+Statement = tuple[str, tuple[Any, ...]]
+_companion: contextvars.ContextVar[tuple[str, Statement] | None] = contextvars.ContextVar(
+    "tq_django_companion", default=None
+)
+
+
+@contextlib.contextmanager
+def companion(alias: str, statement: Statement) -> Iterator[list[bool]]:
+    """The next task saved in `alias`'s transaction inside the block writes `statement` too.
+
+    `statement` is an INSERT (SQL in the format style, parameters). Yields a
+    list that holds True once it was written; when no task was saved in
+    such a transaction, it holds nothing and the caller writes it itself.
+    """
+    written: list[bool] = []
+    token = _companion.set((alias, statement))
+    try:
+        yield written
+    finally:
+        if _companion.get() is None:
+            written.append(True)
+        _companion.reset(token)
+
+
+def _take_companion(alias: str) -> Statement | None:
+    found = _companion.get()
+    if found is None or found[0] != alias:
+        return None
+    _companion.set(None)
+    return found[1]
+
+
+def with_companion(companion: Statement, sql: str, params: tuple[Any, ...]) -> Statement:
+    """One PostgreSQL statement doing both INSERTs (a data-modifying WITH); rowcount: `sql`'s."""
+    return f"WITH tq_companion AS ({companion[0]}) {sql}", (*companion[1], *params)
 
 
 # Tasks for the database queue on the transaction's own database.
@@ -158,25 +211,40 @@ _known_queues: weakref.WeakKeyDictionary[DbQueueSubmitter, set[str]] = weakref.W
 _alias_db: dict[tuple[str, str], tuple[Any, ...]] = {}  # (alias, NAME) -> url_key
 
 
+_queue_targets: dict[tuple[int, str], tuple[Any, Any, DbQueueSubmitter | None]] = {}
+
+
 def queue_submitter(submitter: Submitter, alias: str) -> DbQueueSubmitter | None:
     """The database-queue submitter behind `submitter` if its queue is on `alias`'s database."""
+    sd = connections[alias].settings_dict
+    cached = _queue_targets.get((id(submitter), alias))
+    if cached is not None and cached[0] is submitter and cached[1] is sd:
+        return cached[2]
     target: Any = submitter
     if isinstance(target, DatabaseDelivery):
         target = target.database_queue()
-    if not isinstance(target, DbQueueSubmitter):
-        return None
-    mine = _submitter_db.get(target)
-    if mine is None:
-        mine = url_key(target.engine.url)
+    found: DbQueueSubmitter | None = None
+    if isinstance(target, DbQueueSubmitter):
+        mine = _submitter_db.get(target)
+        if mine is None:
+            mine = url_key(target.engine.url)
+            with _lock:
+                _submitter_db[target] = mine
+        name = str(sd.get("NAME"))
+        theirs = _alias_db.get((alias, name))
+        if theirs is None:
+            theirs = url_key(sqlalchemy_url(alias))
+            with _lock:
+                _alias_db[(alias, name)] = theirs
+        found = target if mine == theirs else None
+    if not isinstance(submitter, DatabaseDelivery) or found is not None:
+        # (A DatabaseDelivery follows its alias's database: it is asked again
+        # when the settings dict of the alias changes, as in tests.)
         with _lock:
-            _submitter_db[target] = mine
-    name = str(connections[alias].settings_dict.get("NAME"))
-    theirs = _alias_db.get((alias, name))
-    if theirs is None:
-        theirs = url_key(sqlalchemy_url(alias))
-        with _lock:
-            _alias_db[(alias, name)] = theirs
-    return target if mine == theirs else None
+            if len(_queue_targets) > 256:
+                _queue_targets.clear()
+            _queue_targets[(id(submitter), alias)] = (submitter, sd, found)
+    return found
 
 
 def _queue_known(submitter: DbQueueSubmitter, queue: str) -> bool:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import datetime as dt
 import threading
 from collections.abc import Sequence
+from typing import Any
 
 import sqlalchemy as sa
 from django.core.exceptions import ImproperlyConfigured
@@ -86,11 +87,27 @@ _engines: dict[str, sa.Engine] = {}
 _engines_lock = threading.Lock()
 
 
+_by_settings: dict[tuple[str, int], tuple[Any, sa.Engine]] = {}
+
+
 def engine_for(alias: str) -> sa.Engine:
     """The SQLAlchemy engine on `alias`'s database, one per database per process.
 
     SQLite files get the database queue's set-up (WAL, a busy timeout).
+    Found again from the alias's settings unless they changed (every
+    enqueue to the database queue asks).
     """
+    sd = connections[alias].settings_dict
+    seen = _by_settings.get((alias, id(sd)))
+    fingerprint = (sd.get("NAME"), sd.get("HOST"), sd.get("PORT"), sd.get("USER"))
+    if seen is not None and seen[0] == fingerprint:
+        return seen[1]
+    engine = _engine_of(alias)
+    _by_settings[(alias, id(sd))] = (fingerprint, engine)
+    return engine
+
+
+def _engine_of(alias: str) -> sa.Engine:
     url = sqlalchemy_url(alias)
     key = url.render_as_string(hide_password=False)
     with _engines_lock:
@@ -109,6 +126,7 @@ def dispose_engines() -> None:
     with _engines_lock:
         engines = list(_engines.values())
         _engines.clear()
+        _by_settings.clear()
     for e in engines:
         e.dispose()
 

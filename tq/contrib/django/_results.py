@@ -33,19 +33,29 @@ INSERT = (
 )
 
 
+def ready_row(
+    alias: str, payload: DjangoTask, run_after: dt.datetime | None, now: dt.datetime
+) -> tuple[str, tuple[Any, ...]]:
+    """The INSERT (SQL, parameters) of the READY row of a task just enqueued."""
+    adapt = connections[alias].ops.adapt_datetimefield_value
+    values = (
+        payload.result_id, payload.task_path, payload.backend, payload.queue_name,
+        payload.priority, TaskResultStatus.READY.value, payload.args_json, payload.kwargs_json,
+        adapt(run_after) if run_after is not None else None, adapt(now), "[]", "[]",
+    )  # fmt: skip
+    return INSERT, values
+
+
+def insert(alias: str, row: tuple[str, tuple[Any, ...]]) -> None:
+    with connections[alias].cursor() as cursor:
+        cursor.execute(*row)
+
+
 def insert_ready(
     alias: str, payload: DjangoTask, run_after: dt.datetime | None, now: dt.datetime
 ) -> None:
     """Writes the READY row of a task just enqueued, on Django's connection of `alias`."""
-    conn = connections[alias]
-    adapt = conn.ops.adapt_datetimefield_value
-    values = (
-        payload.result_id, payload.task_path, payload.backend, payload.queue_name,
-        payload.priority, TaskResultStatus.READY.value, payload.args_json, payload.kwargs_json,
-        adapt(run_after), adapt(now), "[]", "[]",
-    )  # fmt: skip
-    with conn.cursor() as cursor:
-        cursor.execute(INSERT, values)
+    insert(alias, ready_row(alias, payload, run_after, now))
 
 
 def delete(alias: str, result_id: str) -> None:

@@ -53,9 +53,9 @@ import tq
 from tq._pb.django_task_pb2 import DjangoTask
 from tq._task import MAX_ETA_AHEAD
 from tq._taskclass import FULL_QUEUE_RE, SHORT_QUEUE_RE
-from tq.contrib.django import _results, _state
+from tq.contrib.django import _atomic, _results, _state
 from tq.contrib.django._atomic import DjangoTransaction
-from tq.txn import find_transaction
+from tq.txn import ambient, find_transaction
 
 CLASS_ID = "django-task"
 """The tq task class of django.tasks tasks (its pushes go to <prefix>django-task/<name>)."""
@@ -109,8 +109,11 @@ class TqBackend(BaseTaskBackend):
         self._cloud_queue(task.queue_name)
 
     def enqueue(self, task: Task, args: Any, kwargs: Any) -> TaskResult:
-        """Adds the task (in the open `atomic()` block, if any); returns its READY result."""
-        self.validate_task(task)
+        """Adds the task (in the open `atomic()` block, if any); returns its READY result.
+
+        The Task was validated when it was made (`@task`, `.using()`), as
+        Django does; here only what depends on the time: `run_after`.
+        """
         now = timezone.now()
         run_after = task.run_after
         eta = None
@@ -121,8 +124,9 @@ class TqBackend(BaseTaskBackend):
                     f"run_after {run_after.isoformat()} is more than 30 days ahead "
                     "(Cloud Tasks' limit)"
                 )
-        args_json = json.dumps(normalize_json(list(args)))
-        kwargs_json = json.dumps(normalize_json(dict(kwargs)))
+        args = normalize_json(list(args))
+        kwargs = normalize_json(dict(kwargs))
+        args_json, kwargs_json = json.dumps(args), json.dumps(kwargs)
         state = _state.current()
         payload = DjangoTask(
             task_path=task.module_path,
@@ -146,8 +150,8 @@ class TqBackend(BaseTaskBackend):
             started_at=None,
             finished_at=None,
             last_attempted_at=None,
-            args=json.loads(args_json),
-            kwargs=json.loads(kwargs_json),
+            args=args,
+            kwargs=kwargs,
             backend=self.alias,
             errors=[],
             worker_ids=[],
@@ -167,13 +171,19 @@ class TqBackend(BaseTaskBackend):
         results = state.settings.database
         found = find_transaction()
         if isinstance(found, DjangoTransaction):
-            if found.alias == results:  # the result row and the task in one transaction
-                _results.insert_ready(results, payload, run_after, now)
+            with ambient(found):  # add_task needs not look for it again
+                if found.alias == results:
+                    # The result row and the task in one transaction (on PostgreSQL,
+                    # in one statement).
+                    row = _results.ready_row(results, payload, run_after, now)
+                    with _atomic.companion(results, row) as written:
+                        state.dispatcher.add_task(tq_task)
+                    if not written:
+                        _results.insert(results, row)
+                    return
                 state.dispatcher.add_task(tq_task)
-                return
             # A transaction on another database: the result row follows its commit
             # (and the first attempt writes it should this process die first).
-            state.dispatcher.add_task(tq_task)
             transaction.on_commit(
                 lambda: _results.insert_ready(results, payload, run_after, now),
                 using=found.alias,

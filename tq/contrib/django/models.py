@@ -26,7 +26,7 @@ class TaskResultRecord(models.Model):
     run_after = models.DateTimeField(null=True)
     enqueued_at = models.DateTimeField(null=True)
     started_at = models.DateTimeField(null=True)
-    finished_at = models.DateTimeField(null=True, db_index=True)
+    finished_at = models.DateTimeField(null=True)
     last_attempted_at = models.DateTimeField(null=True)
     return_value_json = models.TextField(null=True)
     errors_json = models.TextField(default="[]")
@@ -35,6 +35,14 @@ class TaskResultRecord(models.Model):
     class Meta:
         db_table = "tq_django_task_results"
         app_label = "tq"
+        indexes = (
+            # For pruning finished results; enqueues (not finished) do not touch it.
+            models.Index(
+                fields=["finished_at"],
+                name="tq_results_finished",
+                condition=models.Q(finished_at__isnull=False),
+            ),
+        )
 
     def __str__(self) -> str:
         return f"{self.task_path} {self.id} {self.status}"

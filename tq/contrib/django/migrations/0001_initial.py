@@ -26,12 +26,21 @@ class Migration(migrations.Migration):
                 ("run_after", models.DateTimeField(null=True)),
                 ("enqueued_at", models.DateTimeField(null=True)),
                 ("started_at", models.DateTimeField(null=True)),
-                ("finished_at", models.DateTimeField(db_index=True, null=True)),
+                ("finished_at", models.DateTimeField(null=True)),
                 ("last_attempted_at", models.DateTimeField(null=True)),
                 ("return_value_json", models.TextField(null=True)),
                 ("errors_json", models.TextField(default="[]")),
                 ("worker_ids_json", models.TextField(default="[]")),
             ],
-            options={"db_table": "tq_django_task_results"},
+            options={
+                "db_table": "tq_django_task_results",
+                "indexes": [
+                    models.Index(
+                        condition=models.Q(("finished_at__isnull", False)),
+                        fields=["finished_at"],
+                        name="tq_results_finished",
+                    )
+                ],
+            },
         ),
     ]
