@@ -28,7 +28,15 @@ from tq._errors import (
     ValidationError,
 )
 from tq._execution import ExecutionInfo, execution_info
-from tq._submitter import Router, Submission, Submitter, current_submitter, use_submitter
+from tq._handles import AddedTask, TaskDeletion
+from tq._submitter import (
+    Router,
+    Submission,
+    Submitter,
+    TaskDeleter,
+    current_submitter,
+    use_submitter,
+)
 from tq._task import Task
 from tq._taskclass import CustomPayload, Handler, Kind, TaskClass
 from tq.cron import Cron
@@ -49,14 +57,14 @@ def task_class(**kwargs: Any) -> Callable[[Any], Any]:
     return default.task_class(**kwargs)
 
 
-def add_task(*tasks: Task) -> None:
-    """`tq.default.add_task(...)`."""
-    default.add_task(*tasks)
+def add_task(*tasks: Task) -> list[AddedTask]:
+    """`tq.default.add_task(...)`: a `tq.AddedTask` per task, in order."""
+    return default.add_task(*tasks)
 
 
-async def add_task_async(*tasks: Task) -> None:
-    """`tq.default.add_task_async(...)`."""
-    await default.add_task_async(*tasks)
+async def add_task_async(*tasks: Task) -> list[AddedTask]:
+    """`tq.default.add_task_async(...)`: a `tq.AddedTask` per task, in order."""
+    return await default.add_task_async(*tasks)
 
 
 def sweep() -> None:
@@ -65,6 +73,7 @@ def sweep() -> None:
 
 
 __all__ = [
+    "AddedTask",
     "CloudTasksSubmitter",
     "ConfigError",
     "Cron",
@@ -85,6 +94,8 @@ __all__ = [
     "TQError",
     "Task",
     "TaskClass",
+    "TaskDeleter",
+    "TaskDeletion",
     "TransactionError",
     "Transient",
     "ValidationError",

@@ -63,9 +63,11 @@ class CloudTasksSubmitter:
     Inside `tq._submitter.submit_deadline(...)` (the outbox's happy path sets
     one) call timeouts and retries stop at that deadline.
 
-    `submit` / `submit_async` raise `tq.SubmitError` carrying the gRPC code;
-    a task whose name exists already raises it with ALREADY_EXISTS, which
-    `add_task` and the outbox count as success.
+    `submit` / `submit_async` return the task's full name (the one Cloud
+    Tasks picked, from its CreateTask response, for a task added without a
+    name) and raise `tq.SubmitError` carrying the gRPC code; a task whose
+    name exists already raises it with ALREADY_EXISTS, which `add_task` and
+    the outbox count as success.
 
     The sync client is made on first use and shared by all threads. The async
     client is made on first use in each event loop (gRPC's asyncio channels
@@ -173,41 +175,50 @@ class CloudTasksSubmitter:
             raise SubmitError(grpc.StatusCode.DEADLINE_EXCEEDED, "submit deadline passed")
         return min(self.timeout_s, left)
 
-    def _final(self, err: BaseException, sub: Submission, attempt: int) -> SubmitError | None:
+    def _final(self, err: BaseException, task_class: str, attempt: int) -> SubmitError | None:
         """The SubmitError to raise for `err`, or None to try again."""
         e = SubmitError(code_of(err), getattr(err, "message", None) or str(err))
         left = time_left()
         out_of_time = left is not None and left <= self.pause_before(attempt)
         if e.transient and attempt < self.attempts - 1 and not out_of_time:
-            _metrics.add("tq_submit_retries", task_class=sub.task_class, code=e.code.name)
+            _metrics.add("tq_submit_retries", task_class=task_class, code=e.code.name)
             return None
         return e
 
-    def submit(self, submission: Submission) -> None:
-        """Creates the task, blocking. Raises `tq.SubmitError`."""
+    def submit(self, submission: Submission) -> str | None:
+        """Creates the task, blocking; returns its name. Raises `tq.SubmitError`."""
         client = self.client
-        for attempt in range(self.attempts):
+        attempt = 0
+        while True:  # the last attempt returns or raises
             try:
-                client.create_task(request=submission.request, timeout=self._timeout())
-                return
+                created = client.create_task(request=submission.request, timeout=self._timeout())
+                return _created_name(submission, created)
             except (gexc.GoogleAPICallError, grpc.RpcError) as err:
-                final = self._final(err, submission, attempt)
+                final = self._final(err, submission.task_class, attempt)
                 if final is not None:
                     raise final from err
             self._sleep(self.pause_before(attempt))
+            attempt += 1
 
-    async def submit_async(self, submission: Submission) -> None:
-        """Creates the task without blocking the event loop. Raises `tq.SubmitError`."""
+    async def submit_async(self, submission: Submission) -> str | None:
+        """Creates the task without blocking the event loop; returns its name.
+
+        Raises `tq.SubmitError`.
+        """
         client = self.async_client
-        for attempt in range(self.attempts):
+        attempt = 0
+        while True:  # the last attempt returns or raises
             try:
-                await client.create_task(request=submission.request, timeout=self._timeout())
-                return
+                created = await client.create_task(
+                    request=submission.request, timeout=self._timeout()
+                )
+                return _created_name(submission, created)
             except (gexc.GoogleAPICallError, grpc.RpcError) as err:
-                final = self._final(err, submission, attempt)
+                final = self._final(err, submission.task_class, attempt)
                 if final is not None:
                     raise final from err
             await self._sleep_async(self.pause_before(attempt))
+            attempt += 1
 
     def close(self) -> None:
         """Closes the sync client's channel, if this submitter made it.
@@ -242,6 +253,15 @@ class CloudTasksSubmitter:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
+
+
+def _created_name(submission: Submission, created: Any) -> str | None:
+    """The name of a created task: the request's, else the one Cloud Tasks gave it."""
+    name = submission.request.task.name  # type: ignore[attr-defined]
+    if name:
+        return str(name)
+    name = getattr(created, "name", None)
+    return name if isinstance(name, str) and name else None
 
 
 def _with_credentials(make: Callable[[], Any]) -> Any:

@@ -17,6 +17,7 @@ from opentelemetry.trace import Span, SpanKind
 
 from tq import _observe, _request, _schedule, _topic, _tracing, clock
 from tq._errors import ConfigError, PayloadTooLarge, SubmitError, TransactionError, ValidationError
+from tq._handles import AddedTask, added_task
 from tq._reminder import encode_payload, fresh_until, reminder_row
 from tq._submitter import (
     Submission,
@@ -290,57 +291,53 @@ class Dispatcher:
 
     # Adding tasks.
 
-    def add_task(self, *tasks: Task) -> None:
-        """Adds tasks from sync code.
+    def add_task(self, *tasks: Task) -> list[AddedTask]:
+        """Adds tasks from sync code; returns a `tq.AddedTask` per task, in order.
 
         Inside a transaction made ambient by a store helper (`tq.txn.sql`,
         `tq.txn.spanner`) TRANSACTIONAL and FOLLOWS_CONTEXT tasks are written
-        as reminders and submitted after the commit; otherwise tasks are
-        submitted now. All tasks are validated before anything is written or
-        submitted. Raises ValidationError, PayloadTooLarge, TransactionError,
+        as reminders and submitted after the commit (their handles carry the
+        reminder ID, and `existed` None); otherwise tasks are submitted now.
+        All tasks are validated before anything is written or submitted.
+        Raises ValidationError, PayloadTooLarge, TransactionError,
         ConfigError, or SubmitError (a non-transactional submit failed; tasks
         before it in the call may have been created).
         """
         if _tracing.tracer() is None:
-            self._add(tasks, None)
-            return
+            return self._add(tasks, None)
         with _tracing.span("tq.add_task", {"tq.tasks": len(tasks)}, kind=_PRODUCER) as span:
-            self._add(tasks, span)
+            return self._add(tasks, span)
 
-    def _add(self, tasks: Sequence[Task], span: Span | None) -> None:
+    def _add(self, tasks: Sequence[Task], span: Span | None) -> list[AddedTask]:
         plan = self._plan(tasks, span)
         if isinstance(plan, _TxnPlan):
-            for p in plan.pending:
-                plan.txn.save_reminder(p)
-            return
-        for sub, submitter in plan:
-            _submit_now(submitter, sub)
+            return _save_reminders(plan)
+        return [_submit_now(submitter, sub, name) for sub, submitter, name in plan]
 
-    async def add_task_async(self, *tasks: Task) -> None:
-        """Adds tasks from async code; same semantics as `add_task`."""
+    async def add_task_async(self, *tasks: Task) -> list[AddedTask]:
+        """Adds tasks from async code; same semantics (and handles) as `add_task`."""
         if _tracing.tracer() is None:
-            await self._add_async(tasks, None)
-            return
+            return await self._add_async(tasks, None)
         with _tracing.span("tq.add_task", {"tq.tasks": len(tasks)}, kind=_PRODUCER) as span:
-            await self._add_async(tasks, span)
+            return await self._add_async(tasks, span)
 
-    async def _add_async(self, tasks: Sequence[Task], span: Span | None) -> None:
+    async def _add_async(self, tasks: Sequence[Task], span: Span | None) -> list[AddedTask]:
         plan = self._plan(tasks, span)
         if isinstance(plan, _TxnPlan):
-            for p in plan.pending:
-                plan.txn.save_reminder(p)
-            return
+            return _save_reminders(plan)
         if len(plan) == 1:  # the usual case: no asyncio task to gather
-            sub, submitter = plan[0]
-            await _submit_now_async(submitter, sub)
-            return
+            sub, submitter, name = plan[0]
+            return [await _submit_now_async(submitter, sub, name)]
         results = await asyncio.gather(
-            *(_submit_now_async(submitter, sub) for sub, submitter in plan),
+            *(_submit_now_async(submitter, sub, name) for sub, submitter, name in plan),
             return_exceptions=True,
         )
+        added: list[AddedTask] = []
         for r in results:
             if isinstance(r, BaseException):
                 raise r
+            added.append(r)
+        return added
 
     def sweep(self) -> None:
         """Resubmits stale reminders once, with the configured sweeper."""
@@ -373,7 +370,7 @@ class Dispatcher:
 
     def _plan(
         self, tasks: Sequence[Task], span: Span | None = None
-    ) -> _TxnPlan | list[tuple[Submission, Submitter]]:
+    ) -> _TxnPlan | list[tuple[Submission, Submitter, str | None]]:
         if not tasks:
             return []
         if len(tasks) > MAX_BATCH:
@@ -392,8 +389,9 @@ class Dispatcher:
         queues_ok = False  # the submitter was found to take queue classes' tasks
         # In a transaction every task becomes a reminder (_check_kind refuses
         # the others); outside one every task is submitted now.
-        subs: list[Submission] = []
+        subs: list[tuple[Submission, Submitter, str | None]] = []
         pending: list[PendingTask] = []
+        added: list[AddedTask] = []
         if txn is not None:
             until = fresh_until(now, txn.deadline)
             limit = txn.store.max_payload_size
@@ -430,17 +428,18 @@ class Dispatcher:
                 task_id = deduplicated_task_id(self.namespace, cls.id, task.deduplication_key)
             else:
                 task_id = None
-            req = self._template(cls).build(
-                task, now=now, task_id=task_id, extra_headers=trace_headers
-            )
+            tpl = self._template(cls)
+            req = tpl.build(task, now=now, task_id=task_id, extra_headers=trace_headers)
+            name = tpl.task_name(task, task_id)
             sub = new_submission(
                 req, cls.id, now, task.payload, task_id if txn is not None else None
             )
             if txn is None:
-                subs.append(sub)
+                subs.append((sub, submitter, name))
             elif direct:
                 rem = reminder_row(task_id or "", until, b"", b"")
                 pending.append(PendingTask(rem, sub, submitter))
+                added.append(added_task(name, cls.id, task_id, None))
             else:
                 payload = encode_payload(sub)
                 if len(payload) > limit:
@@ -450,6 +449,7 @@ class Dispatcher:
                     )
                 rem = reminder_row(task_id or "", until, payload, b"")
                 pending.append(PendingTask(rem, sub, submitter))
+                added.append(added_task(name, cls.id, task_id, None))
             if not cls.quiet and log.isEnabledFor(logging.DEBUG):
                 where = cls.topic or task.queue or cls.queue
                 fields = {"tq_class": cls.id, "tq_queue": where.rsplit("/", 1)[-1]}
@@ -457,13 +457,15 @@ class Dispatcher:
                     fields["tq_reminder"] = task_id
                 log.debug("tq: adding task of class %s: %s", cls.id, task.payload, extra=fields)
         if span is not None:
-            classes = {s.task_class for s in subs} | {p.submission.task_class for p in pending}
+            classes = {s.task_class for s, _, _ in subs} | {
+                p.submission.task_class for p in pending
+            }
             _tracing.set_attributes(
                 span, {"tq.task_class": sorted(classes), "tq.transactional": txn is not None}
             )
         if txn is None:
-            return [(s, submitter) for s in subs]
-        return _TxnPlan(txn, pending)
+            return subs
+        return _TxnPlan(txn, pending, added)
 
     def _template(self, cls: TaskClass) -> _request.Template | _topic.Template:
         # Built on first use (a class that cannot be routed fails at add_task,
@@ -482,6 +484,7 @@ class Dispatcher:
 class _TxnPlan:
     txn: Transaction
     pending: list[PendingTask]
+    added: list[AddedTask]  # the handles of `pending`, in order
 
 
 def _check_kind(cls: TaskClass, txn: Transaction | None) -> None:
@@ -548,19 +551,32 @@ def _refuse_untold(cls: TaskClass, untold: UntoldTransaction) -> None:
     )
 
 
-def _submit_now(submitter: Submitter, sub: Submission) -> None:
+def _save_reminders(plan: _TxnPlan) -> list[AddedTask]:
+    """Writes a plan's reminders into its transaction; their handles."""
+    save = plan.txn.save_reminder
+    for p in plan.pending:
+        save(p)
+    return plan.added
+
+
+def _submit_now(submitter: Submitter, sub: Submission, name: str | None) -> AddedTask:
+    """Submits one task now; its handle. `name`: the task's, if add_task named it."""
     try:
         with _observe.submitting(sub, "direct"):
-            submitter.submit(sub)
+            created = submitter.submit(sub)
     except SubmitError as e:
         if not e.already_exists:
             raise
+        return added_task(name, sub.task_class, None, True)
+    return added_task(created or name, sub.task_class, None, False)
 
 
-async def _submit_now_async(submitter: Submitter, sub: Submission) -> None:
+async def _submit_now_async(submitter: Submitter, sub: Submission, name: str | None) -> AddedTask:
     try:
         with _observe.submitting(sub, "direct"):
-            await submitter.submit_async(sub)
+            created = await submitter.submit_async(sub)
     except SubmitError as e:
         if not e.already_exists:
             raise
+        return added_task(name, sub.task_class, None, True)
+    return added_task(created or name, sub.task_class, None, False)

@@ -145,6 +145,14 @@ class Template:
         self._base = base
         self._envelope = envelope
 
+    def task_name(self, task: Task, task_id: str | None) -> str | None:
+        """The full name `build` gives the task with `task_id` (None without one)."""
+        if not task_id:
+            return None
+        if task.queue is not None:
+            return self._parent_of(task.queue) + "/tasks/" + task_id
+        return self._name_prefix + task_id
+
     def fits(self, cls: TaskClass, target: Target) -> bool:
         """Whether this is still the template of `cls` under `target`."""
         return self.cls is cls and self.target is target and self.key == template_key(cls)

@@ -96,18 +96,45 @@ class Submitter(Protocol):
     """Creates tasks. Raises `tq.SubmitError` on failure.
 
     A task whose name exists already must raise SubmitError with code
-    ALREADY_EXISTS (callers count it as success). A submitter may say what
-    it takes with boolean attributes `takes_queues` (default true) and
-    `takes_topics` (default false); `add_task` refuses (ConfigError) a task
-    whose submitter does not take its kind.
+    ALREADY_EXISTS (callers count it as success, unless asked to raise
+    `tq.TaskAlreadyAdded`). A submitter may say what it takes with boolean
+    attributes `takes_queues` (default true) and `takes_topics` (default
+    false); `add_task` refuses (ConfigError) a task whose submitter does not
+    take its kind.
+
+    `submit` may return the full name of the task it created (the one the
+    destination picked when the request had none); `add_task` hands it back
+    in its `tq.AddedTask`. Returning None is fine: the handle then carries
+    the name add_task gave the task, or None for one the destination named.
     """
 
-    def submit(self, submission: Submission) -> None:
-        """Creates the task (blocking)."""
+    def submit(self, submission: Submission) -> str | None:
+        """Creates the task (blocking); returns its full name if known."""
         ...
 
-    async def submit_async(self, submission: Submission) -> None:
-        """Creates the task without blocking the event loop."""
+    async def submit_async(self, submission: Submission) -> str | None:
+        """Creates the task without blocking the event loop; returns its full name if known."""
+        ...
+
+
+@runtime_checkable
+class TaskDeleter(Protocol):
+    """A submitter that can also delete the tasks it created (optional).
+
+    `Dispatcher.delete_task` uses it; a submitter without these methods
+    (one that only submits, or a destination that cannot take tasks back)
+    makes it raise ConfigError. `name` is a full task name, checked by the
+    dispatcher. Both return True when a waiting (or running) task was
+    deleted, False when there was no such task to delete, and raise
+    `tq.SubmitError` for any other failure.
+    """
+
+    def delete_task(self, name: str) -> bool:
+        """Deletes the task `name` (blocking)."""
+        ...
+
+    async def delete_task_async(self, name: str) -> bool:
+        """Deletes the task `name` without blocking the event loop."""
         ...
 
 
@@ -215,11 +242,11 @@ class Router:
             )
         return s
 
-    def submit(self, submission: Submission) -> None:
-        self._for(submission).submit(submission)
+    def submit(self, submission: Submission) -> str | None:
+        return self._for(submission).submit(submission)
 
-    async def submit_async(self, submission: Submission) -> None:
-        await self._for(submission).submit_async(submission)
+    async def submit_async(self, submission: Submission) -> str | None:
+        return await self._for(submission).submit_async(submission)
 
     def close(self) -> None:
         for s in (self.queues, self.topics):

@@ -82,6 +82,10 @@ class Template:
         base.attributes[TYPE_ATTRIBUTE] = cls.type_name
         self._base = base
 
+    def task_name(self, task: Task, task_id: str | None) -> str | None:
+        """None: Pub/Sub names a message (its ID) when it publishes it."""
+        return None
+
     def fits(self, cls: TaskClass, cloud_project: str | None) -> bool:
         return self.cls is cls and self.project == cloud_project and self.key == template_key(cls)
 

@@ -153,13 +153,17 @@ class Scheduler:
         from now on is also delivered there, to `dispatcher` (default: the scheduler's)."""
         self._topics.subscribe(topic, subscription, dispatcher)
 
-    def submit(self, submission: tq.Submission) -> None:
-        """Takes one task. Raises `tq.SubmitError` ALREADY_EXISTS for a taken name."""
+    def submit(self, submission: tq.Submission) -> str | None:
+        """Takes one task; returns its full name (generated if the request had none).
+
+        A message to publish goes to its topic's subscriptions (None returned).
+        Raises `tq.SubmitError` ALREADY_EXISTS for a taken name.
+        """
         payload = decode_payload(self._dispatcher, submission)
         req = submission.request
         if is_publish(req):
             self._publish(submission, payload)
-            return
+            return None
         parent = str(req.parent)  # type: ignore[attr-defined]
         task = req.task  # type: ignore[attr-defined]
         if parent not in self._queue_names:
@@ -198,10 +202,11 @@ class Scheduler:
         if wakers is not None:
             for wake in wakers:
                 wake()
+        return name
 
-    async def submit_async(self, submission: tq.Submission) -> None:
+    async def submit_async(self, submission: tq.Submission) -> str | None:
         """Like `submit` (it never blocks)."""
-        self.submit(submission)
+        return self.submit(submission)
 
     def _publish(self, submission: tq.Submission, payload: Message | None) -> None:
         """Fans a message out: one task record per subscription of its topic."""

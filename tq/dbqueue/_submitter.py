@@ -120,8 +120,11 @@ class DbQueueSubmitter:
     takes_topics = True
     """Messages of topic classes fan out to the topic's subscriptions (see `Subscription`)."""
 
-    def submit(self, submission: Submission) -> None:
-        """Inserts the task (or a message's rows, one per subscription) in its own transaction."""
+    def submit(self, submission: Submission) -> str | None:
+        """Inserts the task (or a message's rows, one per subscription) in its own transaction.
+
+        Returns the task's full name (None for a message).
+        """
         if is_publish(submission.request):
             try:
                 with _db.write_txn(self.engine) as conn:
@@ -129,7 +132,7 @@ class DbQueueSubmitter:
             except sa.exc.SQLAlchemyError as e:
                 raise SubmitError(grpc.StatusCode.UNAVAILABLE, f"database queue: {e}") from e
             _wakeup.notify(self.wakeup_key)
-            return
+            return None
         row = self._row(submission)
         try:
             self._ensure_queue_committed(row["queue"])
@@ -140,10 +143,11 @@ class DbQueueSubmitter:
         if not inserted:
             raise _already_exists(row)
         _wakeup.notify(self.wakeup_key)
+        return f"{submission.request.parent}/tasks/{row['name']}"  # type: ignore[attr-defined]
 
-    async def submit_async(self, submission: Submission) -> None:
+    async def submit_async(self, submission: Submission) -> str | None:
         """`submit` in a worker thread."""
-        await asyncio.to_thread(self.submit, submission)
+        return await asyncio.to_thread(self.submit, submission)
 
     def write_in_transaction(self, connection: sa.Connection, submission: Submission) -> None:
         """Inserts the task in the caller's transaction on `connection`.

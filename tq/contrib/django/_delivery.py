@@ -44,11 +44,11 @@ class DatabaseDelivery:
     def engine(self) -> sa.Engine:
         return self.database_queue().engine
 
-    def submit(self, submission: Submission) -> None:
-        self.database_queue().submit(submission)
+    def submit(self, submission: Submission) -> str | None:
+        return self.database_queue().submit(submission)
 
-    async def submit_async(self, submission: Submission) -> None:
-        await self.database_queue().submit_async(submission)
+    async def submit_async(self, submission: Submission) -> str | None:
+        return await self.database_queue().submit_async(submission)
 
     # For tq's SQLAlchemy transaction helpers, should a project use both.
 
