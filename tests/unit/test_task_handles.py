@@ -203,3 +203,12 @@ async def test_cloud_tasks_submitter_hands_back_the_name_from_the_response_async
     (picked,) = await disp.add_task_async(tq.Task(payload=pb.Greet(name="a")))
     assert picked.name == f"{PARENT}/tasks/4711"
     assert picked.existed is False
+
+
+def test_a_task_sent_to_a_queue_of_its_own_is_named_in_that_queue(sched: Scheduler) -> None:
+    other = "projects/proj/locations/us-central1/queues/other"
+    (added,) = sched.dispatcher.add_task(
+        tq.Task(payload=pb.Greet(name="a"), deduplication_key="k", queue="other")
+    )
+    assert added.name == f"{other}/tasks/{_dedup_name('k').rpartition('/')[2]}"
+    assert sched.tasks().names() == [added.name]
