@@ -95,6 +95,23 @@ def test_reminders_and_parked_reminders_are_listed_and_replayed(
     assert count("default", "tq_tasks") == 1
 
 
+def test_done_markers_of_every_database_are_counted(
+    configure: Callable[..., Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    import tqtesting
+    from tests.django.shop.tasks import charge
+
+    state = configure(DATABASE="pg")
+    now = FakeClock(dt.datetime.now(dt.UTC))  # markers expire 35 days after it
+    with tqtesting.testing_context(state.dispatcher, now) as scheduler:
+        charge.enqueue(1, database="pg")
+        scheduler.run(tqtesting.stop_when_drained())
+    code, out = tq_command(capsys, "markers", "count", "--json")
+    assert code == 0, out
+    live = {row["store"]: row["live"] for row in map(json.loads, out.splitlines())}
+    assert live == {"django:default": 0, "django:pg": 1}
+
+
 def test_queues_are_listed_and_purged(
     configure: Callable[..., Any], capsys: pytest.CaptureFixture[str]
 ) -> None:
