@@ -9,6 +9,7 @@ The crash tests with real processes are in tests/e2e/test_once_crash.py.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import sqlite3
 import threading
@@ -431,3 +432,55 @@ def test_a_version_1_database_is_migrated_to_the_marker_table(engine: sa.Engine)
     assert tq.txn.sql.create_schema(engine) == 2
     assert sa.inspect(engine).has_table("tq_done")
     assert {i["name"] for i in sa.inspect(engine).get_indexes("tq_done")} == {"tq_done_expires"}
+
+
+# A handler of one's own: a CustomPayload pushed to a route of the app.
+
+
+async def test_a_custom_payload_route_runs_once_through_mark_done(
+    engine: sa.Engine, sessions: sessionmaker[Session]
+) -> None:
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import Response
+    from starlette.routing import Route
+
+    from tq import dbqueue
+
+    dbqueue.create_schema(engine)
+    answers = [503]  # the first answer, sent after the commit, is lost (a 5xx)
+
+    def charge(headers: dict[str, str], body: bytes) -> int:
+        key = tq.txn.marker_key(tq.ExecutionInfo.from_headers("charge", headers))
+        with tq.txn.sql.transaction(sessions) as s:
+            if tq.txn.sql.mark_done(s, key):
+                s.execute(sa.text("INSERT INTO ledger (name, pid) VALUES (:n, 0)"), {"n": body})
+        return answers.pop() if answers else 200
+
+    async def route(request: Request) -> Response:
+        headers = {k.lower(): v for k, v in request.headers.items()}
+        body = (await request.body()).decode()
+        return Response(status_code=await asyncio.to_thread(charge, headers, body))
+
+    app = Starlette(routes=[Route("/custom/charge", route, methods=["POST"])])
+    disp = _once.dispatcher(submitter=dbqueue.DbQueueSubmitter(engine))
+    disp.register_task_class(
+        tq.TaskClass(
+            id="charge", prototype=pb.Greet, kind=tq.Kind.NON_TRANSACTIONAL, queue="custom",
+            custom=lambda p: tq.CustomPayload(body=p.name.encode(), relative_uri="/custom/charge"),
+        )
+    )  # fmt: skip
+    clock = tqtesting.FakeClock()
+    with tq.clock.use_clock(clock):
+        disp.add_task(tq.Task(payload=pb.Greet(name="own")))
+        admin = dbqueue.Admin(engine)
+        async with dbqueue.Worker(engine, app=app) as worker:
+            for _ in range(60):  # the retry comes after the queue's backoff
+                await worker.run_once()
+                if admin.count_tasks(state=dbqueue.State.DONE) == 1:
+                    break
+                clock.advance(1)
+    (task,) = admin.list_tasks(task_class="charge")
+    assert (task.state, task.attempts) == (dbqueue.State.DONE, 2)
+    assert _once.ledger(engine) == ["own"]
+    assert len(_once.markers(engine)) == 1
