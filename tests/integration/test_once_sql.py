@@ -484,3 +484,20 @@ async def test_a_custom_payload_route_runs_once_through_mark_done(
     assert (task.state, task.attempts) == (dbqueue.State.DONE, 2)
     assert _once.ledger(engine) == ["own"]
     assert len(_once.markers(engine)) == 1
+
+
+def test_sync_and_async_twins_refuse_each_other_at_start_up(
+    sessions: sessionmaker[Session], async_sessions: async_sessionmaker[AsyncSession]
+) -> None:
+    async def async_handler(payload: pb.Greet, session: Any) -> None:
+        pass
+
+    def sync_handler(payload: pb.Greet, session: Any) -> None:
+        pass
+
+    with pytest.raises(tq.ConfigError, match="once_async"):
+        tq.txn.sql.once(sessions)(async_handler)
+    with pytest.raises(tq.ConfigError, match="once_async"):
+        tq.txn.sql.once(async_sessions)  # type: ignore[call-overload]
+    with pytest.raises(tq.ConfigError, match="not an async def handler"):
+        tq.txn.sql.once_async(async_sessions)(sync_handler)  # type: ignore[arg-type]
