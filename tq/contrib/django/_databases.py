@@ -15,6 +15,7 @@ and admin commands under the name "django:<alias>".
 from __future__ import annotations
 
 import datetime as dt
+import importlib.util
 import threading
 from collections.abc import Sequence
 from typing import Any
@@ -69,8 +70,10 @@ def sqlalchemy_url(alias: str) -> sa.URL:
         options = sd.get("OPTIONS") or {}
         query = {k: str(v) for k, v in options.items() if k not in _DJANGO_PG_OPTIONS}
         port = sd.get("PORT")
+        # The driver Django uses: psycopg 3 if installed (Django's first choice), else psycopg2.
+        driver = "psycopg" if importlib.util.find_spec("psycopg") is not None else "psycopg2"
         return sa.URL.create(
-            "postgresql+psycopg",
+            f"postgresql+{driver}",
             username=sd.get("USER") or None,
             password=sd.get("PASSWORD") or None,
             host=sd.get("HOST") or None,

@@ -30,7 +30,7 @@ import sys
 from typing import Any
 
 from django.core.management import call_command
-from django.core.management.base import BaseCommand
+from django.core.management.base import BaseCommand, CommandError
 
 APP = "tq.contrib.django.asgi:application"
 
@@ -65,17 +65,20 @@ class Command(BaseCommand):
 
     def run_from_argv(self, argv: list[str]) -> None:
         # Everything after "tq" belongs to the tq command, whose parser is click's.
-        run(argv[2:])
+        sys.exit(run(argv[2:]))
 
     def print_help(self, prog_name: str, subcommand: str) -> None:
         run(["--help"])
 
-    def handle(self, *args: Any, **options: Any) -> None:  # call_command("tq", ...)
-        run(list(args))
+    def handle(self, *args: Any, **options: Any) -> None:
+        """`call_command("tq", ...)`: returns when tq exits 0, else raises CommandError."""
+        code = run(list(args))
+        if code:
+            raise CommandError(f"tq {' '.join(args)} exited with {code}", returncode=code)
 
 
-def run(args: list[str]) -> None:
-    """Runs `tq ARGS` with the project's defaults (the environment's TQ_* win); exits."""
+def run(args: list[str]) -> int:
+    """Runs `tq ARGS` with the project's defaults (the environment's TQ_* win); its exit code."""
     from tq.cli import main
 
     added = {k: v for k, v in project_environment().items() if k not in os.environ}
@@ -83,7 +86,10 @@ def run(args: list[str]) -> None:
     try:
         if args[:1] == ["dev"]:
             call_command("migrate", interactive=False, verbosity=0)
-        sys.exit(main(args))
+        try:
+            return main(args)
+        except SystemExit as e:  # click ends every run this way
+            return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
     finally:
         for k in added:
             os.environ.pop(k, None)
