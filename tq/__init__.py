@@ -22,6 +22,7 @@ from tq._errors import (
     PayloadTooLarge,
     Retry,
     SubmitError,
+    TaskAlreadyAdded,
     TQError,
     TransactionError,
     Transient,
@@ -57,14 +58,14 @@ def task_class(**kwargs: Any) -> Callable[[Any], Any]:
     return default.task_class(**kwargs)
 
 
-def add_task(*tasks: Task) -> list[AddedTask]:
+def add_task(*tasks: Task, raise_if_exists: bool | None = None) -> list[AddedTask]:
     """`tq.default.add_task(...)`: a `tq.AddedTask` per task, in order."""
-    return default.add_task(*tasks)
+    return default.add_task(*tasks, raise_if_exists=raise_if_exists)
 
 
-async def add_task_async(*tasks: Task) -> list[AddedTask]:
+async def add_task_async(*tasks: Task, raise_if_exists: bool | None = None) -> list[AddedTask]:
     """`tq.default.add_task_async(...)`: a `tq.AddedTask` per task, in order."""
-    return await default.add_task_async(*tasks)
+    return await default.add_task_async(*tasks, raise_if_exists=raise_if_exists)
 
 
 def sweep() -> None:
@@ -93,6 +94,7 @@ __all__ = [
     "Sweeper",
     "TQError",
     "Task",
+    "TaskAlreadyAdded",
     "TaskClass",
     "TaskDeleter",
     "TaskDeletion",

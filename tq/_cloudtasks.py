@@ -175,13 +175,19 @@ class CloudTasksSubmitter:
             raise SubmitError(grpc.StatusCode.DEADLINE_EXCEEDED, "submit deadline passed")
         return min(self.timeout_s, left)
 
-    def _final(self, err: BaseException, task_class: str, attempt: int) -> SubmitError | None:
-        """The SubmitError to raise for `err`, or None to try again."""
+    def _final(
+        self, err: BaseException, task_class: str | None, attempt: int
+    ) -> SubmitError | None:
+        """The SubmitError to raise for `err`, or None to try again.
+
+        `task_class`: of the submission whose retry is counted; None for a deletion.
+        """
         e = SubmitError(code_of(err), getattr(err, "message", None) or str(err))
         left = time_left()
         out_of_time = left is not None and left <= self.pause_before(attempt)
         if e.transient and attempt < self.attempts - 1 and not out_of_time:
-            _metrics.add("tq_submit_retries", task_class=task_class, code=e.code.name)
+            if task_class is not None:
+                _metrics.add("tq_submit_retries", task_class=task_class, code=e.code.name)
             return None
         return e
 
@@ -215,6 +221,47 @@ class CloudTasksSubmitter:
                 return _created_name(submission, created)
             except (gexc.GoogleAPICallError, grpc.RpcError) as err:
                 final = self._final(err, submission.task_class, attempt)
+                if final is not None:
+                    raise final from err
+            await self._sleep_async(self.pause_before(attempt))
+            attempt += 1
+
+    def delete_task(self, name: str) -> bool:
+        """Deletes the task `name` (Cloud Tasks' DeleteTask), blocking.
+
+        True when it was deleted; False on NOT_FOUND: no such task waits or
+        runs (never created, run to its end, failed for good, deleted
+        already; or no such queue). Transient codes are tried again as in
+        `submit`; after a lost reply, a retry may find the task gone and
+        answer False. Other codes raise `tq.SubmitError`.
+        """
+        client = self.client
+        attempt = 0
+        while True:  # the last attempt returns or raises
+            try:
+                client.delete_task(name=name, timeout=self._timeout())
+                return True
+            except (gexc.GoogleAPICallError, grpc.RpcError) as err:
+                if code_of(err) == grpc.StatusCode.NOT_FOUND:
+                    return False
+                final = self._final(err, None, attempt)
+                if final is not None:
+                    raise final from err
+            self._sleep(self.pause_before(attempt))
+            attempt += 1
+
+    async def delete_task_async(self, name: str) -> bool:
+        """`delete_task` without blocking the event loop."""
+        client = self.async_client
+        attempt = 0
+        while True:  # the last attempt returns or raises
+            try:
+                await client.delete_task(name=name, timeout=self._timeout())
+                return True
+            except (gexc.GoogleAPICallError, grpc.RpcError) as err:
+                if code_of(err) == grpc.StatusCode.NOT_FOUND:
+                    return False
+                final = self._final(err, None, attempt)
                 if final is not None:
                     raise final from err
             await self._sleep_async(self.pause_before(attempt))

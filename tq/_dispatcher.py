@@ -15,9 +15,16 @@ from typing import Any, Protocol, TypeVar
 from google.protobuf.message import Message
 from opentelemetry.trace import Span, SpanKind
 
-from tq import _observe, _request, _schedule, _topic, _tracing, clock
-from tq._errors import ConfigError, PayloadTooLarge, SubmitError, TransactionError, ValidationError
-from tq._handles import AddedTask, added_task
+from tq import _deletion, _observe, _request, _schedule, _topic, _tracing, clock
+from tq._errors import (
+    ConfigError,
+    PayloadTooLarge,
+    SubmitError,
+    TaskAlreadyAdded,
+    TransactionError,
+    ValidationError,
+)
+from tq._handles import AddedTask, TaskDeletion, added_task
 from tq._reminder import encode_payload, fresh_until, reminder_row
 from tq._submitter import (
     Submission,
@@ -212,6 +219,7 @@ class Dispatcher:
         dispatch_deadline_s: float | None = None,
         schedule: Cron | None = None,
         schedule_payload: SchedulePayload | None = None,
+        raise_if_exists: bool = False,
     ) -> Callable[[H], H]:
         """Decorator: registers a task class with the decorated handler."""
         cls = self.register_task_class(
@@ -220,7 +228,7 @@ class Dispatcher:
                 routing_prefix=routing_prefix, target_host=target_host, custom=custom,
                 quiet=quiet, quiet_on_error=quiet_on_error,
                 dispatch_deadline_s=dispatch_deadline_s, schedule=schedule,
-                schedule_payload=schedule_payload,
+                schedule_payload=schedule_payload, raise_if_exists=raise_if_exists,
             )
         )  # fmt: skip
 
@@ -268,7 +276,7 @@ class Dispatcher:
         schedule, ValidationError if `tick` is not a tick.
         """
         cls, tick = self._tick_of(class_id, tick)
-        self.add_task(_schedule.tick_task(cls, tick))
+        self.add_task(_schedule.tick_task(cls, tick), raise_if_exists=False)
         return tick
 
     async def add_scheduled_task_async(
@@ -276,7 +284,7 @@ class Dispatcher:
     ) -> dt.datetime:
         """`add_scheduled_task` from async code."""
         cls, tick = self._tick_of(class_id, tick)
-        await self.add_task_async(_schedule.tick_task(cls, tick))
+        await self.add_task_async(_schedule.tick_task(cls, tick), raise_if_exists=False)
         return tick
 
     def _tick_of(self, class_id: str, tick: dt.datetime | None) -> tuple[TaskClass, dt.datetime]:
@@ -291,7 +299,7 @@ class Dispatcher:
 
     # Adding tasks.
 
-    def add_task(self, *tasks: Task) -> list[AddedTask]:
+    def add_task(self, *tasks: Task, raise_if_exists: bool | None = None) -> list[AddedTask]:
         """Adds tasks from sync code; returns a `tq.AddedTask` per task, in order.
 
         Inside a transaction made ambient by a store helper (`tq.txn.sql`,
@@ -299,45 +307,145 @@ class Dispatcher:
         as reminders and submitted after the commit (their handles carry the
         reminder ID, and `existed` None); otherwise tasks are submitted now.
         All tasks are validated before anything is written or submitted.
+
+        A task whose name is taken already (a deduplication key used within
+        the destination's window, or a scheduled tick added twice) is
+        absorbed: its handle says `existed=True` and nothing new is created.
+        With `raise_if_exists=True` (or, when it is None, for a class
+        registered with `raise_if_exists=True`) the call raises
+        `tq.TaskAlreadyAdded` instead, once every task of the call was
+        submitted. It never fires inside a transaction: those tasks are
+        named by fresh reminder IDs, and the happy path and the sweeper
+        absorb their own resubmissions whatever it says.
+
         Raises ValidationError, PayloadTooLarge, TransactionError,
-        ConfigError, or SubmitError (a non-transactional submit failed; tasks
-        before it in the call may have been created).
+        ConfigError, TaskAlreadyAdded, or SubmitError (a non-transactional
+        submit failed; tasks before it in the call may have been created).
         """
         if _tracing.tracer() is None:
-            return self._add(tasks, None)
+            return self._add(tasks, None, raise_if_exists)
         with _tracing.span("tq.add_task", {"tq.tasks": len(tasks)}, kind=_PRODUCER) as span:
-            return self._add(tasks, span)
+            return self._add(tasks, span, raise_if_exists)
 
-    def _add(self, tasks: Sequence[Task], span: Span | None) -> list[AddedTask]:
+    def _add(
+        self, tasks: Sequence[Task], span: Span | None, raise_if_exists: bool | None
+    ) -> list[AddedTask]:
+        if raise_if_exists is not None and type(raise_if_exists) is not bool:
+            raise ValidationError(f"raise_if_exists must be a bool or None: {raise_if_exists!r}")
         plan = self._plan(tasks, span)
         if isinstance(plan, _TxnPlan):
             return _save_reminders(plan)
-        return [_submit_now(submitter, sub, name) for sub, submitter, name in plan]
+        added = [_submit_now(submitter, sub, name) for sub, submitter, name in plan]
+        if raise_if_exists is not False:
+            self._refuse_existing(added, raise_if_exists)
+        return added
 
-    async def add_task_async(self, *tasks: Task) -> list[AddedTask]:
+    async def add_task_async(
+        self, *tasks: Task, raise_if_exists: bool | None = None
+    ) -> list[AddedTask]:
         """Adds tasks from async code; same semantics (and handles) as `add_task`."""
         if _tracing.tracer() is None:
-            return await self._add_async(tasks, None)
+            return await self._add_async(tasks, None, raise_if_exists)
         with _tracing.span("tq.add_task", {"tq.tasks": len(tasks)}, kind=_PRODUCER) as span:
-            return await self._add_async(tasks, span)
+            return await self._add_async(tasks, span, raise_if_exists)
 
-    async def _add_async(self, tasks: Sequence[Task], span: Span | None) -> list[AddedTask]:
+    async def _add_async(
+        self, tasks: Sequence[Task], span: Span | None, raise_if_exists: bool | None
+    ) -> list[AddedTask]:
+        if raise_if_exists is not None and type(raise_if_exists) is not bool:
+            raise ValidationError(f"raise_if_exists must be a bool or None: {raise_if_exists!r}")
         plan = self._plan(tasks, span)
         if isinstance(plan, _TxnPlan):
             return _save_reminders(plan)
         if len(plan) == 1:  # the usual case: no asyncio task to gather
             sub, submitter, name = plan[0]
-            return [await _submit_now_async(submitter, sub, name)]
-        results = await asyncio.gather(
-            *(_submit_now_async(submitter, sub, name) for sub, submitter, name in plan),
-            return_exceptions=True,
-        )
-        added: list[AddedTask] = []
-        for r in results:
-            if isinstance(r, BaseException):
-                raise r
-            added.append(r)
+            added = [await _submit_now_async(submitter, sub, name)]
+        else:
+            results = await asyncio.gather(
+                *(_submit_now_async(submitter, sub, name) for sub, submitter, name in plan),
+                return_exceptions=True,
+            )
+            added = []
+            for r in results:
+                if isinstance(r, BaseException):
+                    raise r
+                added.append(r)
+        if raise_if_exists is not False:
+            self._refuse_existing(added, raise_if_exists)
         return added
+
+    def _refuse_existing(self, added: list[AddedTask], raise_if_exists: bool | None) -> None:
+        """Raises TaskAlreadyAdded if a task that existed is to be refused, not absorbed."""
+        for a in added:
+            if a.existed:
+                break
+        else:
+            return
+        existing = [
+            a
+            for a in added
+            if a.existed and (raise_if_exists or self._classes[a.task_class].raise_if_exists)
+        ]
+        if existing:
+            raise TaskAlreadyAdded(added, existing)
+
+    # Deleting tasks.
+
+    def delete_task(
+        self,
+        task: str | AddedTask | None = None,
+        *,
+        task_class: str | None = None,
+        deduplication_key: str | None = None,
+        queue: str | None = None,
+    ) -> TaskDeletion:
+        """Deletes a waiting task so that it never runs; says whether there was one.
+
+        Name the task by `task`: its full name
+        (`projects/P/locations/L/queues/Q/tasks/ID`), a short one
+        (`Q/tasks/ID`, in this dispatcher's project and region), or the
+        `tq.AddedTask` that `add_task` returned. Or by `task_class` (a class
+        ID registered here) and `deduplication_key`, with `queue` for a task
+        added to a queue of its own (`Task.queue`).
+
+        The submitter of the context deletes it (`tq.TaskDeleter`: Cloud
+        Tasks, the database queue, tqtesting). The answer is a
+        `tq.TaskDeletion`: `deleted` False means no such task was waiting or
+        running (never added, already run, failed or deleted). A task being
+        run when deleted finishes that attempt but is never retried. The
+        name stays taken for the destination's deduplication window, so
+        adding the same deduplicated task again soon after is absorbed (or
+        raises, see `raise_if_exists`).
+
+        A task added in a transaction reaches its destination once the
+        transaction commits and its reminder is submitted: until then there
+        is nothing to delete. Deletion acts now, whatever transaction is open.
+
+        Raises ValidationError for a malformed name or a bad class or key
+        (before anything is asked of the destination), ConfigError when the
+        submitter cannot delete tasks, SubmitError for any other failure.
+        """
+        name = self._name_to_delete(task, task_class, deduplication_key, queue)
+        deleted = _deletion.deleter_of(self.submitter()).delete_task(name)
+        return _deletion.deletion(name, deleted)
+
+    async def delete_task_async(
+        self,
+        task: str | AddedTask | None = None,
+        *,
+        task_class: str | None = None,
+        deduplication_key: str | None = None,
+        queue: str | None = None,
+    ) -> TaskDeletion:
+        """`delete_task` from async code."""
+        name = self._name_to_delete(task, task_class, deduplication_key, queue)
+        deleted = await _deletion.deleter_of(self.submitter()).delete_task_async(name)
+        return _deletion.deletion(name, deleted)
+
+    def _name_to_delete(self, *args: Any) -> str:
+        return _deletion.name_to_delete(
+            *args, find_class=self._classes.get, namespace=self.namespace, target=self._target
+        )
 
     def sweep(self) -> None:
         """Resubmits stale reminders once, with the configured sweeper."""

@@ -16,12 +16,22 @@ Two families live here:
   - `TransactionError`: the task's kind does not match the context (a
     TRANSACTIONAL task outside a transaction, or the reverse).
   - `SubmitError`: the submitter failed; `code` is the gRPC status code and
-    `transient` says whether trying again later may help.
+    `transient` says whether trying again later may help. Deleting a task
+    raises it too, for any failure but "no such task".
+  - `TaskAlreadyAdded` (a `SubmitError` with code ALREADY_EXISTS): a task
+    of a taken name was added with `raise_if_exists` (per call or per
+    class); by default such a task is absorbed instead.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
 import grpc
+
+if TYPE_CHECKING:
+    from tq._handles import AddedTask
 
 
 class TQError(Exception):
@@ -78,11 +88,12 @@ TRANSIENT_CODES = frozenset(
 class SubmitError(TQError):
     """A submitter could not create the task.
 
-    `code` is the gRPC status code of the failure. `ALREADY_EXISTS` never
-    reaches callers of `add_task`: a task that exists already counts as
-    submitted. `transient` is true for codes after which a retry may succeed
-    (UNAVAILABLE, DEADLINE_EXCEEDED, ...); a permanent failure (NOT_FOUND for
-    a missing queue, INVALID_ARGUMENT, PERMISSION_DENIED, ...) will fail again.
+    `code` is the gRPC status code of the failure. `ALREADY_EXISTS` reaches
+    callers of `add_task` only as `TaskAlreadyAdded`, when they ask for it:
+    by default a task that exists already counts as submitted. `transient`
+    is true for codes after which a retry may succeed (UNAVAILABLE,
+    DEADLINE_EXCEEDED, ...); a permanent failure (NOT_FOUND for a missing
+    queue, INVALID_ARGUMENT, PERMISSION_DENIED, ...) will fail again.
     """
 
     def __init__(self, code: grpc.StatusCode, message: str) -> None:
@@ -97,6 +108,35 @@ class SubmitError(TQError):
     @property
     def already_exists(self) -> bool:
         return self.code == grpc.StatusCode.ALREADY_EXISTS
+
+
+class TaskAlreadyAdded(SubmitError):
+    """A task added with `raise_if_exists` has a name that is taken already.
+
+    Cloud Tasks (and the database queue and tqtesting, like it) keeps a
+    name taken while its task waits or runs, and for a while after it ran
+    or was deleted (about an hour; the database queue's tombstone window).
+    The existing task is left as it was: nothing was overwritten.
+
+    Attributes:
+      added: the handles of every task of the `add_task` call, in order;
+        the ones whose `existed` is False were created by the call.
+      existing: the handles of the tasks that existed already and made
+        the call raise.
+    """
+
+    def __init__(self, added: Sequence[AddedTask], existing: Sequence[AddedTask]) -> None:
+        self.added = list(added)
+        self.existing = list(existing)
+        first = existing[0]
+        what = f"task {first.name} of class {first.task_class!r}"
+        if len(existing) > 1:
+            what += f" (and {len(existing) - 1} more of this call)"
+        super().__init__(
+            grpc.StatusCode.ALREADY_EXISTS,
+            f"{what} was added already: a task of that name is waiting or running, or ran "
+            "or was deleted within the queue's deduplication window; nothing was overwritten",
+        )
 
 
 class HandlerOutcome(Exception):

@@ -28,7 +28,7 @@ from typing import Protocol, runtime_checkable
 import grpc
 from google.protobuf.message import Message
 
-from tq._errors import SubmitError
+from tq._errors import ConfigError, SubmitError
 from tq._pb.publish_pb2 import PublishRequest
 
 
@@ -247,6 +247,21 @@ class Router:
 
     async def submit_async(self, submission: Submission) -> str | None:
         return await self._for(submission).submit_async(submission)
+
+    def _deleter(self) -> TaskDeleter:
+        if not isinstance(self.queues, TaskDeleter):
+            raise ConfigError(
+                f"this Router cannot delete tasks: its queues submitter {self.queues!r} has "
+                "no delete_task (Pub/Sub messages cannot be deleted)"
+            )
+        return self.queues
+
+    def delete_task(self, name: str) -> bool:
+        """Deletes a Cloud Tasks task through the `queues` submitter (see `tq.TaskDeleter`)."""
+        return self._deleter().delete_task(name)
+
+    async def delete_task_async(self, name: str) -> bool:
+        return await self._deleter().delete_task_async(name)
 
     def close(self) -> None:
         for s in (self.queues, self.topics):

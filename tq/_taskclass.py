@@ -102,6 +102,12 @@ class TaskClass:
       schedule_payload: the payload of a scheduled task: a message of the
         prototype, or a function of the tick (an aware datetime on the
         schedule's wall clock) returning one; default an empty message.
+      raise_if_exists: when a task of this class with a deduplication key
+        is added (outside a transaction) and a task of that name exists
+        already, `add_task` raises `tq.TaskAlreadyAdded` instead of
+        absorbing it (the default, False). `add_task(raise_if_exists=...)`
+        overrides it per call; scheduled ticks always absorb. Refused on
+        TRANSACTIONAL and topic classes, whose tasks never share a name.
     """
 
     id: str
@@ -118,6 +124,7 @@ class TaskClass:
     schedule: Cron | None = None
     schedule_payload: SchedulePayload | None = None
     topic: str = ""
+    raise_if_exists: bool = False
 
     def validate(self) -> None:
         """Raises ConfigError saying what to fix if the class is misconfigured."""
@@ -138,6 +145,7 @@ class TaskClass:
             )
         if not isinstance(self.topic, str) or not isinstance(self.queue, str):
             raise ConfigError(f"task class {self.id!r}: queue and topic must be strings")
+        self._validate_raise_if_exists()
         if self.topic:
             self._validate_topic()
             return
@@ -165,6 +173,23 @@ class TaskClass:
                 f"task class {self.id!r}: dispatch_deadline_s must be within 15 to 1800 seconds"
             )
         self._validate_schedule()
+
+    def _validate_raise_if_exists(self) -> None:
+        if not isinstance(self.raise_if_exists, bool):
+            raise ConfigError(f"task class {self.id!r}: raise_if_exists must be True or False")
+        if not self.raise_if_exists:
+            return
+        if self.kind is Kind.TRANSACTIONAL:
+            raise ConfigError(
+                f"task class {self.id!r}: raise_if_exists has no effect on a TRANSACTIONAL "
+                "class: its tasks are named by fresh random reminder IDs (and take no "
+                "deduplication key), so none ever exists already"
+            )
+        if self.topic:
+            raise ConfigError(
+                f"task class {self.id!r}: raise_if_exists has no effect on a topic class: "
+                "Pub/Sub messages have no names to find taken"
+            )
 
     def _validate_topic(self) -> None:
         if self.queue:

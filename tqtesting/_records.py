@@ -20,12 +20,15 @@ class TaskStatus(enum.Enum):
       was not meant for tq's push endpoint (see `TaskRecord.pushed`).
     * `FAILED`: dropped: the handler raised `tq.Fatal` (202), or the last of
       `max_attempts` attempts failed.
+    * `DELETED`: deleted (`Dispatcher.delete_task`) while it waited or ran;
+      it is never run (again).
     """
 
     PENDING = "pending"
     EXECUTING = "executing"
     FINISHED = "finished"
     FAILED = "failed"
+    DELETED = "deleted"
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -159,6 +162,10 @@ class TaskList(Sequence[TaskRecord]):
     def failed(self) -> TaskList:
         """Tasks dropped by `tq.Fatal` or out of attempts."""
         return self._with(TaskStatus.FAILED)
+
+    def deleted(self) -> TaskList:
+        """Tasks deleted before they finished."""
+        return self._with(TaskStatus.DELETED)
 
     def of_class(self, class_id: str) -> TaskList:
         """Tasks of the task class `class_id`."""

@@ -17,6 +17,7 @@ from google.protobuf.message import Message
 
 import tq
 from tq import _push
+from tq._handles import check_task_name
 from tq._task import PRIORITY_HEADER
 from tq._taskclass import FULL_QUEUE_RE
 from tq._topic import CLASS_ATTRIBUTE, is_publish
@@ -128,7 +129,7 @@ class Scheduler:
         self.raise_on_task_error = raise_on_task_error
         self._lock = threading.Lock()
         self._records: list[TaskRecord] = []
-        self._names: set[str] = set()
+        self._by_name: dict[str, TaskRecord] = {}  # tasks (not messages) by full name
         self._due: list[_Due] = []  # heap of pending tasks
         self._prioritized = 0  # entries of _due with a priority (0: take the heap's head)
         self._priority_step = priority_step
@@ -180,11 +181,11 @@ class Scheduler:
         )
         with self._lock:
             seq = len(self._records) + 1
-            if name in self._names:
+            if name in self._by_name:
                 raise tq.SubmitError(grpc.StatusCode.ALREADY_EXISTS, f"task {name} exists already")
             if not name:
                 auto = seq
-                while f"{parent}/tasks/{auto}" in self._names:
+                while f"{parent}/tasks/{auto}" in self._by_name:
                     auto += 1_000_000
                 name = f"{parent}/tasks/{auto}"
             now = self._clock.now()
@@ -195,7 +196,7 @@ class Scheduler:
                 request=req, created=now, seq=seq, pushed=push.class_id is not None,
                 reminder_id=submission.reminder_id, priority=_priority_of(task),
             )  # fmt: skip
-            self._names.add(name)
+            self._by_name[name] = rec
             self._records.append(rec)
             self._push_due((eta, seq, rec, push))
             wakers = list(self._wakers) if self._wakers else None
@@ -207,6 +208,40 @@ class Scheduler:
     async def submit_async(self, submission: tq.Submission) -> str | None:
         """Like `submit` (it never blocks)."""
         return self.submit(submission)
+
+    # Deleting tasks (tq.TaskDeleter).
+
+    def delete_task(self, name: str) -> bool:
+        """Deletes a waiting or running task, as Cloud Tasks' DeleteTask does; False if none.
+
+        A waiting task (before its first run or a retry) is recorded
+        DELETED and never runs; a running one finishes its attempt (which
+        is recorded) and is never retried. The name stays taken. False for
+        a name never submitted, or a task finished, failed or deleted
+        already. Raises `tq.ValidationError` for a malformed name.
+        """
+        check_task_name(name)
+        with self._lock:
+            rec = self._by_name.get(name)
+            if rec is None or rec.status not in (TaskStatus.PENDING, TaskStatus.EXECUTING):
+                return False
+            if rec.status is TaskStatus.PENDING:
+                due = self._due
+                i = next(i for i, entry in enumerate(due) if entry[2] is rec)
+                due[i] = due[-1]
+                due.pop()
+                heapq.heapify(due)
+                if rec.priority:
+                    self._prioritized -= 1
+            rec.status = TaskStatus.DELETED
+            wakers = list(self._wakers)
+        for wake in wakers:  # what a run waits for may be gone
+            wake()
+        return True
+
+    async def delete_task_async(self, name: str) -> bool:
+        """Like `delete_task` (it never blocks)."""
+        return self.delete_task(name)
 
     def _publish(self, submission: tq.Submission, payload: Message | None) -> None:
         """Fans a message out: one task record per subscription of its topic."""
@@ -485,8 +520,10 @@ class Scheduler:
             fut.add_done_callback(ended)
 
     def _requeue(self, rec: TaskRecord, push: Delivery) -> None:
-        """Makes a task that never ran to the end due again."""
+        """Makes a task that never ran to the end due again (unless deleted meanwhile)."""
         with self._lock:
+            if rec.status is TaskStatus.DELETED:
+                return
             rec.status = TaskStatus.PENDING
             self._push_due((rec.eta, rec.seq, rec, push))
 
@@ -538,7 +575,9 @@ class Scheduler:
                 if result.error is None:
                     self._last_attempt = attempt
             rec.history.append(attempt)
-            if result.done:
+            if rec.status is TaskStatus.DELETED:
+                pass  # deleted while it ran: never retried
+            elif result.done:
                 rec.status = TaskStatus.FAILED if result.outcome == "fatal" else TaskStatus.FINISHED
             else:
                 retry = self._queues.get(rec.queue, self._retry) if self._queues else self._retry

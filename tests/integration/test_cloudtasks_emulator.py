@@ -214,3 +214,30 @@ def test_default_queues_exist(cloudtasks_emulator: CloudTasksEmulator) -> None:
         names = {q.name for q in c.list_queues(parent=cloudtasks_emulator.parent, timeout=10)}
     assert cloudtasks_emulator.queue_path("default") in names
     assert cloudtasks_emulator.queue_path("tq-sweep") in names
+
+
+def test_handles_carry_the_names_the_emulator_gave(
+    cloudtasks_emulator: CloudTasksEmulator,
+    paused_queue: str,
+    submitter: tq.CloudTasksSubmitter,
+) -> None:
+    disp = _dispatcher(paused_queue, submitter)
+    picked, named = disp.add_task(
+        tq.Task(payload=pb.Greet(name="a")),
+        tq.Task(payload=pb.Greet(name="b"), deduplication_key="k"),
+    )
+    listed = {t.name for t in _listed(cloudtasks_emulator, paused_queue)}
+    assert listed == {picked.name, named.name}
+    assert named.task_id == hashlib.sha256(b"\0greet\0k").hexdigest()
+
+
+def test_deleting_on_the_emulator_says_it_cannot(
+    paused_queue: str, submitter: tq.CloudTasksSubmitter
+) -> None:
+    # The emulator does not implement DeleteTask (tests/_fake_cloudtasks.py covers it).
+    disp = _dispatcher(paused_queue, submitter)
+    (added,) = disp.add_task(tq.Task(payload=pb.Greet(name="a")))
+    with pytest.raises(tq.SubmitError) as info:
+        disp.delete_task(added)
+    assert info.value.code is grpc.StatusCode.UNIMPLEMENTED
+    assert not info.value.transient

@@ -8,8 +8,11 @@ from typing import Any
 
 import click
 
+import tq
+from tq._errors import ValidationError
+from tq._task import deduplicated_task_id
 from tq.admin import DbQueueAdmin, QueueAdmin
-from tq.cli import _output
+from tq.cli import _output, _wiring
 from tq.cli._backends import (
     QUEUE_COLUMNS,
     STATS_COLUMNS,
@@ -204,16 +207,79 @@ def clean(
 
 
 @tasks.command("delete")
-@_backend_opts
+@settings_options(
+    "database_url", "backend", "cloud_project", "cloud_region", "cloudtasks_endpoint", "namespace"
+)
 @click.argument("queue")
-@click.argument("names", nargs=-1, required=True)
-def delete(queue: str, names: tuple[str, ...], **kwargs: Any) -> None:
-    """Delete waiting tasks of QUEUE by name, so they never run. Exit 1 if any was not found."""
-    with _backend(kwargs) as b:
-        missing = [n for n in names if not b.delete_task(queue, n)]
-    _output.say(f"deleted {len(names) - len(missing)} tasks")
+@click.argument("names", nargs=-1)
+@click.option("--task-class", help="With --dedup-key: the class the tasks were added with.")
+@click.option(
+    "--dedup-key", "dedup_keys", multiple=True,
+    help="Delete the task of --task-class added with this deduplication key (repeatable).",
+)  # fmt: skip
+def delete(
+    queue: str,
+    names: tuple[str, ...],
+    task_class: str | None,
+    dedup_keys: tuple[str, ...],
+    **kwargs: Any,
+) -> None:
+    """Delete waiting (or running) tasks of QUEUE so they never run (again).
+
+    Name them by task ID (NAMES, as `tq tasks list` shows them), or by
+    --task-class and --dedup-key (the deduplication keys they were added
+    with, under --namespace). Exit 1 if any was not found, 2 for a
+    malformed name.
+    """
+    if bool(task_class) != bool(dedup_keys):
+        raise fail("--task-class and --dedup-key go together", USAGE)
+    if not names and not dedup_keys:
+        raise fail("give task NAMES, or --task-class and --dedup-key", USAGE)
+    cfg = Config.take(kwargs)
+    ids = list(names)
+    if task_class:
+        ids += [deduplicated_task_id(cfg.namespace or "", task_class, k) for k in dedup_keys]
+    with _deleting_dispatcher(cfg) as disp:
+        missing = []
+        for task_id in ids:
+            try:
+                result = disp.delete_task(f"{queue}/tasks/{task_id}")
+            except ValidationError as e:
+                raise fail(str(e), USAGE) from None
+            if not result.deleted:
+                missing.append(task_id)
+    _output.say(f"deleted {len(ids) - len(missing)} tasks")
     if missing:
         raise fail(f"no waiting task {', '.join(missing)} in queue {queue!r}", FAILED)
+
+
+@contextlib.contextmanager
+def _deleting_dispatcher(cfg: Config) -> Iterator[tq.Dispatcher]:
+    """A dispatcher whose submitter is the backend's (tq.Dispatcher.delete_task does the work).
+
+    The database queue keeps no project or location: names there get placeholders.
+    """
+    submitter: Any
+    if _wiring.backend_of(cfg) == "cloudtasks":
+        if not cfg.cloud_project or not cfg.cloud_region:
+            raise fail("Cloud Tasks needs --cloud-project and --cloud-region", CONFIG)
+        submitter = tq.CloudTasksSubmitter(endpoint=cfg.cloudtasks_endpoint)
+        project, region, close = cfg.cloud_project, cfg.cloud_region, submitter.close
+    else:
+        from tq.dbqueue import DbQueueSubmitter
+
+        engine = _wiring.sql_engine(_wiring.require_db(cfg))
+        submitter = DbQueueSubmitter(engine)
+        project = cfg.cloud_project or _wiring.DEV_PROJECT
+        region = cfg.cloud_region or _wiring.DEV_REGION
+        close = engine.dispose
+    try:
+        yield tq.Dispatcher(
+            cloud_project=project, cloud_region=region, namespace=cfg.namespace or "",
+            submitter=submitter,
+        )  # fmt: skip
+    finally:
+        close()
 
 
 @tasks.command("run")

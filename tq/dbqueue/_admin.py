@@ -285,16 +285,9 @@ class Admin:
     def delete_task(self, queue: str, name: str) -> bool:
         """Deletes a live task (it will not run); False if none is live under that name.
 
-        The row stays as a tombstone: the name is taken for the tombstone window.
+        See `delete_live_task`.
         """
-        now_us = to_us(clock.now())
-        with self.engine.begin() as conn:
-            res = conn.execute(
-                sa.update(tasks)
-                .where(tasks.c.queue == queue, tasks.c.name == name, tasks.c.state.in_(LIVE_STATES))
-                .values(_deleted(now_us))
-            )
-        return bool(res.rowcount)
+        return delete_live_task(self.engine, queue, name)
 
     def run_task(self, queue: str, name: str) -> bool:
         """Makes a pending task due now, or gives a failed one a fresh start.
@@ -438,6 +431,23 @@ def _cursor(cursor: str, parts: int) -> list[int]:
     if len(values) != parts:
         raise ValueError(f"malformed page cursor {cursor!r}")
     return values
+
+
+def delete_live_task(engine: sa.Engine, queue: str, name: str) -> bool:
+    """Deletes the pending or leased task `name` of `queue`; False if none is live by that name.
+
+    A leased task's running attempt is not interrupted, but its outcome is
+    dropped and it is never retried. The row stays as a tombstone (state
+    deleted): a given name stays taken for its tombstone window.
+    """
+    now_us = to_us(clock.now())
+    with engine.begin() as conn:
+        res = conn.execute(
+            sa.update(tasks)
+            .where(tasks.c.queue == queue, tasks.c.name == name, tasks.c.state.in_(LIVE_STATES))
+            .values(_deleted(now_us))
+        )
+    return bool(res.rowcount)
 
 
 def _replayed(now_us: int) -> dict[str, Any]:

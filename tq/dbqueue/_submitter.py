@@ -22,11 +22,13 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from tq import clock
 from tq._errors import SubmitError
+from tq._handles import check_task_name
 from tq._submitter import Submission
 from tq._task import PRIORITY_HEADER, TAG_HEADER
 from tq._taskclass import FULL_QUEUE_RE
 from tq._topic import is_publish
 from tq.dbqueue import _db, _queuedb, _topics, _wakeup
+from tq.dbqueue._admin import delete_live_task
 from tq.dbqueue._schema import State, tasks, to_us
 
 TOMBSTONE_WINDOW = dt.timedelta(hours=1)
@@ -148,6 +150,26 @@ class DbQueueSubmitter:
     async def submit_async(self, submission: Submission) -> str | None:
         """`submit` in a worker thread."""
         return await asyncio.to_thread(self.submit, submission)
+
+    def delete_task(self, name: str) -> bool:
+        """Deletes the waiting or running task `name` (a full task name); False if there is none.
+
+        Only the queue ID and task ID of the name count (the database queue
+        keeps no project or location). A running task finishes its attempt
+        but is never retried; the row stays as the name's tombstone, so the
+        name stays taken for `tombstone_window` (names this queue generated
+        are never reused). Raises ValidationError for a malformed name,
+        SubmitError UNAVAILABLE when the database fails.
+        """
+        parent, _, task_id = check_task_name(name).rpartition("/tasks/")
+        try:
+            return delete_live_task(self.engine, _queue_id(parent), task_id)
+        except sa.exc.SQLAlchemyError as e:
+            raise SubmitError(grpc.StatusCode.UNAVAILABLE, f"database queue: {e}") from e
+
+    async def delete_task_async(self, name: str) -> bool:
+        """`delete_task` in a worker thread."""
+        return await asyncio.to_thread(self.delete_task, name)
 
     def write_in_transaction(self, connection: sa.Connection, submission: Submission) -> None:
         """Inserts the task in the caller's transaction on `connection`.

@@ -50,6 +50,12 @@ class DatabaseDelivery:
     async def submit_async(self, submission: Submission) -> str | None:
         return await self.database_queue().submit_async(submission)
 
+    def delete_task(self, name: str) -> bool:
+        return self.database_queue().delete_task(name)
+
+    async def delete_task_async(self, name: str) -> bool:
+        return await self.database_queue().delete_task_async(name)
+
     # For tq's SQLAlchemy transaction helpers, should a project use both.
 
     def write_in_transaction(self, connection: sa.Connection, submission: Submission) -> None:
