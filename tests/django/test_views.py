@@ -20,6 +20,7 @@ import pytest
 
 import tq
 from tests._services.uvicorn_server import ServedApp
+from tests.unit.test_asgi import _Capture
 from tqtesting.oidc import LocalIssuer, SigningKey
 
 PUSHER = "tq-push@shop.iam.gserviceaccount.com"
@@ -31,17 +32,6 @@ HOST = "testserver"  # the Host header of Django's test clients
 def issuer() -> Iterator[LocalIssuer]:
     with LocalIssuer() as iss:
         yield iss
-
-
-class Capture:
-    def __init__(self) -> None:
-        self.subs: list[tq.Submission] = []
-
-    def submit(self, submission: tq.Submission) -> None:
-        self.subs.append(submission)
-
-    async def submit_async(self, submission: tq.Submission) -> None:
-        self.subs.append(submission)
 
 
 @pytest.fixture
@@ -59,7 +49,7 @@ def enqueued_push(order_id: int = 1) -> tuple[str, dict[str, str], bytes, str, s
     """(path, headers, body, audience, result ID) of the push of one send_confirmation."""
     from tests.django.shop.tasks import send_confirmation
 
-    cap = Capture()
+    cap = _Capture()
     with tq.use_submitter(cap):
         result = send_confirmation.enqueue(order_id)
     req = cap.subs[0].request
@@ -147,7 +137,7 @@ def test_a_failing_task_answers_500_so_the_queue_retries_it(
 ) -> None:
     from tests.django.shop import tasks
 
-    cap = Capture()
+    cap = _Capture()
     tasks.failures_left["v"] = 1
     with tq.use_submitter(cap):
         result = tasks.flaky.enqueue("v")
