@@ -8,17 +8,20 @@ database queue's workers in this process delivering through tq's push
 endpoint (in-process ASGI by default; `--http` serves the app with uvicorn
 on loopback and pushes over HTTP). It places a burst of orders, each
 committing its row and a transactional e-mail task together, plus a
-count-down chain; shows progress; then prints what happened: tasks added,
-delivered, retried, parked, and the commit-to-handler latency. Some e-mails
-fail on their first try on purpose, to show retries.
+count-down chain; shows progress; then prints what happened, counted, not
+computed: the tasks in the queue, how many pushes each one's handler
+answered with success (once is right; twice is a duplicate; none is a
+loss), the e-mails sent per order, retries, parked tasks, and the
+commit-to-handler latency. Some e-mails fail on their first try on
+purpose, to show retries.
 
 At its end it serves the operator's dashboard (`tq.dashboard`, mounted at
 `/tq` beside the push endpoint) over the demo's database and prints its
 address, with a token made for the run, until Ctrl-C: by default when
 standard output is a terminal (`--dashboard` / `--no-dashboard` choose).
 
-Exit status: 0 when every task ran; 1 when any was lost (not run by the
-deadline) or parked.
+Exit status: 0 when every committed task ran exactly once; 1 when any was
+lost (never added, or not run by the deadline), ran twice, or was parked.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import argparse
 import asyncio
 import concurrent.futures
 import contextlib
+import dataclasses
 import logging
 import secrets
 import signal
@@ -36,6 +40,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -57,11 +62,12 @@ FAIL_EVERY = 10  # every 10th order's first e-mail attempt fails (retried)
 
 
 class DemoMailer:
-    """Records when each order's e-mail went out; fails some first attempts."""
+    """Counts the e-mails sent per order and when the first went out; fails some first tries."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
-        self.sent_at: dict[int, float] = {}  # order ID -> time.perf_counter()
+        self.sent: Counter[int] = Counter()  # order ID -> e-mails sent
+        self.sent_at: dict[int, float] = {}  # order ID -> time.perf_counter() of the first
         self.failed_once: set[int] = set()
 
     def send(self, to: str, subject: str, body: str) -> None:
@@ -70,7 +76,90 @@ class DemoMailer:
             if order_id % FAIL_EVERY == 0 and order_id not in self.failed_once:
                 self.failed_once.add(order_id)
                 raise ConnectionError("the mail server hung up (on purpose, to show a retry)")
+            self.sent[order_id] += 1
             self.sent_at.setdefault(order_id, time.perf_counter())
+
+
+class Deliveries:
+    """ASGI middleware counting, per task name, the pushes its handler answered with 2xx."""
+
+    PREFIX = "/internal/tasks/t/"
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.lock = threading.Lock()
+        self.ok: Counter[str] = Counter()
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or not scope["path"].startswith(self.PREFIX):
+            await self.app(scope, receive, send)
+            return
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        name = headers.get("x-cloudtasks-taskname", "?")
+        status = 0
+
+        async def recording(message: Any) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        await self.app(scope, receive, recording)
+        if 200 <= status < 300:
+            with self.lock:
+                self.ok[name] += 1
+
+    def delivered(self) -> int:
+        with self.lock:
+            return len(self.ok)
+
+
+@dataclasses.dataclass
+class Tally:
+    """What the run did, counted: tasks in the queue against their deliveries."""
+
+    expected: int  # orders + chain steps: what the run committed
+    added: int  # tasks found in the queue
+    once: int  # tasks delivered exactly once
+    twice: int  # tasks delivered more than once
+    never: int  # tasks in the queue never delivered
+    orders: int
+    emails: int  # e-mails sent
+    orders_mailed_twice: int
+    orders_not_mailed: int
+
+    @property
+    def lost(self) -> int:
+        """Committed tasks that never ran: not in the queue, or never delivered."""
+        return max(0, self.expected - self.added) + self.never
+
+    @classmethod
+    def count(
+        cls, names: list[str], deliveries: Counter[str], mailer: DemoMailer, orders: int,
+        expected: int,
+    ) -> Tally:  # fmt: skip
+        per_task = [deliveries.get(n, 0) for n in names]
+        with mailer.lock:
+            sent = dict(mailer.sent)
+        return cls(
+            expected=expected, added=len(names),
+            once=sum(1 for n in per_task if n == 1), twice=sum(1 for n in per_task if n > 1),
+            never=sum(1 for n in per_task if n == 0), orders=orders, emails=sum(sent.values()),
+            orders_mailed_twice=sum(1 for n in sent.values() if n > 1),
+            orders_not_mailed=orders - len(sent),
+        )  # fmt: skip
+
+    def problems(self) -> list[str]:
+        out = []
+        if self.lost:
+            out.append(f"{self.lost} lost")
+        if self.twice:
+            out.append(f"{self.twice} delivered twice")
+        if self.orders_mailed_twice:
+            out.append(f"{self.orders_mailed_twice} orders e-mailed twice")
+        if self.orders_not_mailed:
+            out.append(f"{self.orders_not_mailed} orders never e-mailed")
+        return out
 
 
 class CommitTimes:
@@ -189,23 +278,27 @@ async def _run(
         submitter=dbqueue.DbQueueSubmitter(queue_engine),
     )  # fmt: skip
     commits = CommitTimes(service.Session)
+    deliveries = Deliveries(app)
     worker = dbqueue.Worker(
-        queue_engine, app=None if http else app, concurrency=32, dispatcher=service.dispatcher
-    )
+        queue_engine, app=None if http else deliveries, concurrency=32,
+        dispatcher=service.dispatcher,
+    )  # fmt: skip
     mode = "uvicorn on loopback" if http else "in-process ASGI"
     console.print(f"[bold]tq demo[/]: orders service on SQLite + database-queue workers ({mode})")
     started = time.perf_counter()
     async with contextlib.AsyncExitStack() as stack:
         if http:
-            await stack.enter_async_context(_uvicorn(app, sock))
+            await stack.enter_async_context(_uvicorn(deliveries, sock))
         else:
             sock.close()
         await worker.start()
         stack.push_async_callback(worker.aclose)
-        added = await _burst(service, orders, chain, console)
-        lost = await _wait(service, mailer, orders, chain, timeout_s, console)
+        expected = await _burst(service, orders, chain, console)
+        await _wait(deliveries, expected, timeout_s, console)
     elapsed = time.perf_counter() - started
-    return _summary(service, mailer, commits, queue_engine, added, lost, elapsed, console)
+    names = [t.name for t in dbqueue.Admin(queue_engine).list_tasks(limit=10 * expected + 100)]
+    tally = Tally.count(names, deliveries.ok, mailer, orders, expected)
+    return _summary(service, mailer, commits, queue_engine, tally, elapsed, console)
 
 
 async def _burst(service: OrdersService, orders: int, chain: int, console: Console) -> int:
@@ -226,24 +319,16 @@ async def _burst(service: OrdersService, orders: int, chain: int, console: Conso
     return orders + chain + 1
 
 
-async def _wait(
-    service: OrdersService,
-    mailer: DemoMailer,
-    orders: int,
-    chain: int,
-    timeout_s: float,
-    console: Console,
-) -> int:
-    """Waits until every order is confirmed and the chain reached 0; returns how many are not."""
+async def _wait(deliveries: Deliveries, expected: int, timeout_s: float, console: Console) -> None:
+    """Waits until `expected` tasks were delivered, or the deadline."""
     deadline = time.monotonic() + timeout_s
     with _progress(console) as progress:
-        task = progress.add_task("delivering", total=orders + chain + 1)
+        task = progress.add_task("delivering", total=expected)
         while True:
-            steps = await asyncio.to_thread(service.countdown_steps, "demo")
-            done = len(mailer.sent_at) + len(steps)
+            done = deliveries.delivered()
             progress.update(task, completed=done)
-            if done >= orders + chain + 1 or time.monotonic() > deadline:
-                return orders + chain + 1 - done
+            if done >= expected or time.monotonic() > deadline:
+                return
             await asyncio.sleep(0.05)  # a progress display refresh, not a test
 
 
@@ -259,13 +344,12 @@ def _summary(
     mailer: DemoMailer,
     commits: CommitTimes,
     queue_engine: sa.Engine,
-    added: int,
-    lost: int,
+    tally: Tally,
     elapsed: float,
     console: Console,
 ) -> int:
     admin = dbqueue.Admin(queue_engine)
-    tasks = admin.list_tasks(limit=added + 100)
+    tasks = admin.list_tasks(limit=tally.added + 100)
     retried = sum(1 for t in tasks if t.attempts > 1)
     failed = sum(1 for t in tasks if t.state is dbqueue.State.FAILED)
     _, parked_reminders = service.store.count_reminders()
@@ -273,11 +357,13 @@ def _summary(
         (mailer.sent_at[i] - commits.at[i]) * 1000 for i in mailer.sent_at if i in commits.at
     )
     t = Table(title="tq demo summary", show_header=False)
-    t.add_row("tasks added", str(added))
-    t.add_row("delivered", str(sum(1 for x in tasks if x.state is dbqueue.State.DONE)))
+    t.add_row("tasks added", f"{tally.added} (in the queue; {tally.expected} committed)")
+    t.add_row("delivered once", str(tally.once))
+    t.add_row("delivered twice", str(tally.twice))
+    t.add_row("lost", str(tally.lost))
+    t.add_row("e-mails sent", f"{tally.emails} for {tally.orders} orders")
     t.add_row("retried", f"{retried} (e-mails that failed on purpose: {len(mailer.failed_once)})")
     t.add_row("parked", str(failed + parked_reminders))
-    t.add_row("lost", str(lost))
     if latencies:
         p50 = statistics.median(latencies)
         p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))]
@@ -285,10 +371,16 @@ def _summary(
         t.add_row("commit -> handler", f"p50 {p50:.1f} ms, p99 {p99:.1f} ms")
     t.add_row("elapsed", f"{elapsed:.2f} s")
     console.print(t)
-    if lost or failed or parked_reminders:
-        console.print(f"[bold red]FAILED[/]: {lost} lost, {failed + parked_reminders} parked")
+    problems = tally.problems()
+    if failed or parked_reminders:
+        problems.append(f"{failed + parked_reminders} parked")
+    if problems:
+        console.print(f"[bold red]FAILED[/]: {', '.join(problems)}")
         return 1
-    console.print("[bold green]OK[/]: every task ran exactly as committed")
+    console.print(
+        f"[bold green]OK[/]: each of the {tally.added} tasks committed ran exactly once "
+        "(deliveries counted per task)"
+    )
     return 0
 
 

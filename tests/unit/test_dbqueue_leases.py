@@ -10,6 +10,7 @@ import pathlib
 import signal
 import sys
 import threading
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -125,13 +126,25 @@ async def test_concurrent_writers_and_workers_lose_nothing(engine: sa.Engine) ->
     assert len(app.names()) == len(set(app.names())) == 200
 
 
-async def test_a_background_worker_wakes_up_for_a_new_task(engine: sa.Engine) -> None:
+async def test_a_background_worker_wakes_up_for_a_new_task(
+    engine: sa.Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
     app = RecordingApp()
     # A long poll interval: only the wakeup can bring the task in time.
     worker = dbqueue.Worker(engine, app=app, poll_interval=3600)
+    waiting = asyncio.Event()
+    idle = worker._idle
+
+    async def idle_and_say_so(*args: Any, **kwargs: Any) -> None:
+        waiting.set()
+        await idle(*args, **kwargs)
+
+    monkeypatch.setattr(worker, "_idle", idle_and_say_so)
     await worker.start()
     try:
-        await asyncio.sleep(0)  # let the loop reach its wait
+        # The first round found nothing and the worker waits for an hour:
+        # a task now arrives in time only if its commit wakes the worker.
+        await asyncio.wait_for(waiting.wait(), 30)
         dbqueue.DbQueueSubmitter(engine).submit(submission(name="now"))
         await asyncio.wait_for(app.arrived.wait(), 30)
     finally:
