@@ -2,10 +2,16 @@
 
 N transactions each write a business row and a TRANSACTIONAL task named
 after it, while 30 % of database operations and 30 % of submits fail by
-injection, and child processes are killed between commit and submit. Then
-sweeps run (faults still on) until no reminder is left, and every created
-task runs through tqtesting.Scheduler. Whatever committed must run exactly
-once, by name; whatever rolled back must never run.
+injection. Child processes die too: some end themselves between commit
+and submit (`tests/chaos/child.py`), others commit in a loop and are
+SIGKILLed by this process at a random one of their commits, while their
+other threads are anywhere in a transaction, a submit or a delete
+(`tests/chaos/committer.py`; what they submitted before dying reaches the
+Scheduler, as Cloud Tasks would have it). Then sweeps run (faults still on)
+until no reminder is left, and every created task runs through
+tqtesting.Scheduler. Whatever committed must run exactly once, by name;
+whatever rolled back must never run; and faults of both kinds must have
+been injected.
 
 Faults:
 * SQL (SQLite, PostgreSQL): SQLAlchemy event hooks on the store's engine
@@ -26,15 +32,18 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import contextlib
 import contextvars
 import datetime as dt
 import importlib
 import os
 import random
+import signal
 import subprocess
 import sys
 import threading
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -47,6 +56,7 @@ from sweeper import InProcSweeper
 from tests import _sweeping as sw
 from tests._longmode import pick, record_figure
 from tests.chaos.child import KILLED
+from tests.chaos.committer import read_submissions
 from tests.conformance.harness import RowWriter, StoreHarness
 from tests.testpb import payloads_pb2 as pb
 from tq._reminder import Reminder
@@ -248,8 +258,51 @@ def kill_children(harness: StoreHarness, count: int, threads: int) -> int:
     return killed
 
 
+def sigkill_children(
+    harness: StoreHarness, count: int, scheduler: Scheduler, faults: Faults, tmp: Path
+) -> tuple[int, int]:
+    """Runs `count` committers, each SIGKILLed at a random one of its commits.
+
+    What each handed to its file "Cloud Tasks" before dying is then created
+    in the Scheduler (Cloud Tasks had it; its names absorb what the sweeper
+    submits again). Returns (processes killed, commits they reported).
+    """
+    spec = harness.child_spec()
+    env = {**os.environ, **spec.env}
+    killed = reported = 0
+    for c in range(count):
+        submissions = tmp / f"submissions-{c}"
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "tests.chaos.committer", spec.factory, spec.arg,
+             f"killed{c}", "3", str(submissions)],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        )  # fmt: skip
+        assert proc.stdout is not None
+        kill_at = faults.randint(1, 12)
+        try:
+            for line in proc.stdout:
+                if line.startswith("committed "):
+                    reported += 1
+                    kill_at -= 1
+                    if kill_at == 0:
+                        proc.send_signal(signal.SIGKILL)
+                        break
+            assert proc.wait(180) == -signal.SIGKILL, "the committer ended before its kill"
+            killed += 1
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            proc.stdout.close()
+        for task_class, request in read_submissions(str(submissions)):
+            sub = tq.Submission(request=request, task_class=task_class, created=tq.clock.now())
+            with contextlib.suppress(tq.SubmitError):  # a name it has already
+                scheduler.submit(sub)
+    return killed, reported
+
+
 def test_every_committed_task_runs_once_and_no_rolled_back_one_does(
-    harness: StoreHarness,
+    harness: StoreHarness, tmp_path: Path
 ) -> None:
     kind = harness.kind
     n = pick(100, 1000) if kind == "spanner" else pick(500, 10_000)
@@ -279,6 +332,7 @@ def test_every_committed_task_runs_once_and_no_rolled_back_one_does(
     disp.configure(sweeper=sweeper)
 
     killed = kill_children(harness, children, 3)
+    sigkilled, sigkilled_commits = sigkill_children(harness, children, scheduler, faults, tmp_path)
 
     def transaction(i: int) -> bool:
         name = f"order-{i}"
@@ -321,16 +375,20 @@ def test_every_committed_task_runs_once_and_no_rolled_back_one_does(
         scheduler.run(stop_when_drained(), parallel(8), max_executions(10 * (n + 100)))
 
     committed = harness.row_keys()
+    by_sigkilled = {k for k in committed if k.startswith("killed")}
     lost = committed - set(ran)
     duplicated = {k for k, v in ran.items() if v > 1}
     phantom = set(ran) - committed
     figures = {
         "store": kind,
         "transactions": n + children * 3,
-        "committed": len(committed),
-        "rolled_back": n + children * 3 - len(committed),
+        "committed": len(committed) - len(by_sigkilled),
+        "rolled_back": n + children * 3 - (len(committed) - len(by_sigkilled)),
         "reported_failed": results.count(False),
         "processes_killed": killed,
+        "processes_sigkilled": sigkilled,
+        "commits_reported_by_sigkilled": sigkilled_commits,
+        "committed_by_sigkilled": len(by_sigkilled),
         "db_faults": faults.injected["db"] + faults.injected["store"],
         "submit_faults": faults.injected["submit"],
         "sweeps": sweeps,
@@ -346,4 +404,8 @@ def test_every_committed_task_runs_once_and_no_rolled_back_one_does(
     assert not duplicated, f"ran more than once: {sorted(duplicated)[:10]}"
     assert not phantom, f"ran without a committed transaction: {sorted(phantom)[:10]}"
     assert {f"child{c}-{i}" for c in range(children) for i in range(3)} <= committed
+    assert sigkilled == children
+    assert len(by_sigkilled) >= sigkilled_commits >= children  # killed after commits
+    # Both kinds of fault happened: the test tried what it says.
     assert faults.injected["submit"] > 0
+    assert faults.injected["db"] + faults.injected["store"] > 0
