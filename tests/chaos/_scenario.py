@@ -234,6 +234,11 @@ class Fleet:
             unparked, parked = conn.execute(sa.text(query)).one()
         return int(unparked), int(parked)
 
+    def check_alive(self) -> None:
+        """Fails, with their logs' tails, if processes of the fleet died."""
+        assert self.procs is not None
+        self.procs.check_alive()
+
     def stop(self) -> dict[str, int | None]:
         """Stops every process gracefully (SIGTERM); their exit codes."""
         assert self.procs is not None

@@ -42,8 +42,8 @@ class RowWriter(Protocol):
 
         Inserting a key that exists (committed, or inserted earlier in the same
         transaction) must make the transaction fail: at once (SQL) or at commit
-        (Spanner mutations), with any exception type, and nothing of the
-        transaction may be committed.
+        (Spanner mutations), with the harness's `duplicate_key` exception, and
+        nothing of the transaction may be committed.
         """
         ...
 
@@ -69,6 +69,9 @@ class StoreHarness(Protocol):
 
     store: ReminderStore
     """The store under test (registered with tq.txn.register_store or not)."""
+
+    duplicate_key: type[Exception]
+    """What `run_in_transaction` raises when a row's key is taken (`insert_row`)."""
 
     def run_in_transaction(self, body: Callable[[RowWriter], None]) -> None:
         """Runs `body` in a new read-write transaction of the store's database.

@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from google.api_core.exceptions import AlreadyExists
 
 import tq
 from tests._services.spanner import CLIENT_ENV, SpannerEmulator, open_client
@@ -35,6 +36,7 @@ class SpannerHarness:
     """A SpannerStore over one emulator database with a business table."""
 
     kind = "spanner"
+    duplicate_key = AlreadyExists
 
     def __init__(self, database: Any, env: dict[str, str]) -> None:
         self.database = database

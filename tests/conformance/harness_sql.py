@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 import tq.txn.sql
@@ -52,6 +53,8 @@ class _Rows:
 
 class SQLHarness:
     """A SQLStore over one database with a business table `conformance_rows`."""
+
+    duplicate_key = IntegrityError
 
     def __init__(self, kind: str, url: str) -> None:
         self.kind = kind

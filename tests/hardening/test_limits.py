@@ -24,7 +24,7 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 import tq
-from tests._longmode import fuzz_settings
+from tests._longmode import fuzz_settings, record_figure
 from tests.conformance.harness import RowWriter, StoreHarness
 from tests.conformance.harness_sql import postgres_harness, sqlite_harness
 from tests.conformance.support import RecordingSubmitter
@@ -224,9 +224,11 @@ def test_bad_tasks_in_a_transaction_write_no_reminder(
     """One transaction per case; the caller catches the error and commits."""
     max_size = harness.store.max_payload_size
     failures: list[str] = []
+    tried = 0
     for n, (case, bad) in enumerate(BAD.items()):
         if bad.where == "outside" or not bad.applies(max_size):
             continue
+        tried += 1
         sub = RecordingSubmitter()
         d = make_dispatcher(sub)
         raised: list[BaseException] = []
@@ -256,6 +258,7 @@ def test_bad_tasks_in_a_transaction_write_no_reminder(
         if f"row-{n}" not in harness.row_keys():
             failures.append(f"{case}: the caller's transaction did not commit")
     assert failures == []
+    record_figure("limits_in_a_transaction", store=harness.kind, cases=tried)
 
 
 # The edges: exactly at a limit is taken.

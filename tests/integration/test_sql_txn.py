@@ -13,6 +13,7 @@ from typing import Any
 import grpc
 import pytest
 from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -288,7 +289,7 @@ def test_core_failed_statement_submits_nothing(
             disp.add_task(_task("x"))
             _insert(conn, "taken")
 
-    with pytest.raises(Exception):  # noqa: B017, PT011 - the driver's IntegrityError
+    with pytest.raises(IntegrityError):
         run()
     assert sub.attempts == 0
     assert store.count_reminders() == (0, 0)
@@ -403,7 +404,7 @@ async def test_async_session_savepoint_and_failed_flush(
             await session.execute(text("INSERT INTO rows (key) VALUES ('x')"))
             await session.execute(text("INSERT INTO rows (key) VALUES ('x')"))
 
-    with pytest.raises(Exception):  # noqa: B017, PT011 - the driver's IntegrityError
+    with pytest.raises(IntegrityError):
         await run()
     assert _names(sub) == ["outer"]
     assert store.count_reminders() == (0, 0)
@@ -533,9 +534,56 @@ def test_import_tq_txn_sql_needs_no_greenlet_for_sync_use() -> None:
     assert out.stdout.strip() == "(0, 0)"
 
 
-def test_async_helpers_wait_without_blocking_the_loop() -> None:
-    # drain() with nothing scheduled returns at once.
-    asyncio.run(tq.txn.sql.drain())
+class _HeldSubmitter:
+    """Holds every async submit until `release` is set; the sync path is a failure."""
+
+    def __init__(self) -> None:
+        self.release = asyncio.Event()
+        self.submitting = asyncio.Event()
+        self.submitted: list[Submission] = []
+
+    def submit(self, sub: Submission) -> None:
+        raise AssertionError("an async helper submitted through the blocking path")
+
+    async def submit_async(self, sub: Submission) -> None:
+        self.submitting.set()
+        await self.release.wait()
+        self.submitted.append(sub)
+
+
+async def test_async_helpers_wait_without_blocking_the_loop(
+    async_engine: AsyncEngine, store: SQLStore
+) -> None:
+    held = _HeldSubmitter()
+    disp = make_dispatcher(held)
+    factory = async_sessionmaker(async_engine)
+
+    async def through_transaction_async() -> None:
+        async with tq.txn.sql.transaction_async(factory):
+            await disp.add_task_async(_task("helper"))
+
+    # transaction_async awaits its happy path: the block is not over while the
+    # submit is held, and the loop runs this test meanwhile.
+    committing = asyncio.create_task(through_transaction_async())
+    await asyncio.wait_for(held.submitting.wait(), 30)
+    assert not committing.done()
+
+    # bind(): the commit cannot await, so the happy path runs as a task, and
+    # drain() waits for it, also without blocking the loop.
+    async with factory() as session:
+        with tq.txn.sql.bind(session):
+            await disp.add_task_async(_task("bound"))
+            await session.commit()
+    draining = asyncio.create_task(tq.txn.sql.drain())
+    for _ in range(10):
+        await asyncio.sleep(0)  # turns of the loop, not time: the submits are held
+    assert not draining.done()
+    assert held.submitted == []
+
+    held.release.set()
+    await asyncio.wait_for(asyncio.gather(committing, draining), 30)
+    assert sorted(s.payload.name for s in held.submitted) == ["bound", "helper"]  # type: ignore[union-attr]
+    assert store.count_reminders() == (0, 0)
 
 
 def test_in_memory_sqlite_works_with_every_helper(

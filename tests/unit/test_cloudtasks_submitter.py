@@ -274,7 +274,19 @@ def test_dispatcher_counts_already_exists_as_submitted() -> None:
     disp.register_task_class(
         tq.TaskClass(id="greet", prototype=pb.Greet, kind=tq.Kind.NON_TRANSACTIONAL, queue="q")
     )
+    submits = {"task_class": "greet", "path": "direct"}
+    before = _metrics.snapshot()
     disp.add_task(tq.Task(payload=pb.Greet(), deduplication_key="k"))  # does not raise
+    # Counted once, among the submits, as done: the task exists (added earlier
+    # under that key). Nothing else was counted: no failure, no retry.
+    after = _metrics.snapshot()
+    counted = {k: v - before.get(k, 0) for k, v in after.items() if v != before.get(k, 0)}
+    assert counted == {
+        (
+            "tq_submits",
+            tuple(sorted({**submits, "queue": "q", "code": "ALREADY_EXISTS"}.items())),
+        ): 1
+    }
 
 
 def test_dispatcher_raises_permanent_submit_errors() -> None:
