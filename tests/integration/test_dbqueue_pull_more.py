@@ -174,3 +174,27 @@ def test_lease_by_name_of_a_missing_or_finished_task_is_not_found(
     puller.complete(puller.lease_task("gone", MINUTE))
     with pytest.raises(dbqueue.TaskNotFound, match="is done"):
         puller.lease_task("gone", MINUTE)
+
+
+def test_tq_tasks_list_shows_priority_tag_and_progress(
+    engine: sa.Engine, puller: dbqueue.PullQueue
+) -> None:
+    import json
+
+    from click.testing import CliRunner
+
+    from tq._task import PRIORITY_HEADER, TAG_HEADER
+    from tq.cli._main import cli
+
+    headers = {"Content-Type": "application/json", PRIORITY_HEADER: "7", TAG_HEADER: "batch-1"}
+    dbqueue.DbQueueSubmitter(engine).submit(submission(name="job", headers=headers))
+    (t,) = puller.lease(duration=MINUTE)
+    assert puller.heartbeat(t, progress="40/100") is not None
+    url = engine.url.render_as_string(hide_password=False)
+    out = CliRunner().invoke(cli, ["tasks", "list", "--db", url, "--queue", "q", "--json"])
+    assert out.exit_code == 0, out.output
+    (row,) = [json.loads(line) for line in out.stdout.splitlines()]
+    assert (row["priority"], row["tag"], row["progress"]) == (7, "batch-1", "40/100")
+    table = CliRunner().invoke(cli, ["tasks", "list", "--db", url, "--queue", "q"])
+    assert "40/100" in table.output
+    assert "batch-1" in table.output

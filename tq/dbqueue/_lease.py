@@ -34,6 +34,9 @@ from tq.dbqueue._schema import State, from_us, queues, tasks, to_us
 log = logging.getLogger("tq.dbqueue")
 
 _LEASED = State.LEASED.value
+# A literal, not a parameter: only then can PostgreSQL's generic plans use the
+# partial index "WHERE priority <> 0".
+_ZERO: sa.ColumnElement[int] = sa.literal_column("0")
 _PENDING = State.PENDING.value
 
 
@@ -183,7 +186,19 @@ def _statements(dialect: str) -> SimpleNamespace:
         "first_attempt_us": sa.func.coalesce(tasks.c.first_attempt_us, _p("now")),
         "last_attempt_us": _p("now"),
     }
-    lease_stmt = sa.update(tasks).where(tasks.c.id.in_(due)).values(lease_values)
+    # The one-statement lease in ETA order, taken only while no task of another
+    # priority is due (an uncorrelated check of the partial priority index,
+    # evaluated once); otherwise it leases nothing and `_pick` merges.
+    other = tasks.alias("prioritized")
+    no_prioritized_due = ~sa.exists().where(
+        other.c.queue == _p("q"),
+        other.c.state == _PENDING,
+        other.c.priority != _ZERO,
+        other.c.eta_us <= _p("now"),
+    )
+    lease_stmt = (
+        sa.update(tasks).where(tasks.c.id.in_(due), no_prioritized_due).values(lease_values)
+    )
     ids: sa.BindParameter[Any] = sa.bindparam("ids", expanding=True)
     lease_ids = sa.update(tasks).where(tasks.c.id.in_(ids), tasks.c.state == _PENDING)
     lease_ids = lease_ids.values(lease_values)
@@ -292,10 +307,17 @@ def lease(
         }  # fmt: skip
         if lease_s is not None:
             params["until"] = now_us + int(lease_s * 1e6)
-        ids = _pick.due_ids(conn, queue, now_us, n, tag)
-        if ids is None and st.returning:
-            rows = conn.execute(st.lease if lease_s is None else st.lease_for, params).all()
+        rows: list[Any] = []
+        if tag is None and st.returning:
+            # The common case in one statement (see _statements); nothing back:
+            # nothing due, or tasks of other priorities are (then merge).
+            rows = list(conn.execute(st.lease if lease_s is None else st.lease_for, params))
+            if not rows:
+                ids = _pick.due_ids(conn, queue, now_us, n)
+                if ids:
+                    rows = _lease_ids(conn, st, ids, params, lease_s is not None)
         else:
+            ids = _pick.due_ids(conn, queue, now_us, n, tag)
             if ids is None:
                 ids = _pick.first_ids_by_eta(conn, queue, now_us, n)
             rows = _lease_ids(conn, st, ids, params, lease_s is not None)

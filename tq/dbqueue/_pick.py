@@ -33,6 +33,10 @@ from tq.dbqueue._schema import State, tasks
 
 _PENDING = State.PENDING.value
 
+# A literal, not a parameter: only then can PostgreSQL's generic plans use the
+# partial index "WHERE priority <> 0".
+_ZERO: sa.ColumnElement[int] = sa.literal_column("0")
+
 OLDEST_TAG = object()
 """`tag=OLDEST_TAG`: lease by the tag of the oldest due task."""
 
@@ -52,13 +56,13 @@ def _statements(dialect: str) -> SimpleNamespace:
     return SimpleNamespace(
         prioritized=locked(
             sa.select(tasks.c.id, tasks.c.rank_us)
-            .where(*due, tasks.c.priority != 0)
+            .where(*due, tasks.c.priority != _ZERO)
             .order_by(tasks.c.rank_us, tasks.c.id)
             .limit(_p("n"))
         ),
         plain=locked(
             sa.select(tasks.c.id, tasks.c.eta_us)
-            .where(*due, tasks.c.priority == 0)
+            .where(*due, tasks.c.priority == _ZERO)
             .order_by(tasks.c.eta_us, tasks.c.id)
             .limit(_p("n"))
         ),
