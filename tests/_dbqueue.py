@@ -152,6 +152,24 @@ def engine_fixture(tmp_path: pathlib.Path) -> Iterator[sa.Engine]:
     e.dispose()
 
 
+@pytest.fixture(
+    name="engine",
+    params=["sqlite", pytest.param("mariadb", marks=pytest.mark.mariadb)],
+)
+def fidelity_engine_fixture(
+    request: pytest.FixtureRequest, tmp_path: pathlib.Path
+) -> Iterator[sa.Engine]:
+    """The queue's Cloud Tasks fidelity tests run on SQLite and on MariaDB (PostgreSQL's
+    run in tests/integration/test_dbqueue_postgres.py and the tests of every database)."""
+    if request.param == "sqlite":
+        e = make_engine(tmp_path / "queue.db")
+    else:
+        e = dbqueue.mysql_engine(request.getfixturevalue("mariadb_db_url"), pool_size=20)
+        dbqueue.create_schema(e)
+    yield e
+    e.dispose()
+
+
 @pytest.fixture(name="submitter")
 def submitter_fixture(engine: sa.Engine) -> dbqueue.DbQueueSubmitter:
     return dbqueue.DbQueueSubmitter(engine)
@@ -161,6 +179,12 @@ def task_state(engine: sa.Engine, name: str, queue: str = "q") -> dbqueue.TaskIn
     info = dbqueue.Admin(engine).get_task(queue, name)
     assert info is not None, f"no task {queue}/{name}"
     return info
+
+
+def only_sqlite(engine: sa.Engine, why: str) -> None:
+    """Skips a fidelity test that is about SQLite on the other databases."""
+    if engine.dialect.name != "sqlite":
+        pytest.skip(f"SQLite only: {why}")
 
 
 async def wait_for(cond: Callable[[], bool], timeout_s: float = 20.0) -> None:

@@ -19,7 +19,7 @@ import tq.txn.sql
 from tests._dbqueue import (
     PROJECT,
     REGION,
-    engine_fixture,  # noqa: F401
+    fidelity_engine_fixture,  # noqa: F401
     task_state,
     wait_for,
 )

@@ -20,7 +20,8 @@ from tests import _dbqueue_apps
 from tests._dbqueue import (
     RecordingApp,
     clock_fixture,  # noqa: F401
-    engine_fixture,  # noqa: F401
+    fidelity_engine_fixture,  # noqa: F401
+    only_sqlite,
     submission,
     submitter_fixture,  # noqa: F401
     task_state,
@@ -171,6 +172,9 @@ async def test_stop_waits_for_pushes_in_flight(engine: sa.Engine, submitter: Sub
 async def test_a_killed_worker_process_task_is_redelivered_after_its_lease(
     engine: sa.Engine, submitter: Sub, tmp_path: pathlib.Path
 ) -> None:
+    only_sqlite(
+        engine, "the worker process opens the SQLite file (test_dbqueue_postgres covers servers)"
+    )
     submitter.submit(submission(name="doomed"))
     marks = str(tmp_path / "pushes")
     env = {**os.environ, "TQ_TEST_PUSHES": marks, "PYTHONPATH": str(ROOT)}
@@ -256,6 +260,7 @@ engine.dispose()
 
 
 async def test_writer_processes_and_a_worker_share_a_sqlite_file(engine: sa.Engine) -> None:
+    only_sqlite(engine, "writers share a SQLite file")
     app = RecordingApp()
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     worker = dbqueue.Worker(engine, app=app, concurrency=8)

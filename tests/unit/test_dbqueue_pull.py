@@ -11,7 +11,7 @@ import tq
 from tests._dbqueue import (
     RecordingApp,
     clock_fixture,  # noqa: F401
-    engine_fixture,  # noqa: F401
+    fidelity_engine_fixture,  # noqa: F401
     submission,
     submitter_fixture,  # noqa: F401
     task_state,

@@ -20,7 +20,8 @@ from tests._dbqueue import (
     REGION,
     URL,
     clock_fixture,  # noqa: F401
-    engine_fixture,  # noqa: F401
+    fidelity_engine_fixture,  # noqa: F401
+    only_sqlite,
     parent,
     submission,
     submitter_fixture,  # noqa: F401
@@ -401,6 +402,7 @@ def test_a_queue_created_under_a_rolled_back_savepoint_is_created_again(
 async def test_async_session_transaction_writes_the_row(
     submitter: dbqueue.DbQueueSubmitter, engine: sa.Engine
 ) -> None:
+    only_sqlite(engine, "an aiosqlite session")
     from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 
     aengine = create_async_engine(f"sqlite+aiosqlite:///{engine.url.database}")

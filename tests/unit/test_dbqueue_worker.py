@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from tests._dbqueue import (
     RecordingApp,
     clock_fixture,  # noqa: F401
-    engine_fixture,  # noqa: F401
+    fidelity_engine_fixture,  # noqa: F401
     submission,
     submitter_fixture,  # noqa: F401
     task_state,
