@@ -53,7 +53,7 @@ from tests.testpb import payloads_pb2 as pb
 from tq import _envelope, dbqueue
 from tq._request import eta_header
 from tq.dbqueue._schema import to_us
-from tq.dbqueue._submitter import insert_task, task_row
+from tq.dbqueue._taskrow import insert_task, task_row
 
 
 def dispatcher(submitter: Any, kind: tq.Kind = tq.Kind.TRANSACTIONAL) -> tq.Dispatcher:

@@ -33,7 +33,8 @@ from tq._taskclass import TaskClass
 from tq.dbqueue import _db, _guard, _queuedb
 from tq.dbqueue._recurring import _Capture
 from tq.dbqueue._schema import cron, from_us, to_us
-from tq.dbqueue._submitter import TOMBSTONE_WINDOW, insert_task, task_row
+from tq.dbqueue._submitter import TOMBSTONE_WINDOW
+from tq.dbqueue._taskrow import insert_task, task_row
 
 log = logging.getLogger("tq.dbqueue")
 

@@ -20,7 +20,8 @@ from tq._submitter import Submission
 from tq.dbqueue._queuedb import _new_row
 from tq.dbqueue._queues import QueueConfig
 from tq.dbqueue._schema import queues
-from tq.dbqueue._submitter import DbQueueSubmitter, _already_exists, _bound_values, _fast_insert
+from tq.dbqueue._submitter import DbQueueSubmitter
+from tq.dbqueue._taskrow import already_exists, fast_insert
 
 _QUEUE_COLUMNS = tuple(_new_row(QueueConfig("q"), 0))
 
@@ -83,10 +84,10 @@ def insert_task(
         ensure_queue(cursor, submitter, queue, int(row["created_us"]))
     # PostgreSQL's statement is in the format style (%s); SQLite takes the same
     # ON CONFLICT clause, and Django's cursors turn %s into its ? marks.
-    sql, params = _fast_insert("postgresql"), _bound_values(row)
+    sql, params = fast_insert("postgresql", row)
     if with_row is not None:
         sql, params = f"WITH tq_with AS ({with_row[0]}) {sql}", (*with_row[1], *params)
     cursor.execute(sql, params)
     if cursor.rowcount != 1:
-        raise _already_exists(row)
+        raise already_exists(row)
     return queue

@@ -27,7 +27,7 @@ from tq._submitter import Submission, use_submitter
 from tq._task import Task
 from tq.dbqueue import _db, _guard, _queuedb
 from tq.dbqueue._schema import from_us, recurring, to_us
-from tq.dbqueue._submitter import insert_task, task_row
+from tq.dbqueue._taskrow import insert_task, task_row
 from tq.txn._store import current_transaction
 
 log = logging.getLogger("tq.dbqueue")
