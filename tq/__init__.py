@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from tq import clock, txn
+from tq._background import BackgroundStats, BackgroundSubmits, background_submits
 from tq._cloudtasks import CloudTasksSubmitter
 from tq._dispatcher import Dispatcher, Sweeper
 from tq._errors import (
@@ -75,6 +76,8 @@ def sweep() -> None:
 
 __all__ = [
     "AddedTask",
+    "BackgroundStats",
+    "BackgroundSubmits",
     "CloudTasksSubmitter",
     "ConfigError",
     "Cron",
@@ -103,6 +106,7 @@ __all__ = [
     "ValidationError",
     "add_task",
     "add_task_async",
+    "background_submits",
     "clock",
     "current_submitter",
     "default",

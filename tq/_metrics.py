@@ -94,6 +94,9 @@ CATALOGUE: tuple[Metric, ...] = (
        "Reminders parked after a permanent submit failure (code: gRPC code)"),
     _m("tq_reminders_park_failed", "counter", "{reminder}", "task_class",
        "Reminders that could not be parked (kept for the sweeper)"),
+    _m("tq_background_full", "counter", "{transaction}", "fallback",
+       "Committed transactions whose happy path found the background submits' queue full; "
+       "fallback=inline (run by the caller) or sweeper (left to it)"),
     # Submitting.
     _m("tq_submits", "counter", "{task}", "task_class queue path code",
        "Tasks submitted (final outcome after retries); path=direct/happy/sweep/replay, "

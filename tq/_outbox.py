@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import datetime as dt
 import enum
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from tq import _metrics, _observe, _tracing, clock
@@ -142,14 +143,23 @@ def _failed(store: ReminderStore, sub: Submission, err: Exception, path: str) ->
     return Outcome.KEPT
 
 
-def _delete(store: ReminderStore, ids: Sequence[str]) -> None:
+def delete_quietly(store: ReminderStore, ids: Sequence[str]) -> bool:
+    """Deletes the reminders of submitted tasks; False (logged) if that failed.
+
+    The tasks exist: reminders left behind are resubmitted by the sweeper,
+    and their names absorb the duplicate.
+    """
     if not ids:
-        return
+        return True
     try:
         store.delete_reminders(ids)
     except Exception:
-        # The tasks exist; the sweeper will resubmit and their names absorb it.
         log.exception("tq: could not delete %d submitted reminders", len(ids))
+        return False
+    return True
+
+
+_delete = delete_quietly
 
 
 def submit_reminder(
@@ -341,29 +351,49 @@ async def submit_reminders_async(
     return out
 
 
-def _fresh(pending: Sequence[PendingTask]) -> list[PendingTask]:
-    now = clock.now()
+def count_created(pending: Sequence[PendingTask], now: dt.datetime) -> list[PendingTask]:
+    """Counts committed reminders (tq_reminders_created); returns those still fresh at `now`.
+
+    A stale one belongs to the sweeper (counted in tq_reminders_stale_at_commit).
+    """
     fresh = []
+    counts: dict[tuple[str, bool], int] = {}
     for p in pending:
         is_fresh = now < p.reminder.fresh_until
         if is_fresh:
             fresh.append(p)
-        _metrics.add(
-            "tq_reminders_created",
-            task_class=p.submission.task_class,
-            staleness="fresh" if is_fresh else "stale",
-        )
+        key = (p.submission.task_class, is_fresh)
+        counts[key] = counts.get(key, 0) + 1
+    for (task_class, is_fresh), n in counts.items():
+        staleness = "fresh" if is_fresh else "stale"
+        _metrics.add("tq_reminders_created", n, task_class=task_class, staleness=staleness)
     if len(fresh) < len(pending):
-        _metrics.add("tq_reminders_stale_at_commit", n=len(pending) - len(fresh))
+        _metrics.add("tq_reminders_stale_at_commit", len(pending) - len(fresh))
     return fresh
+
+
+def _fresh(pending: Sequence[PendingTask]) -> list[PendingTask]:
+    return count_created(pending, clock.now())
 
 
 def _post_commit_attributes(store: ReminderStore, pending: Sequence[PendingTask]) -> dict[str, Any]:
     return {"tq.store": store.name, "tq.reminders": len(pending)}
 
 
+offload: Callable[[ReminderStore, Sequence[PendingTask]], bool] | None = None
+"""Set by a running `tq.BackgroundSubmits`: takes a commit's happy path (True) or
+declines it (False: run it inline)."""
+
+
 def after_commit(store: ReminderStore, pending: Sequence[PendingTask]) -> None:
-    """The happy path for a committed transaction (blocking). Never raises."""
+    """The happy path for a committed transaction (blocking). Never raises.
+
+    With background submits running (`tq.BackgroundSubmits`) it only queues
+    the reminders, unless their queue is full.
+    """
+    off = offload
+    if off is not None and off(store, pending):
+        return
     with _tracing.span("tq.post_commit", _post_commit_attributes(store, pending)):
         done: list[str] = []
         for p in _fresh(pending):
@@ -379,6 +409,9 @@ def after_commit(store: ReminderStore, pending: Sequence[PendingTask]) -> None:
 
 async def after_commit_async(store: ReminderStore, pending: Sequence[PendingTask]) -> None:
     """The happy path for a committed transaction, from async code. Never raises."""
+    off = offload
+    if off is not None and off(store, pending):
+        return
     with _tracing.span("tq.post_commit", _post_commit_attributes(store, pending)):
         fresh = _fresh(pending)
 

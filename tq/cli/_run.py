@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 from typing import Any
@@ -21,6 +22,13 @@ _BANNER = (
     "/internal/tasks/c/sweep without authentication: anyone who can reach "
     "{address} can run any task. For local development only.[/]"
 )
+
+
+def happy_path(cfg: Config) -> contextlib.AbstractContextManager[Any]:
+    """Background submits for the command's run (`--happy-path background`), drained at its end."""
+    if cfg.happy_path == "background":
+        return tq.BackgroundSubmits()
+    return contextlib.nullcontext()
 
 
 def _logging(level: str) -> None:
@@ -91,7 +99,7 @@ def dev(app_spec: str, **kwargs: Any) -> None:
             _workers_job(engine, cfg, app=front, dispatcher=disp),
             _sweep_job(disp, cfg.sweep_interval),
         ]
-        with _server.graceful_signals():
+        with _server.graceful_signals(), happy_path(cfg):
             asyncio.run(_server.serve(front, sock, cfg.log_level, jobs))
     finally:
         engine.dispose()
@@ -178,7 +186,8 @@ def serve(app_spec: str, sweep_loop: bool, with_workers: bool, **kwargs: Any) ->
         if with_workers:
             where += f"; {cfg.workers} worker(s) pushing into it in-process"
         _output.say(where)
-        with _server.graceful_signals():
+        # Background submits drain once uvicorn has stopped: after the last request.
+        with _server.graceful_signals(), happy_path(cfg):
             asyncio.run(_server.serve(app, sock, cfg.log_level, jobs))
     finally:
         sock.close()
@@ -202,7 +211,7 @@ def _no_workers_reason(cfg: Config, backend: str | None) -> str:
 
 @click.command("worker")
 @settings_options("dispatcher", "database_url", "queue_yaml", "tombstone_window_s", "worker",
-                  "log_level")  # fmt: skip
+                  "log_level", "happy_path")  # fmt: skip
 @click.option(
     "--app",
     "app_spec",
@@ -250,7 +259,8 @@ def worker(app_spec: str | None, insecure_no_auth: bool, until_idle: bool, **kwa
         _wiring.require_queue_tables(engine)
         if cfg.queue_yaml:
             _wiring.apply_queue_yaml(engine, cfg.queue_yaml)
-        asyncio.run(_work(engine, cfg, opts, until_idle))
+        with happy_path(cfg):
+            asyncio.run(_work(engine, cfg, opts, until_idle))
     finally:
         engine.dispose()
 

@@ -191,6 +191,11 @@ SETTINGS: tuple[Setting, ...] = (
        "(the example does)."),
     _s("log_level", "info", STR, SERVER, "Log level: debug, info, warning, error.",
        choices=("debug", "info", "warning", "error")),
+    _s("happy_path", "inline", STR, SERVER,
+       "How `tq dev`, `tq serve` and `tq worker` submit the tasks of a committed "
+       "transaction: `inline` (before the transaction helper returns) or `background` "
+       "(threads of the process, drained at shutdown; not where the platform throttles the "
+       "CPU between requests; see docs/outbox-sql.md).", choices=("inline", "background")),
     # The dashboard.
     _s("dashboard_token", None, STR, DASHBOARD,
        "Token of the operator role (looks and acts). Unset, with no other access setting: "
