@@ -79,3 +79,12 @@ def test_happy_path_off_reaches_every_holder_of_after_commit() -> None:
         assert tq.txn._spanner_store.after_commit is _outbox.after_commit  # imported by name
     assert _outbox.after_commit is real
     assert tq.txn._spanner_store.after_commit is real
+
+
+def test_the_instruction_count_script_adds_and_drains_every_task() -> None:
+    for mode in ("add", "drain"):
+        out = subprocess.run(
+            [sys.executable, "-m", "bench.dbqueue_count", "5", mode],
+            cwd=ROOT, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert out.returncode == 0, out.stderr
