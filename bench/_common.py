@@ -90,14 +90,18 @@ def race(
     warmup: int = 0,
     clock: Callable[[], float] = time.perf_counter,
     around: dict[str, Callable[[], contextlib.AbstractContextManager[Any]]] | None = None,
+    settle: dict[str, Callable[[], None]] | None = None,
 ) -> dict[str, float]:
     """Calls per second of each fn(i), n calls each, alternating every `chunk` calls.
 
     Fine-grained alternation puts every variant through the same swings of a
     shared machine's load (they last seconds; a chunk lasts milliseconds).
-    `around[name]()` is entered (untimed) around each chunk of that variant.
+    `around[name]()` is entered (untimed) around each chunk of that variant;
+    `settle[name]()` runs at the end of each of its chunks, timed (work the
+    variant left running in the background, paid for in its own chunk).
     """
     around = around or {}
+    settle = settle or {}
     for name, f in fns.items():
         with around.get(name, contextlib.nullcontext)():
             for i in range(warmup):
@@ -110,10 +114,13 @@ def race(
         names.reverse()  # neither side always goes first
         for name in names:
             f = fns[name]
+            then = settle.get(name)
             with around.get(name, contextlib.nullcontext)():
                 t0 = clock()
                 for i in range(done, done + k):
                     f(i)
+                if then is not None:
+                    then()
                 spent[name] += clock() - t0
         done += k
     return {name: n / t for name, t in spent.items()}
@@ -279,6 +286,40 @@ def happy_path(on: bool) -> Iterator[None]:
     finally:
         for mod, attr, real in undo:
             setattr(mod, attr, real)
+
+
+class Background:
+    """A `tq.BackgroundSubmits` that takes the happy paths only inside `on()` blocks.
+
+    So that one variant of a race runs its happy path in the background
+    while the others run theirs inline (or not at all), on the same threads
+    for the whole race. `settle()` waits for everything queued so far
+    (submitted, and the reminders deleted).
+    """
+
+    def __init__(self) -> None:
+        import tq
+        from tq import _outbox
+
+        self._outbox = _outbox
+        self.submits = tq.BackgroundSubmits().start()
+        self._offer = _outbox.offload
+        _outbox.offload = None
+
+    @contextlib.contextmanager
+    def on(self) -> Iterator[None]:
+        self._outbox.offload = self._offer
+        try:
+            yield
+        finally:
+            self._outbox.offload = None
+
+    def settle(self) -> None:
+        if not self.submits.drain(60):
+            raise RuntimeError("background submits did not settle within 60 s")
+
+    def close(self) -> None:
+        self.submits.stop()
 
 
 def reminder_payload(disp: Any, task: Any) -> bytes:

@@ -147,8 +147,9 @@ class OIDCVerifier:
         self.issuers = frozenset(issuers)
         self.algorithm = algorithm
         self.require_verified_email = require_verified_email
-        # Token text -> (its claims, the certificates its signature was checked against).
-        self._verified: dict[str, tuple[dict[str, Any], Certs]] = {}
+        # Token text -> its claims, the certificates its signature was checked
+        # against, and the last request its claims were accepted for.
+        self._verified: dict[str, _Verified] = {}
         self._verified_lock = threading.Lock()
 
     async def verify(
@@ -162,9 +163,19 @@ class OIDCVerifier:
         token = _bearer_token(authorization)
         known = self._verified.get(token)
         if known is not None:
-            claims, certs = known
+            claims, certs = known.claims, known.certs
             if certs is self.certs.current and clock.current().monotonic() < certs.expires_at:
-                return self._check_claims(claims, audiences, allowed_emails)
+                accepted = known.accepted
+                if (
+                    accepted is not None
+                    and accepted.audiences == audiences
+                    and accepted.allowed == allowed_emails
+                    and accepted.not_before <= clock.now().timestamp() <= accepted.not_after
+                ):
+                    return accepted.caller
+                caller = self._check_claims(claims, audiences, allowed_emails)
+                known.accepted = self._accepted(claims, audiences, allowed_emails, caller)
+                return caller
             with self._verified_lock:
                 self._verified.pop(token, None)
         header, claims, signed, signature = _split(token)
@@ -193,7 +204,25 @@ class OIDCVerifier:
             verified = self._verified
             if token not in verified and len(verified) >= MAX_VERIFIED_TOKENS:
                 del verified[next(iter(verified))]  # the oldest
-            verified[token] = (claims, certs)
+            verified[token] = _Verified(claims, certs)
+
+    def _accepted(
+        self,
+        claims: Mapping[str, Any],
+        audiences: Collection[str],
+        allowed: Collection[str],
+        caller: Caller,
+    ) -> _Accepted:
+        """What `_check_claims` accepted, and the times between which it would again.
+
+        Every claim check but the validity window depends only on the claims,
+        the audiences and the accepted emails; the window is kept as bounds.
+        """
+        iat, exp = _number(claims.get("iat")), _number(claims.get("exp"))
+        assert iat is not None
+        assert exp is not None
+        skew = self.clock_skew_s
+        return _Accepted(audiences, allowed, iat - skew, exp + skew, caller)
 
     def _check_claims(
         self, claims: Mapping[str, Any], audiences: Collection[str], allowed: Collection[str]
@@ -224,6 +253,27 @@ class OIDCVerifier:
                 f"token is for {email!r}, accepted: {sorted(allowed) or 'nobody'}",
             )
         return Caller("oidc", email)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Accepted:
+    """A remembered token's claims accepted for these audiences and emails, within
+    [not_before, not_after] (its iat and exp, widened by the clock skew allowed)."""
+
+    audiences: Collection[str]
+    allowed: Collection[str]
+    not_before: float
+    not_after: float
+    caller: Caller
+
+
+@dataclasses.dataclass(slots=True)
+class _Verified:
+    """A token whose signature checked out against `certs`."""
+
+    claims: dict[str, Any]
+    certs: Certs
+    accepted: _Accepted | None = None
 
 
 def _bearer_token(authorization: str | None) -> str:
@@ -282,10 +332,23 @@ def request_audiences(
 
 def pushers(dispatcher: Dispatcher) -> frozenset[str]:
     """The emails whose tokens the push endpoint accepts."""
+    key = (dispatcher.push_as, dispatcher.authorized_pushers)
+    cached = _pushers.get(id(dispatcher))
+    if cached is not None and cached[0] == key:
+        return cached[1]
     emails = set(dispatcher.authorized_pushers)
     if dispatcher.push_as:
         emails.add(dispatcher.push_as)
-    return frozenset(emails)
+    found = frozenset(emails)
+    if len(_pushers) >= 64:
+        _pushers.clear()
+    _pushers[id(dispatcher)] = (key, found)
+    return found
+
+
+# id(dispatcher) -> ((push_as, authorized_pushers) it was worked out from, the emails):
+# worked out again when either changes (configure()), so it never goes stale.
+_pushers: dict[int, tuple[tuple[str | None, tuple[str, ...]], frozenset[str]]] = {}
 
 
 async def authenticate_push(

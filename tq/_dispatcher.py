@@ -15,7 +15,7 @@ from typing import Any, Protocol, TypeVar
 from google.protobuf.message import Message
 from opentelemetry.trace import Span, SpanKind
 
-from tq import _deletion, _observe, _request, _schedule, _topic, _tracing, clock
+from tq import _batch, _deletion, _observe, _request, _schedule, _topic, _tracing, clock
 from tq._errors import (
     ConfigError,
     PayloadTooLarge,
@@ -320,7 +320,9 @@ class Dispatcher:
 
         Raises ValidationError, PayloadTooLarge, TransactionError,
         ConfigError, TaskAlreadyAdded, or SubmitError (a non-transactional
-        submit failed; tasks before it in the call may have been created).
+        submit failed; tasks before it in the call may have been created, and
+        with a submitter that takes a batch in one call, `submit_batch`, the
+        others too).
         """
         if _tracing.tracer() is None:
             return self._add(tasks, None, raise_if_exists)
@@ -335,7 +337,11 @@ class Dispatcher:
         plan = self._plan(tasks, span)
         if isinstance(plan, _TxnPlan):
             return _save_reminders(plan)
-        added = [_submit_now(submitter, sub, name) for sub, submitter, name in plan]
+        if len(plan) > 1 and span is None and callable(getattr(plan[0][1], "submit_batch", None)):
+            submit_batch = plan[0][1].submit_batch  # type: ignore[attr-defined]
+            added = _batch.added(plan, _batch.submit(submit_batch, plan))
+        else:
+            added = [_submit_now(submitter, sub, name) for sub, submitter, name in plan]
         if raise_if_exists is not False:
             self._refuse_existing(added, raise_if_exists)
         return added
@@ -360,6 +366,9 @@ class Dispatcher:
         if len(plan) == 1:  # the usual case: no asyncio task to gather
             sub, submitter, name = plan[0]
             added = [await _submit_now_async(submitter, sub, name)]
+        elif span is None and callable(getattr(plan[0][1], "submit_batch_async", None)):
+            submit_batch = plan[0][1].submit_batch_async  # type: ignore[attr-defined]
+            added = _batch.added(plan, await _batch.submit_async(submit_batch, plan))
         else:
             results = await asyncio.gather(
                 *(_submit_now_async(submitter, sub, name) for sub, submitter, name in plan),
@@ -660,9 +669,18 @@ def _refuse_untold(cls: TaskClass, untold: UntoldTransaction) -> None:
 
 
 def _save_reminders(plan: _TxnPlan) -> list[AddedTask]:
-    """Writes a plan's reminders into its transaction; their handles."""
+    """Writes a plan's reminders into its transaction; their handles.
+
+    A transaction with `save_reminders` (the SQL stores') takes a batch at
+    once: one INSERT for the lot.
+    """
+    pending = plan.pending
+    save_all = getattr(plan.txn, "save_reminders", None) if len(pending) > 1 else None
+    if save_all is not None:
+        save_all(pending)
+        return plan.added
     save = plan.txn.save_reminder
-    for p in plan.pending:
+    for p in pending:
         save(p)
     return plan.added
 

@@ -106,6 +106,13 @@ class Submitter(Protocol):
     destination picked when the request had none); `add_task` hands it back
     in its `tq.AddedTask`. Returning None is fine: the handle then carries
     the name add_task gave the task, or None for one the destination named.
+
+    Optionally, `submit_batch(submissions)` (and `submit_batch_async`)
+    creates several tasks in one call, returning for each its name (or
+    None) or the SubmitError that refused it, and raising SubmitError only
+    when none was created. `add_task` of several tasks outside a
+    transaction uses it when present and no tracer is installed (the
+    database queue writes such a batch in one statement).
     """
 
     def submit(self, submission: Submission) -> str | None:

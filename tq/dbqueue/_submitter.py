@@ -7,7 +7,7 @@ import datetime as dt
 import os
 import threading
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 import grpc
@@ -25,6 +25,7 @@ from tq.dbqueue._taskrow import (
     _queue_id,
     already_exists,
     insert_task,
+    insert_tasks,
     task_row,
 )
 
@@ -167,6 +168,51 @@ class DbQueueSubmitter:
         """`delete_task` in a worker thread."""
         return await asyncio.to_thread(self.delete_task, name)
 
+    def submit_batch(self, submissions: Sequence[Submission]) -> list[str | SubmitError | None]:
+        """Inserts tasks (and messages) in one transaction, a batch in one statement.
+
+        Returns, per submission, the task's full name (None for a message),
+        or the SubmitError that refused it: ALREADY_EXISTS for a name in use,
+        INVALID_ARGUMENT for a malformed request. Raises SubmitError
+        UNAVAILABLE when the database fails (then none was inserted).
+        """
+        results: list[str | SubmitError | None] = [None] * len(submissions)
+        rows: list[dict[str, Any]] = []
+        where: list[int] = []
+        messages: list[Submission] = []
+        for i, sub in enumerate(submissions):
+            if is_publish(sub.request):
+                messages.append(sub)
+                continue
+            try:
+                rows.append(self._row(sub))
+            except SubmitError as e:
+                results[i] = e
+                continue
+            where.append(i)
+        if not rows and not messages:
+            return results
+        try:
+            for queue in dict.fromkeys(r["queue"] for r in rows):
+                self._ensure_queue_committed(queue)
+            with _db.write_txn(self.engine) as conn:
+                for m in messages:
+                    self._insert_message(conn, m)
+                went_in = insert_tasks(conn, rows)
+        except sa.exc.SQLAlchemyError as e:
+            raise SubmitError(grpc.StatusCode.UNAVAILABLE, f"database queue: {e}") from e
+        for i, row, ok in zip(where, rows, went_in, strict=True):
+            parent = submissions[i].request.parent  # type: ignore[attr-defined]
+            results[i] = f"{parent}/tasks/{row['name']}" if ok else already_exists(row)
+        _wakeup.notify(self.wakeup_key)
+        return results
+
+    async def submit_batch_async(
+        self, submissions: Sequence[Submission]
+    ) -> list[str | SubmitError | None]:
+        """`submit_batch` in a worker thread."""
+        return await asyncio.to_thread(self.submit_batch, submissions)
+
     def write_in_transaction(self, connection: sa.Connection, submission: Submission) -> None:
         """Inserts the task in the caller's transaction on `connection`.
 
@@ -199,6 +245,30 @@ class DbQueueSubmitter:
         if not insert_task(connection, row):
             raise already_exists(row)
         return queue
+
+    def insert_batch_in_transaction(
+        self, connection: sa.Connection, submissions: Sequence[Submission]
+    ) -> list[str]:
+        """`insert_in_transaction` for a batch: the tasks in one statement; their queues."""
+        queues: list[str] = []
+        rows: list[dict[str, Any]] = []
+        for sub in submissions:
+            if is_publish(sub.request):
+                queues.append(self._insert_message(connection, sub))
+                continue
+            row = self._row(sub)
+            rows.append(row)
+            queues.append(row["queue"])
+        with self._lock:
+            unknown = [
+                q for q in dict.fromkeys(r["queue"] for r in rows) if q not in self._known_queues
+            ]
+        for queue in unknown:
+            self._ensure_queue(connection, queue)
+        for row, ok in zip(rows, insert_tasks(connection, rows), strict=True):
+            if not ok:
+                raise already_exists(row)
+        return queues
 
     def transaction_committed(self, sure: list[Submission], unsure: list[Submission]) -> None:
         """After a commit: `sure` were inserted in it; `unsure` may have been undone before it.

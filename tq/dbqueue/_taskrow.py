@@ -3,17 +3,21 @@
 `task_row` reads the request once into the values of a new row (queue and
 name, the HTTP request, ETA, priority and tag); `insert_task` writes it with
 one plain statement in the common case, and takes over a finished row of
-the same name past its tombstone window otherwise. The three databases'
-statements differ here only in their INSERT (ON CONFLICT; INSERT IGNORE
-and a locked read on MySQL).
+the same name past its tombstone window otherwise. `insert_tasks` writes a
+batch in one statement. The three databases' statements differ here only
+in their INSERT (ON CONFLICT; INSERT IGNORE and a locked read on MySQL; on
+PostgreSQL a batch travels as one JSON parameter, and every INSERT notifies
+the new tasks' queues for workers in other processes).
 """
 
 from __future__ import annotations
 
 import functools
+import json
 import operator
 import re
-from collections.abc import Callable
+from base64 import b64encode as _b64
+from collections.abc import Callable, Sequence
 from json.encoder import encode_basestring_ascii as _quote
 from typing import Any
 
@@ -30,6 +34,9 @@ from tq.dbqueue import _db
 from tq.dbqueue._schema import State, tasks
 
 _TASK_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,500}$")
+BATCH_ROWS = 500
+"""The most rows one INSERT takes (bound parameters stay well under every driver's limit)."""
+_dumps = json.JSONEncoder(separators=(",", ":")).encode
 
 
 def task_row(
@@ -131,12 +138,36 @@ def insert_task(conn: sa.Connection, row: dict[str, Any]) -> bool:
     """
     dialect = conn.dialect.name
     sql, values = fast_insert(dialect, row)
+    if dialect == "postgresql":
+        sql = _notifying(sql)
     if conn.exec_driver_sql(sql, values).rowcount == 1:
         return True
+    return _reuse(conn, row)
+
+
+def _reuse(conn: sa.Connection, row: dict[str, Any]) -> bool:
+    """Takes over the name of a finished task past its window; False if the name is taken."""
     full = {**_ALL_NULL, "priority": 0, **row, **_NEW_TASK}
     if _db.is_mysql(conn):
         return _reuse_mysql(conn, full)
-    return conn.execute(_reuse_statement(dialect), full).first() is not None
+    return conn.execute(_reuse_statement(conn.dialect.name), full).first() is not None
+
+
+NOTIFY_CHANNEL = "tq_tasks"
+"""PostgreSQL: the channel a new task's commit notifies, with its queue as payload.
+
+Workers in other processes LISTEN on it (`tq.dbqueue._listen`); the INSERT
+itself notifies (no trigger, no extra statement), so the notification goes
+out exactly when the row commits.
+"""
+
+
+@functools.cache
+def _notifying(insert: str) -> str:
+    """A PostgreSQL INSERT of one row that also notifies its queue; one row back if it went in."""
+    return (
+        f"WITH i AS ({insert} RETURNING queue) SELECT pg_notify('{NOTIFY_CHANNEL}', queue) FROM i"
+    )
 
 
 _EXT = ("priority", "rank_us", "tag")
@@ -229,3 +260,150 @@ def already_exists(row: dict[str, Any]) -> SubmitError:
         f"task {row['name']!r} exists in queue {row['queue']!r} or finished within the "
         "tombstone window",
     )
+
+
+# A batch of rows in one statement.
+
+
+def insert_tasks(conn: sa.Connection, rows: Sequence[dict[str, Any]]) -> list[bool]:
+    """Inserts `task_row`s in as few statements as can be; per row, whether it went in.
+
+    One multi-row `INSERT ... ON CONFLICT DO NOTHING` (MySQL: `INSERT
+    IGNORE`) per `BATCH_ROWS` rows of the same columns (with or without a
+    priority). When some names were given (not generated, so they may be
+    taken), the statement returns the rows that went in (PostgreSQL,
+    SQLite, MariaDB 10.5 and later), and only the others go on to
+    `insert_task`'s reuse of a finished name; on MySQL, which cannot say
+    which rows went in, such a batch goes row by row. Never aborts the
+    caller's transaction.
+    """
+    if len(rows) == 1:
+        return [insert_task(conn, rows[0])]
+    dialect = conn.dialect.name
+    named = any(r["reserve_us"] is not None for r in rows)  # generated names have none
+    if named and not _returns_inserted(conn):
+        return [insert_task(conn, r) for r in rows]
+    out = [False] * len(rows)
+    pg = dialect == "postgresql"
+    for chunk, with_ext in _runs(rows):
+        values = _ext_row_values if with_ext else _bound_values
+        if pg:
+            sql, params = _pg_json_insert(with_ext), (_pg_json(rows, chunk, values),)
+        else:
+            sql = _multi_insert(dialect, len(chunk), with_ext, named)
+            params = tuple(v for i in chunk for v in values(rows[i]))
+        res = conn.exec_driver_sql(sql, params)
+        if pg and not named:
+            n_in = len(res.fetchall())  # the rows that went in
+            if n_in == len(chunk):
+                for i in chunk:
+                    out[i] = True
+                continue
+            raise _lost(len(chunk) - n_in, len(chunk))
+        if named:
+            went_in = set(res.fetchall())
+            for i in chunk:
+                r = rows[i]
+                out[i] = (r["queue"], r["name"]) in went_in or _reuse(conn, r)
+        elif res.rowcount == len(chunk):
+            for i in chunk:
+                out[i] = True
+        else:
+            raise _lost(len(chunk) - res.rowcount, len(chunk))
+    return out
+
+
+def _lost(n: int, of: int) -> SubmitError:
+    # Generated names are 128 random bits: never taken.
+    return SubmitError(
+        grpc.StatusCode.INTERNAL,
+        f"database queue: {n} of {of} new tasks with generated names did not go in",
+    )
+
+
+def _runs(rows: Sequence[dict[str, Any]]) -> list[tuple[list[int], bool]]:
+    """The rows' indexes cut into runs of the same columns, at most BATCH_ROWS each.
+
+    Runs keep the rows' order, so that tasks due at once keep it in the table too.
+    """
+    runs: list[tuple[list[int], bool]] = []
+    for i, r in enumerate(rows):
+        ext = "priority" in r
+        if not runs or runs[-1][1] != ext or len(runs[-1][0]) >= BATCH_ROWS:
+            runs.append(([], ext))
+        runs[-1][0].append(i)
+    return runs
+
+
+def _returns_inserted(conn: sa.Connection) -> bool:
+    """Whether an INSERT that skips taken names can return the rows it inserted."""
+    d = conn.dialect
+    if d.name not in _db.MYSQL_DIALECTS:
+        return True
+    return bool(getattr(d, "is_mariadb", False)) and (d.server_version_info or ()) >= (10, 5)
+
+
+def _ext_row_values(row: dict[str, Any]) -> tuple[Any, ...]:
+    return (*_bound_values(row), *_ext_values(row))
+
+
+@functools.lru_cache(maxsize=128)
+def _multi_insert(dialect: str, n: int, with_ext: bool, returning: bool) -> str:
+    """The INSERT of `n` new rows (their values in `_BOUND` order, then `_EXT`'s)."""
+    bound = (*_BOUND, *_EXT) if with_ext else _BOUND
+    mark = "?" if dialect == "sqlite" else "%s"
+    consts = [f"'{v}'" if isinstance(v, str) else str(v) for v in _NEW_TASK.values()]
+    one = f"({', '.join([mark] * len(bound) + consts)})"
+    columns = f"{tasks.name} ({', '.join([*bound, *_NEW_TASK])})"
+    values = "VALUES " + ", ".join([one] * n)
+    if dialect in _db.MYSQL_DIALECTS:
+        sql = f"INSERT IGNORE INTO {columns} {values}"
+    else:
+        sql = f"INSERT INTO {columns} {values} ON CONFLICT (queue, name) DO NOTHING"
+    return sql + " RETURNING queue, name" if returning else sql
+
+
+def _pg_json(
+    rows: Sequence[dict[str, Any]], chunk: list[int], values: Callable[[Any], tuple[Any, ...]]
+) -> str:
+    """The rows of `chunk` as one JSON array of arrays, bodies in base64 (see `_pg_json_insert`)."""
+    body = _BOUND.index("body")
+    out = []
+    for i in chunk:
+        v = list(values(rows[i]))
+        v[body] = _b64(v[body]).decode("ascii")
+        out.append(v)
+    return _dumps(out)
+
+
+@functools.cache
+def _pg_json_insert(with_ext: bool) -> str:
+    """PostgreSQL: a batch as one JSON parameter, the statement the same for any batch.
+
+    A multi-row VALUES statement would have psycopg rewrite its thousands of
+    placeholders on every call (it caches only short statements); this one
+    is short, so psycopg converts it once and the server prepares it once.
+    """
+    bound = (*_BOUND, *_EXT) if with_ext else _BOUND
+    picks = ", ".join(
+        f"decode(r->>{i}, 'base64')" if c == "body" else f"(r->>{i})::{_PG_TYPES[c]}"
+        for i, c in enumerate(bound)
+    )
+    consts = ", ".join(f"'{v}'" if isinstance(v, str) else str(v) for v in _NEW_TASK.values())
+    # The rows that went in come back, and their queues are notified (see NOTIFY_CHANNEL).
+    return (
+        f"WITH i AS (INSERT INTO {tasks.name} ({', '.join([*bound, *_NEW_TASK])}) "
+        f"SELECT {picks}, {consts} FROM json_array_elements(%s::json) AS r "
+        "ON CONFLICT (queue, name) DO NOTHING RETURNING queue, name), "
+        f"n AS (SELECT count(pg_notify('{NOTIFY_CHANNEL}', q)) FROM "
+        "(SELECT DISTINCT queue AS q FROM i) d) "
+        "SELECT i.queue, i.name FROM i CROSS JOIN n"
+    )
+
+
+_PG_TYPES = {
+    "queue": "text", "name": "text", "task_class": "text", "url": "text", "method": "text",
+    "headers": "text", "oidc_email": "text", "oidc_audience": "text", "app_engine": "boolean",
+    "dispatch_deadline_s": "float8", "eta_us": "bigint", "created_us": "bigint",
+    "reserve_us": "bigint", "priority": "integer", "rank_us": "bigint", "tag": "text",
+}  # fmt: skip

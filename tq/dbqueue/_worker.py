@@ -18,7 +18,7 @@ import sqlalchemy as sa
 
 from tq import _metrics, clock
 from tq._dispatcher import Dispatcher
-from tq.dbqueue import _cron, _db, _gauges, _lease, _reclaim, _recurring, _wakeup
+from tq.dbqueue import _cron, _db, _gauges, _lease, _listen, _reclaim, _recurring, _wakeup
 from tq.dbqueue._delivery import Attempt, Pusher, Signer
 from tq.dbqueue._lease import Leased, Result
 from tq.dbqueue._schema import State, to_us
@@ -51,7 +51,12 @@ class Worker:
       concurrency: the most pushes in flight in this worker; default 16.
       queues: the queue IDs this worker serves; default all.
       poll_interval: seconds between looks for due tasks when idle; default
-        0.1. Tasks added in this process wake the worker at once.
+        0.1. Tasks added in this process wake the worker at once, and so do
+        tasks committed by other processes where the database can tell
+        (`listen`).
+      listen: wake up when other processes commit tasks (default True):
+        PostgreSQL's LISTEN/NOTIFY with psycopg 3, inotify on a SQLite file
+        on Linux (see `tq.dbqueue._listen`); polling stays as the fallback.
       default_dispatch_deadline: how long to wait for a response when the
         task sets no dispatch deadline; default 10 minutes (Cloud Tasks').
       lease_grace: a lease lasts the dispatch deadline plus this (default
@@ -90,6 +95,7 @@ class Worker:
         signer: Signer | None = None,
         worker_id: str | None = None,
         dispatcher: Dispatcher | None = None,
+        listen: bool = True,
     ) -> None:
         _db.check_dialect(engine)
         if concurrency < 1 or batch_size < 1:
@@ -117,6 +123,8 @@ class Worker:
         self.delivered = 0  # attempts made, for stats and tests
         self._unobserve: Callable[[], None] | None = None
         self.dispatcher = dispatcher
+        self.listen = listen
+        self._listener: _listen.Listener | None = None
 
     # Life cycle.
 
@@ -125,6 +133,10 @@ class Worker:
             self._pusher = Pusher(**self._pusher_args)
             self._waiter = _wakeup.subscribe(_wakeup.key_of(self.engine))
             self._unobserve = _gauges.observe(self.engine)
+            if self.listen:
+                event = self._waiter.event
+                self._listener = _listen.Listener(self.engine, lambda _q: event.set(), self.queues)
+                await self._listener.start()
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -137,6 +149,9 @@ class Worker:
         if self._pusher is not None:
             await self._pusher.aclose()
             self._pusher = None
+        if self._listener is not None:
+            await self._listener.aclose()
+            self._listener = None
         if self._waiter is not None:
             _wakeup.unsubscribe(_wakeup.key_of(self.engine), self._waiter)
             self._waiter = None

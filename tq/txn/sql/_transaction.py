@@ -171,14 +171,22 @@ class SQLTransaction:
             self.session.begin()
         self.pending.append(pending)
 
+    def save_reminders(self, pending: Sequence[PendingTask]) -> None:
+        """`save_reminder` for a batch: on a Connection, one INSERT for the lot."""
+        conn = self.conn
+        if conn is None:
+            for p in pending:
+                self.save_reminder(p)
+            return
+        _write_all(conn, pending)
+        self.written += len(pending)
+        nested = conn.get_nested_transaction() is not None
+        scope = None if nested else conn.get_transaction()
+        self.scopes.extend([scope] * len(pending))
+        self.pending.extend(pending)
+
     def write(self, conn: Connection) -> None:
-        todo = self.pending[self.written :]
-        for p in todo:
-            if _writes_in_transaction(p):
-                _write_task(conn, p)
-        reminders = [p for p in todo if not _writes_in_transaction(p)]
-        if reminders:
-            _insert(conn, reminders)
+        _write_all(conn, self.pending[self.written :])
         self.written = len(self.pending)
 
     def savepoint_began(self, key: int) -> None:
@@ -259,6 +267,27 @@ def _hears_of_commits(submitter: Submitter) -> bool:
     return callable(getattr(submitter, "insert_in_transaction", None)) and callable(
         getattr(submitter, "transaction_committed", None)
     )
+
+
+def _write_all(conn: Connection, pending: Sequence[PendingTask]) -> None:
+    """Writes tasks and reminders on `conn`: one call per submitter's batch, one for reminders."""
+    direct: dict[int, list[PendingTask]] = {}
+    reminders = []
+    for p in pending:
+        if _writes_in_transaction(p):
+            direct.setdefault(id(p.submitter), []).append(p)
+        else:
+            reminders.append(p)
+    for batch in direct.values():
+        submitter = batch[0].submitter
+        insert_batch = getattr(submitter, "insert_batch_in_transaction", None)
+        if len(batch) > 1 and callable(insert_batch) and _hears_of_commits(submitter):
+            insert_batch(conn, [p.submission for p in batch])
+        else:
+            for p in batch:
+                _write_task(conn, p)
+    if reminders:
+        _insert(conn, reminders)
 
 
 def _write_task(conn: Connection, p: PendingTask) -> None:
