@@ -381,10 +381,16 @@ def record(engine: sa.Engine, results: Sequence[Result]) -> int:
         return 0
     st = _statements(engine.dialect.name)
     retries: list[dict[str, Any]] = []
-    finishes: list[dict[str, Any]] = []
+    finishes: list[tuple[Any, ...]] = []
     done_with_data: list[dict[str, Any]] = []
     failed_with_data: list[dict[str, Any]] = []
     for r in results:
+        if r.data is None and r.state is not State.PENDING:  # the usual outcome
+            t = r.task
+            responded = 1 if r.responded else 0
+            finishes.append((r.state.value, r.now_us, r.status, r.error, responded, t.id,
+                             t.lease_owner, t.attempts))  # fmt: skip
+            continue
         params = {
             **_mine(r.task), "status": r.status, "error": r.error,
             "responded": 1 if r.responded else 0, "now": r.now_us,
@@ -394,23 +400,26 @@ def record(engine: sa.Engine, results: Sequence[Result]) -> int:
             retries.append(
                 {**params, "eta": r.eta_us, "rank": shifted_rank(r.task, r.eta_us), "data": r.data}
             )
-        elif r.data is None:
-            finishes.append({**params, "new_state": r.state.value})
         elif r.state is State.DONE:
             done_with_data.append({**params, "new_state": r.state.value, "data": r.data})
         else:
             failed_with_data.append({**params, "new_state": r.state.value, "data": r.data})
     kept = 0
     batches = (
-        (st.retry, retries), (st.finish, finishes), (st.finish_done, done_with_data),
+        (st.retry, retries), (st.finish_done, done_with_data),
         (st.finish_failed, failed_with_data),
     )  # fmt: skip
     with _db.write_txn(engine) as conn:
-        # executemany: one statement for the batch, not one round trip per task.
+        # executemany: one statement for the batch, not one round trip per task;
+        # the usual outcome's as the driver's SQL (no per-row parameter processing).
+        if finishes:
+            kept += conn.exec_driver_sql(_finish_sql(conn.dialect.name), finishes).rowcount
         for stmt, batch in batches:
             if batch:
                 kept += conn.execute(stmt, batch).rowcount
-        exact = conn.dialect.supports_sane_multi_rowcount or all(len(b) <= 1 for _, b in batches)
+        exact = conn.dialect.supports_sane_multi_rowcount or (
+            len(finishes) <= 1 and all(len(b) <= 1 for _, b in batches)
+        )
     if exact and kept < len(results):
         log.warning(
             "tq.dbqueue: %d of %d outcomes were not recorded: their leases were lost "
@@ -419,6 +428,20 @@ def record(engine: sa.Engine, results: Sequence[Result]) -> int:
             len(results),
         )
     return kept
+
+
+@functools.cache
+def _finish_sql(dialect: str) -> str:
+    """`finish` (a task done or failed, no data kept) in the driver's positional style:
+    state, finished_us, last_status, last_error, responded, then the lease (id, owner,
+    attempt)."""
+    m = "?" if dialect == "sqlite" else "%s"
+    return (
+        f"UPDATE {tasks.name} SET state = {m}, finished_us = {m}, lease_owner = NULL, "
+        f"lease_expires_us = NULL, last_status = {m}, last_error = {m}, "
+        f"executions = executions + {m} "
+        f"WHERE id = {m} AND state = '{_LEASED}' AND lease_owner = {m} AND attempts = {m}"
+    )
 
 
 def extend(engine: sa.Engine, t: Leased, until_us: int, progress: str | None = None) -> bool:
