@@ -66,6 +66,12 @@ class Order(_Base):
 
 
 ORDERS = Order.__table__
+# Transactions per variant before the race switches to the next (SQL; a
+# quarter of it on Spanner). Long enough that the background variant's
+# settling at the end of each chunk (waiting for its queue, forcing its
+# DELETE out) is not most of what a chunk measures; short against the
+# seconds a shared machine's load swings last.
+CHUNK = 200
 HAND_INSERT = sa.text(
     "INSERT INTO tq_reminders (id, fresh_until, parked, extra, payload) "
     "VALUES (:id, :fu, false, :extra, :payload)"
@@ -182,7 +188,7 @@ def measure_sql(label: str, engine: sa.Engine, n: int, rounds: int, table: c.Tab
         around, settle = arounds(fns, bg)
         res: dict[str, list[float]] = {k: [] for k in fns}
         for _ in range(rounds):
-            got = c.race(fns, n, warmup=min(100, n), around=around, settle=settle)
+            got = c.race(fns, n, chunk=CHUNK, warmup=min(100, n), around=around, settle=settle)
             for k, v in got.items():
                 res[k].append(v)
             clean()  # tables of alike sizes in every round
@@ -294,7 +300,7 @@ def measure_spanner(n: int, rounds: int, table: c.Table) -> None:
                 around, settle = arounds(names, bg)
                 res: dict[str, list[float]] = {k: [] for k in names}
                 for _ in range(rounds):
-                    got = c.race({k: one(k) for k in names}, n, chunk=10, warmup=min(20, n),
+                    got = c.race({k: one(k) for k in names}, n, chunk=CHUNK // 4, warmup=min(20, n),
                                  around=around, settle=settle)  # fmt: skip
                     for k, v in got.items():
                         res[k].append(v)

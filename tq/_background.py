@@ -15,8 +15,8 @@ stopping the instance) is still in the table: the sweeper submits it once
 it is stale (`fresh_until`, a minute after the add). A reminder that is
 stale by the time a thread takes it is left to the sweeper too.
 
-Back-pressure: when the queue holds `max_queued` tasks, a transaction's
-reminders go the `when_full` way: "inline" (default) runs that
+Back-pressure: when the queue holds `max_queued` transactions, a
+transaction's reminders go the `when_full` way: "inline" (default) runs that
 transaction's happy path in the caller, as without background submits;
 "sweeper" leaves them to the sweeper (the caller never waits; the tasks
 start after their reminders go stale and a sweep runs). Both are counted
@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import atexit
 import dataclasses
+import itertools
 import logging
 import os
 import queue
@@ -59,14 +60,15 @@ from tq.txn._store import PendingTask, ReminderStore
 log = logging.getLogger("tq.outbox")
 
 WhenFull = Literal["inline", "sweeper"]
-_TAKE = 256  # the most tasks one thread takes from the queue at once
+_TAKE = 256  # the most transactions one thread takes from the queue at once
+LINGER_S = 0.002  # how long a woken thread lets more commits join the first
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class BackgroundStats:
     """What a `BackgroundSubmits` has done since it started (see its attributes)."""
 
-    queued: int  # tasks waiting for a thread now
+    queued: int  # committed transactions waiting for a thread now
     submitted: int  # tasks created (or existing already) from the queue
     deleted: int  # their reminders deleted
     failed: int  # submits that failed (kept for the sweeper, or parked)
@@ -79,7 +81,8 @@ class BackgroundSubmits:
     """Runs the outbox's happy path in background threads of this process.
 
     Args:
-      max_queued: the most tasks waiting in the queue (default 10,000).
+      max_queued: the most committed transactions waiting in the queue
+        (default 10,000).
       concurrency: the most threads submitting at once (default 8); they
         start as the queue needs them.
       when_full: "inline" (default) or "sweeper": where a committed
@@ -125,8 +128,13 @@ class BackgroundSubmits:
 
     def _reset(self) -> None:
         self._queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
-        self._queued = 0  # tasks in _queue
-        self._unfinished = 0  # tasks taken in and not yet settled (deleted, failed, left)
+        # The caller's side takes no lock (a lock it waited for would hand the
+        # GIL to a background thread for up to a switch interval): it counts
+        # its offers on an itertools.count, whose next() is atomic.
+        self._offers = itertools.count()
+        self._drain_reads = 0  # next() calls on _offers made by drain(), not offers
+        self._taken = 0  # transactions taken from _queue by the threads
+        self._unfinished = 0  # tasks taken and not yet settled (deleted, failed, left)
         self._threads: list[threading.Thread] = []
         self._idle = 0  # threads waiting on the queue
         self._deletes = _Deletes(self)
@@ -201,7 +209,9 @@ class BackgroundSubmits:
         self._deletes.hurry(True)
         try:
             with self._settled:
-                while self._unfinished:
+                offered = next(self._offers) - self._drain_reads
+                self._drain_reads += 1
+                while self._taken < offered or self._unfinished:
                     left = None if deadline is None else deadline - time.monotonic()
                     if left is not None and left <= 0:
                         return False
@@ -230,7 +240,7 @@ class BackgroundSubmits:
     @property
     def stats(self) -> BackgroundStats:
         with self._lock:
-            return BackgroundStats(queued=self._queued, **self._counts)
+            return BackgroundStats(queued=self._queue.qsize(), **self._counts)
 
     def _at_exit(self) -> None:
         self.stop()
@@ -238,24 +248,17 @@ class BackgroundSubmits:
     # The caller's side: what a commit pays.
 
     def _offer(self, store: ReminderStore, pending: Sequence[PendingTask]) -> bool:
-        """Queues a committed transaction's reminders; False: run them inline."""
-        n = len(pending)
-        with self._lock:
-            if not self._running:
-                return False
-            if self._queued + n > self.max_queued and self._queued:
-                full = True
-            else:
-                full = False
-                self._queued += n
-                self._unfinished += n
-                spawn = not self._idle and len(self._threads) < self.concurrency
-                if spawn:
-                    self._idle += 1  # counted idle from now: one spawn per need
-        if full:
+        """Queues a committed transaction's reminders; False: run them inline.
+
+        What a commit pays: no lock taken (see `_reset`), one queue put.
+        """
+        if not self._running:
+            return False
+        if self._queue.qsize() >= self.max_queued:
             return self._full(pending)
+        next(self._offers)
         self._queue.put(_Item(store, pending, clock.current()))
-        if spawn:
+        if not self._idle and len(self._threads) < self.concurrency:
             self._spawn()
         return True
 
@@ -270,15 +273,18 @@ class BackgroundSubmits:
         return not inline
 
     def _spawn(self) -> None:
-        t = threading.Thread(target=self._work, name="tq-background-submit", daemon=True)
         with self._lock:
+            if self._idle or len(self._threads) >= self.concurrency:
+                return  # another caller started one meanwhile
+            t = threading.Thread(target=self._work, name="tq-background-submit", daemon=True)
             self._threads.append(t)
+            self._idle += 1  # counted idle from now: one start per need
         t.start()
 
     # The threads' side.
 
     def _work(self) -> None:
-        took_idle = True  # _offer counted this thread idle before starting it
+        took_idle = True  # _spawn counted this thread idle before starting it
         while True:
             if not took_idle:
                 with self._lock:
@@ -291,13 +297,15 @@ class BackgroundSubmits:
                     self._threads.remove(threading.current_thread())
                 return
             items = [item]
-            with self._lock:
-                self._idle -= 1
-                # Take a fair share of what waits, so that slow submits spread
-                # over the threads while a fast submitter keeps up alone.
-                share = min(_TAKE, self._queued // max(1, len(self._threads)))
             n = len(item.pending)
-            while n < share:
+            if self._queue.qsize() < _TAKE:
+                # Let a few more commits join this one: a thread woken per commit
+                # would cost the process more than the submit itself.
+                time.sleep(LINGER_S)
+            # Take a fair share of what waits, so that slow submits spread
+            # over the threads while a fast submitter keeps up alone.
+            share = min(_TAKE, self._queue.qsize() // max(1, len(self._threads)))
+            while len(items) <= share:
                 try:
                     more = self._queue.get_nowait()
                 except queue.Empty:
@@ -308,12 +316,14 @@ class BackgroundSubmits:
                 items.append(more)
                 n += len(more.pending)
             with self._lock:
-                self._queued -= n
+                self._idle -= 1
+                self._taken += len(items)
+                self._unfinished += n
             try:
                 self._process(items)
             except Exception:  # never kill the thread; the sweeper has the reminders
                 log.exception("tq: background submits failed; the sweeper will submit them")
-                self._settle(sum(len(i.pending) for i in items))
+                self._settle(n)
 
     def _process(self, items: list[_Item]) -> None:
         groups: dict[tuple[str, int, int], _Group] = {}
