@@ -343,7 +343,10 @@ class Dispatcher:
         else:
             added = [_submit_now(submitter, sub, name) for sub, submitter, name in plan]
         if raise_if_exists is not False:
-            self._refuse_existing(added, raise_if_exists)
+            for a in added:  # inline: this runs on every add_task
+                if a.existed:
+                    self._refuse_existing(added, raise_if_exists)
+                    break
         return added
 
     async def add_task_async(
@@ -380,16 +383,14 @@ class Dispatcher:
                     raise r
                 added.append(r)
         if raise_if_exists is not False:
-            self._refuse_existing(added, raise_if_exists)
+            for a in added:
+                if a.existed:
+                    self._refuse_existing(added, raise_if_exists)
+                    break
         return added
 
     def _refuse_existing(self, added: list[AddedTask], raise_if_exists: bool | None) -> None:
         """Raises TaskAlreadyAdded if a task that existed is to be refused, not absorbed."""
-        for a in added:
-            if a.existed:
-                break
-        else:
-            return
         existing = [
             a
             for a in added
