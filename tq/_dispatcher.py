@@ -611,13 +611,14 @@ def _check_kind(cls: TaskClass, txn: Transaction | None) -> None:
     if kind is Kind.TRANSACTIONAL and txn is None:
         raise TransactionError(
             f"task class {cls.id!r} is TRANSACTIONAL: add it inside a transaction opened "
-            "with tq.txn.sql.transaction(...), tq.txn.sql.bind(session) or "
+            "with tq.txn.sql.transaction(...), tq.txn.sql.bind(session), a sessionmaker or "
+            "engine made transaction-aware with tq.txn.sql.instrument(...), or "
             "tq.txn.spanner.run_in_transaction(...)"
         )
     if kind is Kind.NON_TRANSACTIONAL and txn is not None:
         raise TransactionError(
             f"task class {cls.id!r} is NON_TRANSACTIONAL: add it outside the transaction "
-            "(or make the class FOLLOWS_CONTEXT)"
+            "(e.g. inside tq.txn.outside_transaction()), or make the class FOLLOWS_CONTEXT"
         )
 
 

@@ -302,15 +302,17 @@ def test_bind_follows_the_sessions_own_commits(
     engine: Engine, store: SQLStore, disp: tq.Dispatcher, sub: RecordingSubmitter
 ) -> None:
     with Session(engine) as session:
-        with tq.txn.sql.bind(session):
+        with tq.txn.sql.bind(session) as bound:
             disp.add_task(_task("committed"))
             session.commit()
             assert _names(sub) == ["committed"]  # submitted from the commit
             disp.add_task(_task("rolled-back"))
             session.rollback()
             disp.add_task(_task("committed-after-block"))
-        assert tq.txn.current_transaction() is None
+        # A task waits for the session's commit: its transaction is still told.
+        assert tq.txn.current_transaction() is bound
         session.commit()
+        assert tq.txn.current_transaction() is None
         with tq.txn.sql.bind(session):  # the session is free to bind again
             pass
     assert _names(sub) == ["committed", "committed-after-block"]
@@ -410,7 +412,7 @@ async def test_async_session_savepoint_and_failed_flush(
     assert store.count_reminders() == (0, 0)
 
 
-async def test_bind_async_session_submits_after_commit_as_a_task(
+async def test_bind_async_session_submits_within_the_awaited_commit(
     async_engine: AsyncEngine, store: SQLStore, disp: tq.Dispatcher, sub: RecordingSubmitter
 ) -> None:
     factory = async_sessionmaker(async_engine)
@@ -418,6 +420,7 @@ async def test_bind_async_session_submits_after_commit_as_a_task(
         with tq.txn.sql.bind(session):
             await disp.add_task_async(_task("a"))
             await session.commit()
+            assert _names(sub) == ["a"]  # no task left to drain
             await disp.add_task_async(_task("never"))
             await session.rollback()
     await tq.txn.sql.drain()

@@ -12,8 +12,10 @@ from tests.unit._fakes import FakeStore, FakeTxn, RecordingSubmitter, in_txn
 from tq.txn import (
     UntoldTransaction,
     find_transaction,
+    hidden_by_outside,
     outside_transaction,
     register_finder,
+    transaction_stamp,
     unregister_finder,
 )
 
@@ -167,3 +169,32 @@ def test_finders_are_asked_in_order_and_the_first_answer_wins(finder: Finder) ->
     finally:
         unregister_finder(second)
     assert find_transaction() is None
+
+
+def test_a_scoped_finder_is_asked_inside_outside_transaction(finder: Finder) -> None:
+    scoped = Finder()
+    scoped.answer = UNTOLD
+    register_finder(scoped, scoped=True)
+    try:
+        with outside_transaction():
+            assert find_transaction() is UNTOLD
+        assert finder.calls == 0  # not scoped: never asked inside the block
+    finally:
+        unregister_finder(scoped)
+
+
+def test_outside_transaction_hides_what_began_before_it_only() -> None:
+    before = transaction_stamp()
+    assert not hidden_by_outside(before)
+    with outside_transaction():
+        inside = transaction_stamp()
+        assert hidden_by_outside(before)
+        assert not hidden_by_outside(inside)
+        with outside_transaction():
+            assert hidden_by_outside(inside)  # a block inside the block hides it too
+        assert not hidden_by_outside(inside)
+    # Once the block ended, nothing is hidden, whenever it began.
+    assert not hidden_by_outside(before)
+    assert not hidden_by_outside(inside)
+    with outside_transaction():
+        assert hidden_by_outside(inside)  # it began before this second block

@@ -28,10 +28,9 @@ import sqlalchemy as sa
 
 from tq import _schedule
 from tq._dispatcher import Dispatcher
-from tq._submitter import use_submitter
 from tq._taskclass import TaskClass
 from tq.dbqueue import _db, _guard, _queuedb
-from tq.dbqueue._recurring import _Capture
+from tq.dbqueue._recurring import build_submission
 from tq.dbqueue._schema import cron, from_us, to_us
 from tq.dbqueue._submitter import TOMBSTONE_WINDOW
 from tq.dbqueue._taskrow import insert_task, task_row
@@ -139,10 +138,7 @@ def _fire(
     tick = schedule.last_at_or_before(now)
     if tick is None or to_us(tick) < seen_next_us:  # pragma: no cover - the row's tick is <= now
         return 0
-    capture = _Capture()
-    with use_submitter(capture):
-        dispatcher.add_task(_schedule.tick_task(cls, tick))  # builds the request; submits nothing
-    (sub,) = capture.got
+    sub = build_submission(dispatcher, _schedule.tick_task(cls, tick))
     now_us = to_us(now)
     row = task_row(
         sub.request, sub.task_class, now_us=now_us, reserve_us=_RESERVE_US, generated_name=str

@@ -28,7 +28,7 @@ from tq._task import Task
 from tq.dbqueue import _db, _guard, _queuedb
 from tq.dbqueue._schema import from_us, recurring, to_us
 from tq.dbqueue._taskrow import insert_task, task_row
-from tq.txn._store import current_transaction
+from tq.txn._store import current_transaction, outside_transaction
 
 log = logging.getLogger("tq.dbqueue")
 
@@ -59,6 +59,19 @@ class _Capture:
 
     async def submit_async(self, submission: Submission) -> None:
         self.got.append(submission)
+
+
+def build_submission(dispatcher: Dispatcher, task: Task) -> Submission:
+    """The submission `add_task` makes of `task`, built and validated, not submitted.
+
+    Outside any transaction, whatever is open around the call: the request is
+    built as for a task added on its own, and nothing is written anywhere.
+    """
+    capture = _Capture()
+    with use_submitter(capture), outside_transaction():
+        dispatcher.add_task(task)
+    (sub,) = capture.got
+    return sub
 
 
 class Recurring:
@@ -108,10 +121,7 @@ class Recurring:
             )
         if current_transaction() is not None:
             raise ConfigError("Recurring.put: call it outside a transaction")
-        capture = _Capture()
-        with use_submitter(capture):
-            dispatcher.add_task(task)  # builds and validates the request; submits nothing
-        (sub,) = capture.got
+        sub = build_submission(dispatcher, task)
         req = sub.request
         now_us = to_us(clock.now())
         row = {

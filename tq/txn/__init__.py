@@ -37,6 +37,7 @@ from tq.txn._store import (
     current_transaction,
     find_transaction,
     get_store,
+    hidden_by_outside,
     key_bound,
     merge_ranges,
     outside_transaction,
@@ -44,6 +45,7 @@ from tq.txn._store import (
     register_store,
     stores,
     subtract_ranges,
+    transaction_stamp,
     unregister_finder,
     unregister_store,
 )
@@ -64,6 +66,7 @@ __all__ = [
     "current_transaction",
     "find_transaction",
     "get_store",
+    "hidden_by_outside",
     "insert_marker",
     "key_bound",
     "marker_key",
@@ -73,6 +76,7 @@ __all__ = [
     "register_store",
     "stores",
     "subtract_ranges",
+    "transaction_stamp",
     "unregister_finder",
     "unregister_store",
 ]

@@ -16,6 +16,7 @@ import contextlib
 import contextvars
 import dataclasses
 import datetime as dt
+import itertools
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Protocol, runtime_checkable
@@ -233,11 +234,18 @@ _current: contextvars.ContextVar[Transaction | None] = contextvars.ContextVar(
     "tq_transaction", default=None
 )
 _outside: contextvars.ContextVar[bool] = contextvars.ContextVar("tq_outside", default=False)
-_finders: tuple[TransactionFinder, ...] = ()
+
+# Stamps order the beginnings of transactions and of outside_transaction()
+# blocks; `_outside_since` is the stamp of the innermost open block (0: none).
+_stamps = itertools.count(1)
+_outside_since: contextvars.ContextVar[int] = contextvars.ContextVar("tq_outside_since", default=0)
+
+# (finder, scoped) pairs, in registration order.
+_finders: tuple[tuple[TransactionFinder, bool], ...] = ()
 _finders_lock = threading.Lock()
 
 
-def register_finder(finder: TransactionFinder) -> None:
+def register_finder(finder: TransactionFinder, *, scoped: bool = False) -> None:
     """Adds a way to find the transaction `add_task` runs in (idempotent).
 
     The one seam for "which transaction am I in": tq's helpers make their
@@ -247,31 +255,58 @@ def register_finder(finder: TransactionFinder) -> None:
     into (an instrumented SQLAlchemy session, a Django atomic block), an
     `UntoldTransaction` that makes `add_task` refuse, or None. Finders run
     on every `add_task` outside an explicit transaction: keep them cheap.
+
+    Inside `outside_transaction()` a finder is not asked, unless it is
+    `scoped`: a scoped finder stamps each transaction it sees begin
+    (`transaction_stamp()`), and passes over those that
+    `hidden_by_outside()` says an open `outside_transaction()` block hides,
+    so that a transaction begun inside the block is found as a helper's
+    would be, and one begun before it is not. Default False.
     """
     global _finders
     with _finders_lock:
-        if finder not in _finders:
-            _finders = (*_finders, finder)
+        if all(f != finder for f, _ in _finders):
+            _finders = (*_finders, (finder, scoped))
 
 
 def unregister_finder(finder: TransactionFinder) -> None:
     global _finders
     with _finders_lock:
-        _finders = tuple(f for f in _finders if f != finder)
+        _finders = tuple((f, s) for f, s in _finders if f != finder)
+
+
+def transaction_stamp() -> int:
+    """A stamp for a transaction beginning now (for scoped finders).
+
+    Stamps increase: a scoped finder records one with each transaction it
+    sees begin, and asks `hidden_by_outside` about it.
+    """
+    return next(_stamps)
+
+
+def hidden_by_outside(stamp: int) -> bool:
+    """Whether a transaction stamped `stamp` is hidden here.
+
+    It is while an `outside_transaction()` block entered after it began is
+    open in this context; one begun inside the block is not.
+    """
+    return stamp < _outside_since.get()
 
 
 def find_transaction() -> Transaction | UntoldTransaction | None:
     """The transaction `add_task` runs in: made ambient, found, seen untold, or None.
 
     Inside `outside_transaction()` (and no helper's block opened within it)
-    this is None whatever a finder would say.
+    only scoped finders are asked, and they answer only for transactions
+    begun inside the block.
     """
     txn = _current.get()
     if txn is not None:
         return txn
-    if _outside.get():
-        return None
-    for finder in _finders:
+    outside = _outside.get()
+    for finder, scoped in _finders:
+        if outside and not scoped:
+            continue
         found = finder()
         if found is not None:
             return found
@@ -305,13 +340,17 @@ def outside_transaction() -> Iterator[None]:
     Inside it, `add_task` submits at once: NON_TRANSACTIONAL and
     FOLLOWS_CONTEXT tasks go out now even while a transaction (tq's or one
     tq was not told about) is open, and TRANSACTIONAL ones are refused. A
-    tq helper's transaction opened inside the block is ambient as usual.
+    tq helper's transaction opened inside the block is ambient as usual,
+    and so is one a scoped finder sees begin inside it (an instrumented
+    SQLAlchemy session or engine, see `register_finder`).
     Use it when a task must not wait for, nor depend on, the open one.
     """
     token, outside = _current.set(None), _outside.set(True)
+    since = _outside_since.set(next(_stamps))
     try:
         yield
     finally:
+        _outside_since.reset(since)
         _outside.reset(outside)
         _current.reset(token)
 

@@ -28,7 +28,9 @@ Requires SQLAlchemy 2 (the `tq[sql]` extra) and, for PostgreSQL, psycopg 3
 
 from __future__ import annotations
 
+from tq.txn.sql import _finder  # noqa: F401  (registers the finder of Session transactions)
 from tq.txn.sql._helpers import bind, store_for, transaction, transaction_async
+from tq.txn.sql._instrument import instrument, is_instrumented, uninstrument
 from tq.txn.sql._markers import count_markers, expire_markers, mark_done, mark_done_async
 from tq.txn.sql._once import once, once_async
 from tq.txn.sql._schema import SCHEMA_VERSION, create_schema, schema_sql
@@ -45,6 +47,8 @@ __all__ = [
     "create_schema",
     "drain",
     "expire_markers",
+    "instrument",
+    "is_instrumented",
     "mark_done",
     "mark_done_async",
     "once",
@@ -53,4 +57,5 @@ __all__ = [
     "store_for",
     "transaction",
     "transaction_async",
+    "uninstrument",
 ]

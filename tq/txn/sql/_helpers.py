@@ -218,10 +218,12 @@ def bind(
 
     You commit (or roll back) the session yourself, inside the block or
     after it: the reminders added in the block follow the session's
-    transaction. After each commit the happy path runs: in the commit call
-    for a Session; as an asyncio task for an AsyncSession (await `drain()`
-    to wait for them). Raises TransactionError if the session is bound
-    already, ConfigError if no store matches (pass `store=`).
+    transaction. After each commit the happy path runs inside the commit
+    call, once the connection is given back (an AsyncSession's commit
+    awaits it). A session whose open transaction tq knows already (an
+    instrumented one, or bound by a block that ended before the commit)
+    keeps that transaction. Raises TransactionError if the session is in a
+    helper's transaction, ConfigError if no store matches (pass `store=`).
     """
     mode: Mode
     if _is_async_session(session):
@@ -233,6 +235,13 @@ def bind(
             f"tq.txn.sql.bind takes a Session or an AsyncSession, got {session!r} "
             "(for a Core connection use transaction(engine))"
         )
+    told: SQLTransaction | None = sync_session.info.get(INFO_KEY)
+    if told is not None and told.detach:
+        # Its open transaction is told already (an instrumented session's, or
+        # an earlier bind's with tasks waiting for the commit): the same one.
+        with ambient(told):
+            yield told
+        return
     txn = SQLTransaction(store or store_for(sync_session), deadline, mode, session=sync_session)
     _attach(sync_session, txn)
     try:

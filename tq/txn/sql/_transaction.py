@@ -27,7 +27,8 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
-from collections.abc import Callable, Sequence
+import sys
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, Literal
 
 from sqlalchemy import Connection, event
@@ -37,6 +38,7 @@ from tq import _outbox
 from tq._errors import ConfigError
 from tq._submitter import Submitter
 from tq.txn._store import PendingTask
+from tq.txn.sql import _frames
 from tq.txn.sql._schema import MICROS_DIALECTS, to_micros
 from tq.txn.sql._store import SQLStore
 
@@ -91,7 +93,8 @@ def _insert(conn: Connection, pending: Sequence[PendingTask]) -> None:
 
 
 # "collect": the helper runs the happy path after the commit returns;
-# "sync" / "async": bind() runs it from the commit listener (async: as a task).
+# "sync" / "async": `finish()` runs it when the committed transaction ends
+# (awaited in SQLAlchemy's async bridge; "async" outside it: as a task).
 Mode = Literal["collect", "sync", "async"]
 
 # Happy paths scheduled from a bound AsyncSession's commit, kept referenced
@@ -239,14 +242,29 @@ class SQLTransaction:
         if direct or unsure:
             _report_direct(direct, unsure)
             done = [p for p in done if not _writes_in_transaction(p)]
+        # The happy path runs after the transaction ended: the helper runs it
+        # ("collect"); for the others, `finish()` does, once the connection is
+        # given back (a Session's after_transaction_end, a Core commit).
+        self.committed.extend(done)
+
+    def finish(self) -> None:
+        """Runs the happy path of what committed (`bind` and instrumented transactions).
+
+        Inside SQLAlchemy's async bridge (the commit of an AsyncSession or an
+        AsyncConnection) it awaits the async happy path there, so that the
+        awaited commit returns after it; otherwise a Session bound in "async"
+        mode (committed outside the bridge) schedules it as a task, and the
+        rest run it in place.
+        """
+        done, self.committed = self.committed, []
         if not done:
             return
-        if self.mode == "collect":
-            self.committed.extend(done)
-        elif self.mode == "sync":
-            happy_path(self._store, done)
-        else:
+        if in_async_bridge():
+            await_in_bridge(happy_path_async(self._store, done))
+        elif self.mode == "async":
             _schedule_happy_path(self._store, done)
+        else:
+            happy_path(self._store, done)
 
 
 def _writes_in_transaction(p: PendingTask) -> bool:
@@ -327,6 +345,26 @@ async def happy_path_async(store: SQLStore, pending: Sequence[PendingTask]) -> N
         log.exception("tq: happy path failed; the sweeper will submit the reminders")
 
 
+def in_async_bridge() -> bool:
+    """Whether this runs in a greenlet of SQLAlchemy's async bridge (`greenlet_spawn`).
+
+    Without greenlet loaded nothing can run there (and sync users need not
+    install it).
+    """
+    gl = sys.modules.get("greenlet")
+    return gl is not None and bool(
+        getattr(gl.getcurrent(), "__sqlalchemy_greenlet_provider__", False)
+    )
+
+
+def await_in_bridge(coro: Coroutine[Any, Any, None]) -> None:
+    """Awaits `coro` from sync code running in SQLAlchemy's async bridge."""
+    from sqlalchemy import util
+
+    wait = getattr(util, "await_", None) or util.await_only  # await_only: before 2.1
+    wait(coro)
+
+
 def _schedule_happy_path(store: SQLStore, pending: list[PendingTask]) -> None:
     try:
         loop = asyncio.get_running_loop()
@@ -339,10 +377,12 @@ def _schedule_happy_path(store: SQLStore, pending: list[PendingTask]) -> None:
 
 
 async def drain() -> None:
-    """Waits for the happy paths that bound AsyncSessions started on this loop.
+    """Waits for the happy paths started as tasks on this loop.
 
-    `bind(async_session)` cannot await the happy path from inside the commit,
-    so it runs as a task; call this before shutting down (and in tests).
+    An AsyncSession's commit awaits its happy path in SQLAlchemy's async
+    bridge; only a Session bound with `bind(async_session)` and committed
+    outside the bridge (its sync_session committed by hand) leaves it to a
+    task. Call this before shutting down (and in tests) to wait for those.
     """
     loop = asyncio.get_running_loop()
     while True:
@@ -373,6 +413,11 @@ def _after_commit(session: Session) -> None:
 
 @event.listens_for(Session, "after_transaction_create")
 def _after_transaction_create(session: Session, trans: SessionTransaction) -> None:
+    if trans._parent is None:
+        # Every Session's transaction is noted in this context, told or not:
+        # the finder (`_finder`) writes into it or refuses on its account.
+        _frames.note(trans)
+        return
     txn = session.info.get(INFO_KEY)
     if txn is not None and trans.nested:
         txn.savepoint_began(id(trans))
@@ -385,15 +430,47 @@ def _after_soft_rollback(session: Session, previous: SessionTransaction) -> None
         txn.savepoint_rolled_back(id(previous))
 
 
+@event.listens_for(Session, "after_rollback")
+def _after_rollback(session: Session) -> None:
+    # An explicit rollback of the root transaction (a savepoint's is followed
+    # by after_soft_rollback): its tasks are dropped, as asked.
+    txn = session.info.get(INFO_KEY)
+    trans = session._transaction
+    if txn is not None and trans is not None and trans._parent is None:
+        txn.rolled_back()
+
+
 @event.listens_for(Session, "after_transaction_end")
 def _after_transaction_end(session: Session, trans: SessionTransaction) -> None:
+    if trans._parent is not None:
+        return
+    _frames.forget(trans)
     # A root transaction that ends without after_commit rolled back (or was
-    # closed): what it saved is gone.
+    # closed): what it saved is gone. After a commit, what it saved waits in
+    # `committed`, and the connection has been given back: the happy path
+    # runs now (the helpers run their own after the block).
     txn = session.info.get(INFO_KEY)
-    if txn is not None and trans.parent is None:
+    if txn is not None:
+        if txn.pending and txn.mode != "collect":
+            warn_dropped(txn.pending, "its Session was closed")
         txn.rolled_back()
         if txn.detach:
             session.info.pop(INFO_KEY, None)
+        if txn.committed and txn.mode != "collect":
+            txn.finish()
+
+
+def warn_dropped(pending: Sequence[PendingTask], why: str) -> None:
+    """Logs tasks dropped with a transaction that ended neither committed nor rolled back."""
+    classes = sorted({p.submission.task_class for p in pending})
+    log.warning(
+        "tq: %d task(s) of class %s dropped: added in a transaction that ended without a "
+        "commit (%s). Commit the transaction, or add tasks that must go out regardless "
+        "inside tq.txn.outside_transaction()",
+        len(pending),
+        ", ".join(classes),
+        why,
+    )
 
 
 def committed_only(store: SQLStore, pending: list[PendingTask]) -> list[PendingTask]:
