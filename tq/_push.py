@@ -27,6 +27,7 @@ from tq import _envelope, _metrics, _tracing, clock
 from tq._errors import Fatal, Ignore, Retry, Transient
 from tq._execution import ExecutionInfo, enter, leave
 from tq._request import EXPECTED_ETA_HEADER
+from tq.txn._store import enter_new_scope, leave_scope
 
 if TYPE_CHECKING:
     from tq._dispatcher import Dispatcher
@@ -168,6 +169,9 @@ async def _handle(
     with _running_lock:
         _running[cls.id] += 1
     token = enter(info)
+    # The handler runs as a request of its own, whatever context ran the push
+    # (tqtesting's, the database queue worker's): no transaction around it.
+    txn_scope = enter_new_scope()
     try:
         if _is_async(handler):
             returned = await handler(payload)  # type: ignore[misc]  # _is_async: a coroutine function
@@ -184,6 +188,7 @@ async def _handle(
     else:
         result = _OK[cls.id] if returned is None else _ok_with(cls.id, returned)
     finally:
+        leave_scope(txn_scope)
         leave(token)
         with _running_lock:
             _running[cls.id] -= 1

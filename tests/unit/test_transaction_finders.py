@@ -7,12 +7,14 @@ from collections.abc import Iterator
 import pytest
 
 import tq
+import tqtesting
 from tests.testpb import payloads_pb2 as pb
 from tests.unit._fakes import FakeStore, FakeTxn, RecordingSubmitter, in_txn
 from tq.txn import (
     UntoldTransaction,
     find_transaction,
-    hidden_by_outside,
+    hidden_here,
+    new_transaction_scope,
     outside_transaction,
     register_finder,
     transaction_stamp,
@@ -185,16 +187,52 @@ def test_a_scoped_finder_is_asked_inside_outside_transaction(finder: Finder) -> 
 
 def test_outside_transaction_hides_what_began_before_it_only() -> None:
     before = transaction_stamp()
-    assert not hidden_by_outside(before)
+    assert not hidden_here(before)
     with outside_transaction():
         inside = transaction_stamp()
-        assert hidden_by_outside(before)
-        assert not hidden_by_outside(inside)
+        assert hidden_here(before)
+        assert not hidden_here(inside)
         with outside_transaction():
-            assert hidden_by_outside(inside)  # a block inside the block hides it too
-        assert not hidden_by_outside(inside)
+            assert hidden_here(inside)  # a block inside the block hides it too
+        assert not hidden_here(inside)
     # Once the block ended, nothing is hidden, whenever it began.
-    assert not hidden_by_outside(before)
-    assert not hidden_by_outside(inside)
+    assert not hidden_here(before)
+    assert not hidden_here(inside)
     with outside_transaction():
-        assert hidden_by_outside(inside)  # it began before this second block
+        assert hidden_here(inside)  # it began before this second block
+
+
+def test_a_new_transaction_scope_hides_what_was_open_and_asks_every_finder(
+    finder: Finder,
+) -> None:
+    finder.answer = UNTOLD
+    with in_txn(FakeStore()), new_transaction_scope():
+        assert find_transaction() is UNTOLD  # the helper's transaction is not seen
+        assert finder.calls == 1  # unlike outside_transaction(), finders are asked
+        with in_txn(FakeStore()) as inner:
+            assert find_transaction() is inner
+    before = transaction_stamp()
+    with new_transaction_scope():
+        assert hidden_here(before)
+        assert not hidden_here(transaction_stamp())
+
+
+def test_a_handler_does_not_see_the_transaction_of_the_code_that_ran_it() -> None:
+    disp = tq.Dispatcher(
+        cloud_project="proj", cloud_region="us-central1", default_target_host="app.example.com"
+    )
+    seen: list[object] = []
+
+    @disp.task_class(id="look", prototype=pb.Count, kind=tq.Kind.FOLLOWS_CONTEXT, queue="q")
+    def look(payload: pb.Count) -> None:
+        seen.append(find_transaction())
+        if payload.n:
+            disp.add_task(tq.Task(payload=pb.Count(n=payload.n - 1)))  # submitted now
+
+    with tqtesting.testing_context(disp) as sched:
+        disp.add_task(tq.Task(payload=pb.Count(n=1)))
+        with in_txn(FakeStore()) as txn:  # a test that runs its tasks inside a transaction
+            sched.run()
+    assert seen == [None, None]
+    assert txn.commit() == []
+    assert len(sched.tasks().finished()) == 2

@@ -259,7 +259,7 @@ def register_finder(finder: TransactionFinder, *, scoped: bool = False) -> None:
     Inside `outside_transaction()` a finder is not asked, unless it is
     `scoped`: a scoped finder stamps each transaction it sees begin
     (`transaction_stamp()`), and passes over those that
-    `hidden_by_outside()` says an open `outside_transaction()` block hides,
+    `hidden_here()` says an open `outside_transaction()` block hides,
     so that a transaction begun inside the block is found as a helper's
     would be, and one begun before it is not. Default False.
     """
@@ -279,16 +279,17 @@ def transaction_stamp() -> int:
     """A stamp for a transaction beginning now (for scoped finders).
 
     Stamps increase: a scoped finder records one with each transaction it
-    sees begin, and asks `hidden_by_outside` about it.
+    sees begin, and asks `hidden_here` about it.
     """
     return next(_stamps)
 
 
-def hidden_by_outside(stamp: int) -> bool:
+def hidden_here(stamp: int) -> bool:
     """Whether a transaction stamped `stamp` is hidden here.
 
-    It is while an `outside_transaction()` block entered after it began is
-    open in this context; one begun inside the block is not.
+    It is while a scope opened after it began is open in this context (an
+    `outside_transaction()` block, or a pushed task's handler run by
+    `new_transaction_scope()`); one begun inside the scope is not.
     """
     return stamp < _outside_since.get()
 
@@ -333,6 +334,41 @@ def ambient(txn: Transaction) -> Iterator[Transaction]:
         _current.reset(token)
 
 
+_Scope = tuple[
+    "contextvars.Token[Transaction | None]", "contextvars.Token[bool]", "contextvars.Token[int]"
+]
+
+
+def enter_new_scope(*, outside: bool = False) -> _Scope:
+    """Opens a new transaction scope in this context (see `new_transaction_scope`)."""
+    return _current.set(None), _outside.set(outside), _outside_since.set(next(_stamps))
+
+
+def leave_scope(scope: _Scope) -> None:
+    current, outside, since = scope
+    _outside_since.reset(since)
+    _outside.reset(outside)
+    _current.reset(current)
+
+
+@contextlib.contextmanager
+def new_transaction_scope() -> Iterator[None]:
+    """Runs the block as a request of its own: no transaction open around it is seen.
+
+    The push path runs every handler so (a handler run in memory by
+    tqtesting, or by the database queue's worker, inherits the context of
+    the code that ran it, which may be inside a transaction): tq's helpers'
+    transactions and those scoped finders saw begin before the block are
+    not the handler's. Unlike `outside_transaction()`, every finder is
+    asked, and a transaction begun inside the block is found as usual.
+    """
+    scope = enter_new_scope()
+    try:
+        yield
+    finally:
+        leave_scope(scope)
+
+
 @contextlib.contextmanager
 def outside_transaction() -> Iterator[None]:
     """Adds the tasks of the `with` block as if no transaction were open.
@@ -345,14 +381,11 @@ def outside_transaction() -> Iterator[None]:
     SQLAlchemy session or engine, see `register_finder`).
     Use it when a task must not wait for, nor depend on, the open one.
     """
-    token, outside = _current.set(None), _outside.set(True)
-    since = _outside_since.set(next(_stamps))
+    scope = enter_new_scope(outside=True)
     try:
         yield
     finally:
-        _outside_since.reset(since)
-        _outside.reset(outside)
-        _current.reset(token)
+        leave_scope(scope)
 
 
 _stores: dict[str, ReminderStore] = {}

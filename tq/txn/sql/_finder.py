@@ -27,7 +27,7 @@ from sqlalchemy.engine import RootTransaction
 from sqlalchemy.orm import Session, SessionTransaction
 from sqlalchemy.orm.session import SessionTransactionOrigin
 
-from tq.txn._store import Transaction, UntoldTransaction, hidden_by_outside, register_finder
+from tq.txn._store import Transaction, UntoldTransaction, hidden_here, register_finder
 from tq.txn.sql import _frames
 from tq.txn.sql._instrument import (
     Instrumentation,
@@ -52,7 +52,7 @@ def find_sql_transaction() -> Transaction | UntoldTransaction | None:
     for i in range(len(frames) - 1, -1, -1):
         ref, stamp = frames[i]
         trans = ref()
-        if trans is None or not _frames.is_open(trans) or hidden_by_outside(stamp):
+        if trans is None or not _frames.is_open(trans) or hidden_here(stamp):
             continue
         if isinstance(trans, SessionTransaction):
             found = _session_answer(trans)
