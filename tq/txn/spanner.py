@@ -27,11 +27,16 @@ of a task whose effects committed runs nothing; `mark_done(transaction)`
 writes the marker in a transaction of your own; `expire_markers` deletes
 expired markers (Spanner's row deletion policy also does).
 
+A task added inside the client's own `database.run_in_transaction` (a
+database with a registered store) is refused: tq would not follow that
+transaction (see docs/outbox-spanner.md).
+
 Requires `google-cloud-spanner` (the `tq[spanner]` extra).
 """
 
 from __future__ import annotations
 
+from tq.txn import _spanner_finder  # noqa: F401  (sees Spanner's own run_in_transaction)
 from tq.txn._spanner_markers import count_markers, expire_markers, mark_done, once
 from tq.txn._spanner_retry import DEFAULT, Backoff
 from tq.txn._spanner_schema import SCHEMA_VERSION, create_schema, schema_sql, schema_version

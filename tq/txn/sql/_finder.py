@@ -14,7 +14,7 @@ newest first, and answers for the first that decides:
 * any other Session whose transaction *counts*: an `UntoldTransaction`,
   so that `add_task` refuses. It counts when begun explicitly
   (`begin()`), or when autobegun and holding changes (objects added,
-  modified or deleted, flushed or not). A Session that autobegan only to
+  modified or deleted) or having flushed some. A Session that autobegan only to
   read does not count, and the search goes on past it.
 
 A Session joined to a connection of an instrumented engine (bound to the
@@ -87,12 +87,8 @@ def _counts(session: Session, trans: SessionTransaction) -> str | None:
         return "begun with begin()"
     if not session._is_clean():
         return "autobegun, with changes not flushed yet"
-    t: SessionTransaction | None = session._transaction
-    while t is not None:
-        # What flushed in this transaction (the ORM keeps it to expire on rollback).
-        if t._new or t._dirty or t._deleted:
-            return "autobegun, with changes flushed"
-        t = t._parent
+    if _frames.has_written(trans):
+        return "autobegun, with changes flushed"
     return None
 
 

@@ -34,6 +34,10 @@ Frame = tuple[Callable[[], object], int]
 
 _open: contextvars.ContextVar[tuple[Frame, ...]] = contextvars.ContextVar("tq_sql_open", default=())
 _ENDED = (SessionTransactionState.COMMITTED, SessionTransactionState.CLOSED)
+# Set on a root SessionTransaction that a flush wrote in. The ORM's own
+# records of flushed objects hold them weakly: an object no longer
+# referenced drops out of them, its row still written.
+_WROTE = "_tq_wrote"
 
 
 def is_open(trans: object) -> bool:
@@ -51,6 +55,19 @@ def note(trans: SessionTransaction | RootTransaction) -> None:
     if frames:
         frames = tuple(f for f in frames if _alive(f))
     _open.set((*frames, (weakref.ref(trans), transaction_stamp())))
+
+
+def note_written(trans: SessionTransaction) -> None:
+    """Notes that the root transaction of `trans` (a flush's) has written."""
+    root = trans
+    while root._parent is not None:
+        root = root._parent
+    root.__dict__[_WROTE] = True
+
+
+def has_written(trans: SessionTransaction) -> bool:
+    """Whether a flush wrote in the root transaction `trans` (see `note_written`)."""
+    return trans.__dict__.get(_WROTE, False) is True
 
 
 def forget(trans: SessionTransaction | RootTransaction) -> None:

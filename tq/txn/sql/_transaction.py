@@ -33,6 +33,7 @@ from typing import Any, Literal
 
 from sqlalchemy import Connection, event
 from sqlalchemy.orm import Session, SessionTransaction
+from sqlalchemy.orm.session import SessionTransactionOrigin
 
 from tq import _outbox
 from tq._errors import ConfigError
@@ -417,6 +418,11 @@ def _after_transaction_create(session: Session, trans: SessionTransaction) -> No
         # Every Session's transaction is noted in this context, told or not:
         # the finder (`_finder`) writes into it or refuses on its account.
         _frames.note(trans)
+        return
+    if trans.origin is SessionTransactionOrigin.SUBTRANSACTION:
+        # Only a flush with work to do (or a bulk save) begins one: the root
+        # transaction has written (the finder's rule for untold sessions).
+        _frames.note_written(trans)
         return
     txn = session.info.get(INFO_KEY)
     if txn is not None and trans.nested:
