@@ -108,7 +108,7 @@ def _core_answer(
     trans: RootTransaction, frames: tuple[_frames.Frame, ...]
 ) -> SQLTransaction | None:
     conn = trans.connection
-    if not isinstance(conn, _Hooks):
+    if not isinstance(conn, _Hooks) or conn._tq_ending is trans:
         return None
     for ref, _ in frames:
         owner = ref()

@@ -98,21 +98,27 @@ class _Hooks(Connection):
     """
 
     _tq_txn: SQLTransaction | None = None
+    # The root transaction being committed or rolled back: SQLAlchemy still
+    # calls it active until the commit call returns, and the happy path runs
+    # inside that call. The finder takes no task into it any more.
+    _tq_ending: RootTransaction | None = None
 
     def _begin_impl(self, transaction: RootTransaction) -> None:
         super()._begin_impl(transaction)
-        self._tq_txn = None
+        self._tq_txn = self._tq_ending = None
         _frames.note(transaction)
 
     def _commit_impl(self) -> None:
         txn, root = self._tq_txn, self._transaction
         if txn is None:
+            self._tq_ending = root
             super()._commit_impl()
             if root is not None:
                 _frames.forget(root)
             return
         if txn.written < len(txn.pending):
             txn.write(self)
+        self._tq_ending = root
         super()._commit_impl()
         self._tq_txn = None
         if root is not None:
@@ -122,7 +128,7 @@ class _Hooks(Connection):
 
     def _rollback_impl(self) -> None:
         txn, root = self._tq_txn, self._transaction
-        self._tq_txn = None
+        self._tq_txn, self._tq_ending = None, root
         if txn is not None:
             txn.rolled_back()
         if root is not None:
