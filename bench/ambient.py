@@ -17,9 +17,11 @@ work inside the transaction, as in bench/outbox.py):
                      instrumented costs the transactions that add nothing
 
 Goal: instrumented >= 0.9x baseline, as for the helpers. 'instrumented, no
-task' is read against 'plain'. Core's instrumented variant runs on an engine
-of its own (instrumenting changes the engine's connections); the others
-share one, never instrumented.
+task' is read against 'plain'. Every variant runs on one engine, instrumented
+only around the chunks of Core's instrumented variants (instrumenting
+changes the class of the engine's connections; a second engine would give
+SQLite a second connection, and each would invalidate the other's page
+cache at every switch of variant).
 
 `--count N --stack S --variant V` runs N SQLite transactions of one variant
 and nothing else; `--instructions` runs every variant that way under
@@ -33,6 +35,7 @@ PostgreSQL: $TQ_BENCH_PG_URL, else a throwaway local cluster (fsync off).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -40,7 +43,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import sqlalchemy as sa
@@ -55,15 +58,31 @@ from tests.testpb import payloads_pb2 as pb
 VARIANTS = ("plain", "baseline", "helper", "instrumented", "instrumented, no task")
 
 
-def sql_variants(url: str) -> tuple[dict[str, Callable[[int], None]], Callable[[], None]]:
-    """Transactions by "<stack> <variant>" (each takes a sequence number), and a closer."""
+Variants = dict[str, Callable[[int], None]]
+Around = dict[str, Callable[[], contextlib.AbstractContextManager[Any]]]
+
+
+def sql_variants(url: str) -> tuple[Variants, Around, Callable[[], None]]:
+    """Transactions by "<stack> <variant>" (each takes a sequence number), what to
+    enter around each (Core's instrumented ones: the engine instrumented), and a closer.
+
+    One engine serves every variant: with two, SQLite's connections would
+    invalidate each other's page cache at every switch of variant.
+    """
     engine = sql_engine(url)
-    own = sql_engine(url)  # instrumented: its connections are tq's
     store = tq.txn.sql.SQLStore(engine, name=f"bench-ambient-{engine.dialect.name}")
     store.create_schema()
     _Base.metadata.drop_all(engine)
     _Base.metadata.create_all(engine)
-    tq.txn.sql.instrument(own, store=store)
+
+    @contextlib.contextmanager
+    def instrumented() -> Iterator[None]:
+        tq.txn.sql.instrument(engine, store=store)
+        try:
+            yield
+        finally:
+            tq.txn.sql.uninstrument(engine)
+
     sessions = sessionmaker(engine)
     told = sessionmaker(engine)
     tq.txn.sql.instrument(told, store=store)
@@ -113,8 +132,8 @@ def sql_variants(url: str) -> tuple[dict[str, Callable[[int], None]], Callable[[
 
     fns = {
         "core plain": core(engine), "core baseline": core(engine, hand=True),
-        "core helper": core_helper, "core instrumented": core(own, add=True),
-        "core instrumented, no task": core(own),
+        "core helper": core_helper, "core instrumented": core(engine, add=True),
+        "core instrumented, no task": core(engine),
         "orm plain": orm(sessions), "orm baseline": orm(sessions, hand=True),
         "orm helper": orm_helper, "orm instrumented": orm(told, add=True),
         "orm instrumented, no task": orm(told),
@@ -122,10 +141,10 @@ def sql_variants(url: str) -> tuple[dict[str, Callable[[int], None]], Callable[[
 
     def close() -> None:
         store.close()
-        own.dispose()
         engine.dispose()
 
-    return fns, close
+    around: Around = {"core instrumented": instrumented, "core instrumented, no task": instrumented}
+    return fns, around, close
 
 
 def clean(url: str) -> None:
@@ -140,12 +159,12 @@ def clean(url: str) -> None:
 
 
 def measure_sql(label: str, url: str, n: int, rounds: int, table: c.Table) -> None:
-    fns, close = sql_variants(url)
+    fns, around, close = sql_variants(url)
     res: dict[str, list[float]] = {k: [] for k in fns}
     try:
         with c.happy_path(False):
             for _ in range(rounds):
-                for k, v in c.race(fns, n, warmup=min(100, n)).items():
+                for k, v in c.race(fns, n, warmup=min(100, n), around=around).items():
                     res[k].append(v)
                 clean(url)
     finally:
@@ -166,10 +185,11 @@ def measure_sql(label: str, url: str, n: int, rounds: int, table: c.Table) -> No
 def _count(stack: str, variant: str, n: int) -> None:
     """Runs n SQLite transactions of one variant, untimed (for instruction counts)."""
     with tempfile.TemporaryDirectory() as d:
-        fns, close = sql_variants(f"sqlite:///{d}/bench.db")
+        fns, around, close = sql_variants(f"sqlite:///{d}/bench.db")
         try:
-            fn = fns[f"{stack} {variant}"]
-            with c.happy_path(False):
+            name = f"{stack} {variant}"
+            fn = fns[name]
+            with c.happy_path(False), around.get(name, contextlib.nullcontext)():
                 for i in range(20):  # warm: caches, compiled statements
                     fn(i)
                 for i in range(n):
@@ -184,7 +204,10 @@ def _instructions(stack: str, variant: str, n: int) -> int:
         sys.executable, "-m", "bench.ambient", "--count", str(n), "--stack", stack,
         "--variant", variant,
     ]  # fmt: skip
-    out = subprocess.run(cmd, cwd=c.ROOT, capture_output=True, text=True, check=True)
+    # One hash seed for every count: dict layouts (and so the instructions
+    # spent on them) vary with it from process to process.
+    env = {**os.environ, "PYTHONHASHSEED": "0"}
+    out = subprocess.run(cmd, cwd=c.ROOT, env=env, capture_output=True, text=True, check=True)
     m = re.search(r"I\s+refs:\s+([\d,]+)", out.stderr)
     if m is None:
         raise RuntimeError(f"no instruction count in valgrind's output:\n{out.stderr[-2000:]}")
@@ -206,7 +229,8 @@ def count_instructions(table: c.Table, low: int = 200, high: int = 1200) -> None
                             per[f"{stack} {v}"], per[f"{stack} {against}"], unit=""))  # fmt: skip
     table.notes.append(
         f"Instructions: valgrind --tool=cachegrind --cache-sim=no, (I refs at N = {high} "
-        f"- I refs at N = {low}) / {high - low}, one process per count, happy path off. "
+        f"- I refs at N = {low}) / {high - low}, one process per count (PYTHONHASHSEED=0), "
+        "happy path off. "
         "Here the ratio is tq's count over the baseline's: lower is better (1.11x is what "
         "0.9x of the baseline's speed allows)."
     )

@@ -17,6 +17,15 @@ commit yourself. The reminders are written in your transaction; the tasks
 are submitted right after it commits (the happy path), and by the sweeper if
 the process dies first. A rollback submits nothing.
 
+Or, once at start-up, `instrument(Session)` (a sessionmaker, an
+async_sessionmaker, a scoped session, an Engine or an AsyncEngine): then
+every ordinary transaction begun from it (`with Session.begin():`,
+`engine.begin()`, autobegin then `commit()`) is one `add_task` writes into.
+Where tq sees a Session in a transaction it was not told about, `add_task`
+refuses (`tq.TransactionError`) rather than submit a task that would run
+even if that transaction rolled back; `tq.txn.outside_transaction()`
+submits regardless.
+
 Effectively-once handlers: `once(Session)` (and `once_async`) runs a
 handler's transaction with the task's done marker in it, so a redelivery of
 a task whose effects committed runs nothing; `mark_done` writes the marker

@@ -31,7 +31,7 @@ from tq.txn._store import Transaction, UntoldTransaction, hidden_here, register_
 from tq.txn.sql import _frames
 from tq.txn.sql._instrument import (
     Instrumentation,
-    _Hooks,
+    TqConnection,
     engine_instrumentation,
     session_instrumentation,
 )
@@ -69,7 +69,7 @@ def _session_answer(trans: SessionTransaction) -> Transaction | UntoldTransactio
     if txn is not None:
         return txn
     bind = session.bind
-    if isinstance(bind, _Hooks):
+    if isinstance(bind, TqConnection):
         return None  # joined to an instrumented connection: its transaction answers
     inst = session_instrumentation(session)
     if inst is not None:
@@ -108,7 +108,7 @@ def _core_answer(
     trans: RootTransaction, frames: tuple[_frames.Frame, ...]
 ) -> SQLTransaction | None:
     conn = trans.connection
-    if not isinstance(conn, _Hooks) or conn._tq_ending is trans:
+    if not isinstance(conn, TqConnection) or conn._tq_ending is trans:
         return None
     for ref, _ in frames:
         owner = ref()

@@ -73,8 +73,12 @@ def has_written(trans: SessionTransaction) -> bool:
 def forget(trans: SessionTransaction | RootTransaction) -> None:
     """Drops `trans` (and dead frames) from the current context's frames."""
     frames = _open.get()
-    if frames:
-        _open.set(tuple(f for f in frames if f[0]() is not trans and _alive(f)))
+    if not frames:
+        return
+    if len(frames) == 1 and frames[0][0]() is trans:
+        _open.set(())  # the usual case: one transaction at a time
+        return
+    _open.set(tuple(f for f in frames if f[0]() is not trans and _alive(f)))
 
 
 def current() -> tuple[Frame, ...]:

@@ -87,72 +87,88 @@ def session_instrumentation(session: Session) -> Instrumentation | None:
     return engine_instrumentation(bind)
 
 
-class _Hooks(Connection):
-    """What an instrumented engine's connections add to its Connection class.
+class TqConnection:
+    """What an instrumented engine's connections add to their Connection class.
 
     `_tq_txn` is the SQLTransaction of the connection's current database
     transaction, made by the finder when `add_task` first runs in it (most
     transactions never get one). Reminders are buffered, as in a Session,
     and written just before the commit: an AsyncConnection cannot do I/O
     from `add_task`, and a rolled-back savepoint drops what it buffered.
+    `_tq_ending` is the root transaction being committed or rolled back:
+    SQLAlchemy calls it active until the commit call returns (the happy
+    path runs inside that call), and the finder takes no task into it.
     """
 
     _tq_txn: SQLTransaction | None = None
-    # The root transaction being committed or rolled back: SQLAlchemy still
-    # calls it active until the commit call returns, and the happy path runs
-    # inside that call. The finder takes no task into it any more.
     _tq_ending: RootTransaction | None = None
 
-    def _begin_impl(self, transaction: RootTransaction) -> None:
-        super()._begin_impl(transaction)
-        self._tq_txn = self._tq_ending = None
-        _frames.note(transaction)
 
-    def _commit_impl(self) -> None:
-        txn, root = self._tq_txn, self._transaction
-        if txn is None:
+def _hooks_for(base: type[Connection]) -> type[Connection]:
+    """A subclass of `base` with tq's hooks.
+
+    The hooks call `base`'s methods directly rather than through `super()`:
+    they run on every transaction of an instrumented engine, and the
+    zero-argument `super()` lookup costs as much as the rest of a hook.
+    """
+    begin, commit, rollback, close = (
+        base._begin_impl, base._commit_impl, base._rollback_impl, base.close,
+    )  # fmt: skip
+    savepoint, rollback_to = base._savepoint_impl, base._rollback_to_savepoint_impl
+    note, forget = _frames.note, _frames.forget
+
+    class Hooked(TqConnection, base):  # type: ignore[misc, valid-type]
+        def _begin_impl(self, transaction: RootTransaction) -> None:
+            begin(self, transaction)
+            self._tq_txn = self._tq_ending = None
+            note(transaction)
+
+        def _commit_impl(self) -> None:
+            txn, root = self._tq_txn, self._transaction
+            if txn is not None and txn.written < len(txn.pending):
+                txn.write(self)
             self._tq_ending = root
-            super()._commit_impl()
+            commit(self)
             if root is not None:
-                _frames.forget(root)
-            return
-        if txn.written < len(txn.pending):
-            txn.write(self)
-        self._tq_ending = root
-        super()._commit_impl()
-        self._tq_txn = None
-        if root is not None:
-            _frames.forget(root)
-        txn.commit_done()
-        txn.finish()
+                forget(root)
+            if txn is not None:
+                self._tq_txn = None
+                txn.commit_done()
+                txn.finish()
 
-    def _rollback_impl(self) -> None:
-        txn, root = self._tq_txn, self._transaction
-        self._tq_txn, self._tq_ending = None, root
-        if txn is not None:
-            txn.rolled_back()
-        if root is not None:
-            _frames.forget(root)
-        super()._rollback_impl()
+        def _rollback_impl(self) -> None:
+            txn, root = self._tq_txn, self._transaction
+            self._tq_txn, self._tq_ending = None, root
+            if txn is not None:
+                txn.rolled_back()
+            if root is not None:
+                forget(root)
+            rollback(self)
 
-    def close(self) -> None:
-        txn, root = self._tq_txn, self._transaction
-        if txn is not None and txn.pending and root is not None and root.is_active:
-            warn_dropped(txn.pending, "its connection was closed")
-        super().close()
+        def close(self) -> None:
+            txn = self._tq_txn
+            if txn is not None and txn.pending:
+                root = self._transaction
+                if root is not None and root.is_active:
+                    warn_dropped(txn.pending, "its connection was closed")
+            close(self)
 
-    def _savepoint_impl(self, name: str | None = None) -> str:
-        name = super()._savepoint_impl(name)
-        txn = self._tq_txn
-        if txn is not None:
-            txn.savepoint_began(hash(name))
-        return name
+        def _savepoint_impl(self, name: str | None = None) -> str:
+            name = savepoint(self, name)
+            txn = self._tq_txn
+            if txn is not None:
+                txn.savepoint_began(hash(name))
+            return name
 
-    def _rollback_to_savepoint_impl(self, name: str) -> None:
-        super()._rollback_to_savepoint_impl(name)
-        txn = self._tq_txn
-        if txn is not None:
-            txn.savepoint_rolled_back(hash(name))
+        def _rollback_to_savepoint_impl(self, name: str) -> None:
+            rollback_to(self, name)
+            txn = self._tq_txn
+            if txn is not None:
+                txn.savepoint_rolled_back(hash(name))
+
+    Hooked.__name__ = Hooked.__qualname__ = base.__name__
+    Hooked.__module__ = __name__
+    return Hooked
 
 
 _classes: dict[type[Connection], type[Connection]] = {}
@@ -160,12 +176,11 @@ _classes: dict[type[Connection], type[Connection]] = {}
 
 def _hooked(cls: type[Connection]) -> type[Connection]:
     """`cls` with tq's hooks (one class per Connection class, made once)."""
-    if issubclass(cls, _Hooks):
+    if issubclass(cls, TqConnection):
         return cls
     hooked = _classes.get(cls)
     if hooked is None:
-        hooked = _Hooks if cls is Connection else type(cls.__name__, (_Hooks, cls), {})
-        _classes[cls] = hooked
+        hooked = _classes[cls] = _hooks_for(cls)
     return hooked
 
 

@@ -16,6 +16,12 @@ How reminders get into the caller's transaction:
   transaction of the block (ended by a commit or rollback inside it) or
   under a savepoint is read back from the table before its happy path, so
   only what committed is submitted; the rest are known to be in the commit.
+* Core Connection of an instrumented engine (`_instrument`): reminders are
+  buffered as in a Session and written by the connection's commit hook.
+
+Every root Session transaction is noted in the context (`_frames`) when it
+begins, so that the finder (`_finder`) sees transactions tq was not told
+about, and those of instrumented sessionmakers.
 
 After the commit, the happy path (`tq._outbox`) submits the reminders and
 deletes them. It never raises into the caller, and runs nowhere after a
