@@ -3,7 +3,7 @@
     python -m bench [--tiny] [--rounds 3] [--out FILE] [NAME ...]
 
 NAMEs (default: all, in this order): outbox, defer, push, latency, sweeper,
-scheduler, dbqueue, once, dashboard, pubsub, django, pgqueuer. Each prints its
+scheduler, dbqueue, once, dashboard, pubsub, django, pgqueuer, ambient. Each prints its
 own Markdown table; the suite prints them together, with the machine and its
 load, and writes them to `--out` (default .tq-run/bench/results.md). Logs:
 .tq-run/bench/<name>.log.
@@ -33,6 +33,7 @@ SUITE = (
     "pubsub",
     "django",
     "pgqueuer",
+    "ambient",
 )
 # Benchmarks that run in an interpreter of their own (Django 6 needs Python 3.12+).
 PYTHONS = {"django": "TQ_BENCH_DJANGO_PYTHON"}

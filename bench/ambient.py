@@ -1,4 +1,4 @@
-"""9. Instrumented SQLAlchemy: ordinary transactions that add_task writes into.
+"""11. Instrumented SQLAlchemy: ordinary transactions that add_task writes into.
 
 Per stack (SQLAlchemy Core and ORM on SQLite and PostgreSQL), the same
 transaction (one business row) one after another, happy path off (only the
@@ -248,7 +248,7 @@ def main() -> None:
     if a.count:
         _count(a.stack, a.variant, a.count)
         return
-    table = c.Table("9. Instrumented SQLAlchemy transactions vs the helper and a hand INSERT")
+    table = c.Table("11. Instrumented SQLAlchemy transactions vs the helper and a hand INSERT")
     started = time.perf_counter()
     if a.instructions:
         if shutil.which("valgrind") is None:
