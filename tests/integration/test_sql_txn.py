@@ -542,14 +542,14 @@ class _HeldSubmitter:
 
     def __init__(self) -> None:
         self.release = asyncio.Event()
-        self.submitting = asyncio.Event()
+        self.arrived: asyncio.Queue[Submission] = asyncio.Queue()
         self.submitted: list[Submission] = []
 
     def submit(self, sub: Submission) -> None:
         raise AssertionError("an async helper submitted through the blocking path")
 
     async def submit_async(self, sub: Submission) -> None:
-        self.submitting.set()
+        self.arrived.put_nowait(sub)
         await self.release.wait()
         self.submitted.append(sub)
 
@@ -568,24 +568,28 @@ async def test_async_helpers_wait_without_blocking_the_loop(
     # transaction_async awaits its happy path: the block is not over while the
     # submit is held, and the loop runs this test meanwhile.
     committing = asyncio.create_task(through_transaction_async())
-    await asyncio.wait_for(held.submitting.wait(), 30)
+    await asyncio.wait_for(held.arrived.get(), 30)
     assert not committing.done()
 
-    # bind(): the commit cannot await, so the happy path runs as a task, and
-    # drain() waits for it, also without blocking the loop.
-    async with factory() as session:
-        with tq.txn.sql.bind(session):
-            await disp.add_task_async(_task("bound"))
-            await session.commit()
-    draining = asyncio.create_task(tq.txn.sql.drain())
-    for _ in range(10):
-        await asyncio.sleep(0)  # turns of the loop, not time: the submits are held
-    assert not draining.done()
+    # bind(): the awaited commit awaits the happy path too (in SQLAlchemy's
+    # greenlet bridge), also without blocking the loop; nothing is left for
+    # drain().
+    async def through_bind() -> None:
+        async with factory() as session:
+            with tq.txn.sql.bind(session):
+                await disp.add_task_async(_task("bound"))
+                await session.commit()
+
+    binding = asyncio.create_task(through_bind())
+    await asyncio.wait_for(held.arrived.get(), 30)
+    assert not binding.done()
+    assert not committing.done()
     assert held.submitted == []
 
     held.release.set()
-    await asyncio.wait_for(asyncio.gather(committing, draining), 30)
+    await asyncio.wait_for(asyncio.gather(committing, binding), 30)
     assert sorted(s.payload.name for s in held.submitted) == ["bound", "helper"]  # type: ignore[union-attr]
+    await asyncio.wait_for(tq.txn.sql.drain(), 30)
     assert store.count_reminders() == (0, 0)
 
 

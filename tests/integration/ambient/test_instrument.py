@@ -504,3 +504,12 @@ def test_engines_not_instrumented_stay_as_they_were(engine: Engine, store: SQLSt
     tq.txn.sql.uninstrument(engine)
     assert not engine._has_events
     assert "_connection_cls" not in engine.__dict__
+
+
+def test_an_engine_is_refused_when_sqlalchemy_lacks_the_hooks_it_needs(
+    engine: Engine, store: SQLStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delattr(Connection, "_savepoint_impl")
+    with pytest.raises(tq.ConfigError, match=r"does not work with SQLAlchemy .*_savepoint_impl"):
+        tq.txn.sql.instrument(engine)
+    assert "_connection_cls" not in engine.__dict__

@@ -1,7 +1,7 @@
 """`instrument()`: ordinary SQLAlchemy transactions that `add_task` writes into.
 
 Instrumenting a sessionmaker (sync or async, or a scoped session's
-factory) marks the sessions it makes: a `Instrumentation` in their `info`
+factory) marks the sessions it makes: an `Instrumentation` in their `info`
 (sessionmaker's `info` is copied into every Session). Their transactions
 are noted like every Session's (`_frames`), and the finder (`_finder`)
 attaches a `SQLTransaction` to the one `add_task` runs in: the reminders
@@ -9,15 +9,16 @@ are written by the Session-class `before_commit` listener, the happy path
 runs when the committed transaction ends.
 
 Instrumenting an Engine (or an AsyncEngine's sync engine) gives its
-connections a class of tq's, `Connection` with five hooks on the points
-where every Core transaction passes (begin, commit, rollback, savepoint,
-rollback to savepoint); Sessions bound to it count as instrumented too.
-An engine listener would do the same through public events, but SQLAlchemy
-then dispatches events on every statement of every connection of that
-engine: about 150,000 CPU instructions per transaction (docs/benchmarks.md),
-against a few thousand for these hooks. The hooks are SQLAlchemy's private
-`Connection._*_impl` methods and `Engine._connection_cls`: `instrument`
-checks that they exist and refuses with ConfigError if not.
+connections a class of tq's, their Connection class with hooks on the
+points every Core transaction passes (begin, commit, rollback, savepoint,
+rollback to savepoint, close); Sessions bound to it count as instrumented
+too. An engine listener would do the same through public events, but
+SQLAlchemy then dispatches events on every statement of every connection
+of that engine: about 150,000 CPU instructions per transaction, against
+about 16,000 for these hooks and the frame (docs/benchmarks.md, 11).
+The hooks are SQLAlchemy's private `Connection._*_impl` methods and
+`Engine._connection_cls`: `instrument` checks that they exist and refuses
+with ConfigError if not.
 """
 
 from __future__ import annotations
