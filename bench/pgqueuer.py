@@ -1,4 +1,4 @@
-"""11. The database queue against PgQueuer, the fastest Python queue on PostgreSQL.
+"""12. The database queue against PgQueuer, the fastest Python queue on PostgreSQL.
 
 One throwaway PostgreSQL (the tests' settings: loopback, fsync off), each
 side in a database of its own on it. Cases, each side alternating:
@@ -219,7 +219,7 @@ def main() -> None:
     ap.add_argument("--io-jobs", type=int, default=1_000)
     ap.add_argument("--samples", type=int, default=200, help="latency samples per round (e)")
     a = ap.parse_args()
-    table = c.Table("11. Database queue vs PgQueuer, PostgreSQL")
+    table = c.Table("12. Database queue vs PgQueuer, PostgreSQL")
     if not (importlib.util.find_spec("pgqueuer") and importlib.util.find_spec("asyncpg")):
         table.notes.append(
             "Skipped: pgqueuer and asyncpg are not installed here (scripts/bench installs "
