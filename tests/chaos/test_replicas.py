@@ -84,7 +84,9 @@ def test_replicas_sweepers_and_workers_deliver_each_committed_task_exactly_once(
     assert fleet.reminders() == (0, 0)
     assert events["failed_before_create"] > 0  # the sweepers had work
     assert events["failed_after_create"] > 0  # and names to absorb
-    assert out.replicas_that_ran_tasks >= 2
+    # Which replica runs a push is the kernel's choice (uvicorn's workers share
+    # one socket, and a worker's keep-alive connection may stay with one of
+    # them): recorded below, never asserted.
     record_figure(
         "replicas",
         replicas=REPLICAS,

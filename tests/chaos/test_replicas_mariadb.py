@@ -51,5 +51,5 @@ def test_replicas_on_mariadb_deliver_each_committed_task_exactly_once(fleet: Fle
     assert all(len(names) == 1 for names in out.names_per_key.values())
     assert fleet.reminders() == (0, 0)
     assert events["failed_before_create"] > 0  # the sweepers had work
-    assert out.replicas_that_ran_tasks >= 2
+    # Which replica runs a push is the kernel's choice (test_replicas.py).
     assert all(code == 0 for code in fleet.stop().values())
