@@ -66,12 +66,22 @@ def full_name(task: object, target: Target) -> str:
                 f"the task of class {task.task_class!r} cannot be deleted by its handle: its "
                 "submitter did not say what the destination named it"
             )
-        return check_task_name(task.name)
+        return check_task_name(_not_a_message(task.name))
     if isinstance(task, str) and not task.startswith("projects/"):
         queue, sep, task_id = task.partition("/tasks/")
         if sep and SHORT_QUEUE_RE.match(queue):
             return check_task_name(f"{queue_path(queue, target)}/tasks/{task_id}")
-    return check_task_name(task)
+    return check_task_name(_not_a_message(task))
+
+
+def _not_a_message(name: object) -> object:
+    """`name`, unless it names a published Pub/Sub message (ValidationError)."""
+    if isinstance(name, str) and "/topics/" in name and "/messages/" in name:
+        raise ValidationError(
+            f"task name {name!r} is malformed: it names a Pub/Sub message, and a published "
+            "message cannot be deleted (its subscribers must skip it)"
+        )
+    return name
 
 
 def deduplicated_name(

@@ -2,9 +2,11 @@
 
 A task's name is its full resource name at its destination. On Cloud Tasks
 (and on the database queue and tqtesting, which mirror it) that is
-`projects/P/locations/L/queues/Q/tasks/ID`; other destinations (Pub/Sub
-topics) give names of their own. The handle types say nothing about where
-the task went beyond that name, so every destination returns the same ones.
+`projects/P/locations/L/queues/Q/tasks/ID`; a message published to a Pub/Sub
+topic (by `tq.pubsub.Publisher`, the database queue or tqtesting) is named
+`projects/P/topics/T/messages/<message ID>`. The handle types say nothing
+about where the task went beyond that name, so every destination returns
+the same ones.
 """
 
 from __future__ import annotations
@@ -31,10 +33,13 @@ class AddedTask(NamedTuple):
 
     Attributes:
       name: the task's full name at its destination (Cloud Tasks:
-        `projects/P/locations/L/queues/Q/tasks/ID`). For a task without a
+        `projects/P/locations/L/queues/Q/tasks/ID`; a Pub/Sub message:
+        `projects/P/topics/T/messages/<message ID>`). For a task without a
         deduplication key added outside a transaction, the destination picks
         the name and this is the one it answered with; None when the
-        submitter could not learn it (a submitter that returns nothing).
+        submitter could not learn it (a submitter that returns nothing), and
+        for a message added in a transaction: it is published after the
+        commit, and `reminder_id` (its `tq_task_id` attribute) is its handle.
       task_class: the ID of the task's class.
       reminder_id: for a task added in a transaction, its reminder's ID
         (which is also the last segment of `name`); None otherwise.

@@ -59,6 +59,16 @@ def topic_path(topic: str, cloud_project: str | None) -> str:
     return f"projects/{cloud_project}/topics/{topic}"
 
 
+def message_name(topic: str, message_id: object) -> str:
+    """The name of a published message: `<full topic name>/messages/<message ID>`.
+
+    What `add_task` returns as a topic task's `tq.AddedTask.name` (its
+    `task_id` is then the message ID, the one `tq.execution_info().message_id`
+    gives its handlers). Pub/Sub's message IDs are unique within a topic.
+    """
+    return f"{topic}/messages/{message_id}"
+
+
 def is_publish(request: Message) -> bool:
     """Whether a submission's request is a message to publish (not a Cloud Tasks task)."""
     return type(request) is PublishRequest
@@ -83,7 +93,7 @@ class Template:
         self._base = base
 
     def task_name(self, task: Task, task_id: str | None) -> str | None:
-        """None: Pub/Sub names a message (its ID) when it publishes it."""
+        """None: Pub/Sub names a message (its ID, see `message_name`) when it publishes it."""
         return None
 
     def fits(self, cls: TaskClass, cloud_project: str | None) -> bool:

@@ -20,7 +20,7 @@ from tq import _push
 from tq._handles import check_task_name
 from tq._task import PRIORITY_HEADER
 from tq._taskclass import FULL_QUEUE_RE
-from tq._topic import CLASS_ATTRIBUTE, is_publish
+from tq._topic import CLASS_ATTRIBUTE, is_publish, message_name
 from tq.clock import Clock
 from tq.pubsub._message import Received
 from tqtesting._clock import FakeClock
@@ -157,14 +157,14 @@ class Scheduler:
     def submit(self, submission: tq.Submission) -> str | None:
         """Takes one task; returns its full name (generated if the request had none).
 
-        A message to publish goes to its topic's subscriptions (None returned).
+        A message to publish goes to its topic's subscriptions; its name is
+        `<topic>/messages/<message ID>`, the ID the same on every subscription.
         Raises `tq.SubmitError` ALREADY_EXISTS for a taken name.
         """
         payload = decode_payload(self._dispatcher, submission)
         req = submission.request
         if is_publish(req):
-            self._publish(submission, payload)
-            return None
+            return self._publish(submission, payload)
         parent = str(req.parent)  # type: ignore[attr-defined]
         task = req.task  # type: ignore[attr-defined]
         if parent not in self._queue_names:
@@ -243,17 +243,18 @@ class Scheduler:
         """Like `delete_task` (it never blocks)."""
         return self.delete_task(name)
 
-    def _publish(self, submission: tq.Submission, payload: Message | None) -> None:
-        """Fans a message out: one task record per subscription of its topic."""
+    def _publish(self, submission: tq.Submission, payload: Message | None) -> str:
+        """Fans a message out: one task record per subscription of its topic; its name."""
         req: Any = submission.request
         subs = self._topics.of(req.topic)
         attributes = dict(req.attributes)
         class_id = attributes.get(CLASS_ATTRIBUTE) or submission.task_class
         with self._lock:
             now = self._clock.now()
+            # One ID for the message on every subscription (as on Pub/Sub).
+            message_id = str(len(self._records) + 1)
             for sub, disp in subs:
                 seq = len(self._records) + 1
-                message_id = str(seq)
                 msg = Received(
                     data=req.data, attributes=attributes, message_id=message_id,
                     publish_time=now, subscription=sub, ordering_key=req.ordering_key,
@@ -270,6 +271,7 @@ class Scheduler:
         if wakers is not None:
             for wake in wakers:
                 wake()
+        return message_name(req.topic, message_id)
 
     # Looking at tasks.
 

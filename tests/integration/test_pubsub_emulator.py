@@ -105,6 +105,28 @@ def test_committed_publish_reaches_each_subscription_once(
         assert len(got[0].attributes["tq_task_id"]) == 32
 
 
+def test_add_task_returns_the_message_id_pubsub_gave_and_a_transactional_add_its_task_id(
+    pubsub_emulator: PubSubEmulator,
+    engine: sa.Engine,
+    store: SQLStore,
+    publisher: tq.pubsub.Publisher,
+) -> None:
+    topic = pubsub_emulator.create_topic("handles")
+    sub = pubsub_emulator.create_subscription(topic)
+    d = dispatcher(pubsub_emulator, topic, tq.Router(topics=publisher))
+    (now,) = d.add_task(tq.Task(payload=pb.Count(n=1)))
+    with tq.txn.sql.transaction(engine, store=store):
+        (later,) = d.add_task(tq.Task(payload=pb.Greet(name="after commit")))
+    by_class = {m.attributes["tq_class"]: m for m in pubsub_emulator.pull(sub)}
+    assert now.name == f"{topic}/messages/{by_class['count'].message_id}"
+    assert now.task_id == by_class["count"].message_id
+    assert (now.existed, now.reminder_id) == (False, None)
+    # Published after the commit: no message ID yet when add_task returned;
+    # the reminder ID, the message's tq_task_id attribute, is its handle.
+    assert (later.name, later.existed) == (None, None)
+    assert later.reminder_id == by_class["greet"].attributes["tq_task_id"]
+
+
 def test_rolled_back_publish_reaches_no_subscription(
     pubsub_emulator: PubSubEmulator,
     engine: sa.Engine,

@@ -17,7 +17,7 @@ from tq import clock
 from tq._errors import SubmitError
 from tq._handles import check_task_name
 from tq._submitter import Submission
-from tq._topic import is_publish
+from tq._topic import is_publish, message_name
 from tq.dbqueue import _db, _queuedb, _topics, _wakeup
 from tq.dbqueue._admin import delete_live_task
 from tq.dbqueue._schema import to_us
@@ -122,16 +122,18 @@ class DbQueueSubmitter:
     def submit(self, submission: Submission) -> str | None:
         """Inserts the task (or a message's rows, one per subscription) in its own transaction.
 
-        Returns the task's full name (None for a message).
+        Returns the task's full name (a message's: `<topic>/messages/<ID>`,
+        its ID the same on every subscription).
         """
         if is_publish(submission.request):
+            message_id = self.random_bytes(16).hex()
             try:
                 with _db.write_txn(self.engine) as conn:
-                    self._insert_message(conn, submission)
+                    self._insert_message(conn, submission, message_id)
             except sa.exc.SQLAlchemyError as e:
                 raise SubmitError(grpc.StatusCode.UNAVAILABLE, f"database queue: {e}") from e
             _wakeup.notify(self.wakeup_key)
-            return None
+            return message_name(submission.topic, message_id)
         row = self._row(submission)
         try:
             self._ensure_queue_committed(row["queue"])
@@ -171,7 +173,7 @@ class DbQueueSubmitter:
     def submit_batch(self, submissions: Sequence[Submission]) -> list[str | SubmitError | None]:
         """Inserts tasks (and messages) in one transaction, a batch in one statement.
 
-        Returns, per submission, the task's full name (None for a message),
+        Returns, per submission, the task's full name (a message's too),
         or the SubmitError that refused it: ALREADY_EXISTS for a name in use,
         INVALID_ARGUMENT for a malformed request. Raises SubmitError
         UNAVAILABLE when the database fails (then none was inserted).
@@ -179,10 +181,12 @@ class DbQueueSubmitter:
         results: list[str | SubmitError | None] = [None] * len(submissions)
         rows: list[dict[str, Any]] = []
         where: list[int] = []
-        messages: list[Submission] = []
+        messages: list[tuple[Submission, str]] = []
         for i, sub in enumerate(submissions):
             if is_publish(sub.request):
-                messages.append(sub)
+                message_id = self.random_bytes(16).hex()
+                messages.append((sub, message_id))
+                results[i] = message_name(sub.topic, message_id)
                 continue
             try:
                 rows.append(self._row(sub))
@@ -196,8 +200,8 @@ class DbQueueSubmitter:
             for queue in dict.fromkeys(r["queue"] for r in rows):
                 self._ensure_queue_committed(queue)
             with _db.write_txn(self.engine) as conn:
-                for m in messages:
-                    self._insert_message(conn, m)
+                for m, message_id in messages:
+                    self._insert_message(conn, m, message_id)
                 went_in = insert_tasks(conn, rows)
         except sa.exc.SQLAlchemyError as e:
             raise SubmitError(grpc.StatusCode.UNAVAILABLE, f"database queue: {e}") from e
@@ -350,14 +354,16 @@ class DbQueueSubmitter:
 
     # Rows.
 
-    def _insert_message(self, conn: sa.Connection, submission: Submission) -> str:
+    def _insert_message(
+        self, conn: sa.Connection, submission: Submission, message_id: str | None = None
+    ) -> str:
         rows = _topics.message_rows(
             conn,
             submission.request,
             submission.task_class,
             now_us=to_us(clock.now()),
             # One name for the message: its ID, the same in every subscription (as on Pub/Sub).
-            generated_name=self.random_bytes(16).hex,
+            message_id=message_id or self.random_bytes(16).hex(),
         )
         for row in rows:
             insert_task(conn, row)  # generated names: never taken

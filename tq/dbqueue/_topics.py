@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 import sqlalchemy as sa
@@ -131,9 +131,13 @@ def message_rows(
     task_class: str,
     *,
     now_us: int,
-    generated_name: Callable[[], str],
+    message_id: str,
 ) -> list[dict[str, Any]]:
-    """The `tq_tasks` rows of a published message: one per subscription of its topic."""
+    """The `tq_tasks` rows of a published message: one per subscription of its topic.
+
+    Every row is named `message_id` (the message ID its push carries), as
+    Pub/Sub gives a message one ID on every subscription.
+    """
     topic: str = request.topic
     project = topic.split("/")[1] if topic.startswith("projects/") else "local"
     topic_id = topic.rsplit("/", 1)[-1]
@@ -143,8 +147,8 @@ def message_rows(
         return []
     attributes = dict(request.attributes)
     rows = []
+    name = message_id
     for s in subs:
-        name = generated_name()
         msg = Received(
             data=request.data, attributes=attributes, message_id=name,
             publish_time=from_us(now_us), subscription=f"projects/{project}/subscriptions/{s.name}",

@@ -13,6 +13,7 @@ from tq._cloudtasks import code_of
 from tq._errors import ConfigError, SubmitError
 from tq._pb.publish_pb2 import PublishRequest
 from tq._submitter import Submission, time_left
+from tq._topic import message_name
 
 _EMULATOR_CHANNEL_OPTIONS = [("grpc.enable_http_proxy", 0)]
 
@@ -44,8 +45,10 @@ class Publisher:
         transient errors included (default 60 s); inside the outbox's
         happy path, its submit deadline cuts it shorter.
 
-    `submit` waits for the message ID; `submit_async` awaits it without
-    blocking the event loop (the client publishes from its own threads).
+    `submit` waits for the message ID and returns the message's name,
+    `<topic>/messages/<message ID>` (what `add_task`'s `tq.AddedTask` carries);
+    `submit_async` awaits it without blocking the event loop (the client
+    publishes from its own threads).
     Failures raise `tq.SubmitError` with the gRPC code: NOT_FOUND for a
     missing topic and PERMISSION_DENIED are permanent (the outbox parks the
     reminder); UNAVAILABLE, DEADLINE_EXCEEDED and the like are transient.
@@ -150,23 +153,29 @@ class Publisher:
             raise SubmitError(grpc.StatusCode.DEADLINE_EXCEEDED, "submit deadline passed")
         return min(self.timeout_s, left)
 
-    def submit(self, submission: Submission) -> None:
-        """Publishes the message and waits for Pub/Sub to take it. Raises `tq.SubmitError`."""
+    def submit(self, submission: Submission) -> str:
+        """Publishes the message and waits for Pub/Sub to take it; returns its name.
+
+        The name is `<topic>/messages/<message ID>` (see `message_name`).
+        Raises `tq.SubmitError`.
+        """
         wait = self._wait_s()
         future = self._publish(submission)
         try:
-            future.result(timeout=wait)
+            message_id = future.result(timeout=wait)
         except Exception as e:
             raise _submit_error(e, wait) from e
+        return message_name(submission.topic, message_id)
 
-    async def submit_async(self, submission: Submission) -> None:
+    async def submit_async(self, submission: Submission) -> str:
         """`submit` without blocking the event loop."""
         wait = self._wait_s()
         future = self._publish(submission)
         try:
-            await asyncio.wait_for(asyncio.wrap_future(future), wait)
+            message_id = await asyncio.wait_for(asyncio.wrap_future(future), wait)
         except Exception as e:
             raise _submit_error(e, wait) from e
+        return message_name(submission.topic, message_id)
 
     def close(self) -> None:
         """Publishes what is batched, then stops the client (if this publisher made it)."""
