@@ -4,23 +4,30 @@
 (`<queue ID>/tasks/<task ID>`, in the dispatcher's project and region), a
 `tq.AddedTask`, or a class and deduplication key; this module turns each
 into the full name, refusing (ValidationError) whatever is malformed before
-anything is asked of the destination. The submitter of the context
-deletes it if it can (`tq.TaskDeleter`).
+anything is asked of the destination. A task added in a transaction whose
+reminder is still pending is taken back from the outbox first
+(`forget_reminder`); then the submitter of the context deletes it if it
+can (`tq.TaskDeleter`).
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable
 
+from tq import _outbox
 from tq._errors import ConfigError, ValidationError
 from tq._handles import AddedTask, TaskDeletion, check_task_name
+from tq._reminder import Reminder
 from tq._request import Target, queue_path
 from tq._submitter import Submitter, TaskDeleter
 from tq._task import deduplicated_task_id
 from tq._taskclass import SHORT_QUEUE_RE, Kind, TaskClass
+from tq.txn._store import id_to_int, int_to_id, stores
 
 log = logging.getLogger("tq")
+_REMINDER_ID_RE = re.compile(r"^[0-9a-f]{32}\Z")
 
 
 def name_to_delete(
@@ -47,6 +54,47 @@ def name_to_delete(
         )
     cls = find_class(task_class) if isinstance(task_class, str) else None
     return deduplicated_name(cls, str(task_class), deduplication_key, queue, namespace, target)
+
+
+def forget_reminder(name: str) -> bool:
+    """Takes back the reminder of task `name` if it is still pending; whether it was.
+
+    A task added in a transaction is named `<queue>/tasks/<reminder ID>`.
+    Until its reminder is submitted (the happy path after the commit, which
+    may wait in a background queue, or the sweeper after a failure or a
+    crash) the reminder is in its store: deleting the task deletes the
+    reminder from every store registered with `tq.txn` (parked ones too),
+    and keeps this process's happy path from submitting it. Only a reminder
+    whose task has exactly this name is touched. Blocking (the stores').
+    """
+    task_id = name.rpartition("/tasks/")[2]
+    if not _REMINDER_ID_RE.match(task_id):
+        return False
+    _outbox.cancel(task_id)
+    found = False
+    for store in stores():
+        found_here = store.fetch_reminders([task_id])
+        if not found_here:  # a store may keep parked ones apart
+            key = id_to_int(task_id)
+            found_here = store.list_parked(1, after=int_to_id(key - 1) if key else "")
+        if any(r.id == task_id and _task_name(r) == name for r in found_here):
+            store.delete_reminders([task_id])
+            log.info(
+                "tq: deleted pending reminder %s of task %s (store %s)",
+                task_id,
+                name,
+                store.name,
+                extra={"tq_task": name, "tq_reminder": task_id},
+            )
+            found = True
+    return found
+
+
+def _task_name(reminder: Reminder) -> str:
+    try:
+        return reminder.submission().task_name
+    except Exception:  # a reminder that does not decode is not this task's
+        return ""
 
 
 def deletion(name: str, deleted: bool) -> TaskDeletion:

@@ -427,17 +427,25 @@ class Dispatcher:
         adding the same deduplicated task again soon after is absorbed (or
         raises, see `raise_if_exists`).
 
-        A task added in a transaction reaches its destination once the
-        transaction commits and its reminder is submitted: until then there
-        is nothing to delete. Deletion acts now, whatever transaction is open.
+        A task added in a transaction (named `<queue>/tasks/<reminder ID>`)
+        whose reminder is still pending after the commit (its happy path
+        not run yet, say in a background queue, or left to the sweeper by a
+        failure or a crash) is deleted there too: its reminder is deleted
+        from every store registered with `tq.txn`, parked or not, and this
+        process's happy path drops it, so it is never submitted; `deleted`
+        is then True. Before the commit there is nothing to delete: the
+        reminder is the open transaction's. Deletion acts now, whatever
+        transaction is open.
 
         Raises ValidationError for a malformed name or a bad class or key
         (before anything is asked of the destination), ConfigError when the
         submitter cannot delete tasks, SubmitError for any other failure.
         """
         name = self._name_to_delete(task, task_class, deduplication_key, queue)
-        deleted = _deletion.deleter_of(self.submitter()).delete_task(name)
-        return _deletion.deletion(name, deleted)
+        deleter = _deletion.deleter_of(self.submitter())
+        forgot = _deletion.forget_reminder(name)
+        deleted = deleter.delete_task(name)
+        return _deletion.deletion(name, forgot or deleted)
 
     async def delete_task_async(
         self,
@@ -449,8 +457,10 @@ class Dispatcher:
     ) -> TaskDeletion:
         """`delete_task` from async code."""
         name = self._name_to_delete(task, task_class, deduplication_key, queue)
-        deleted = await _deletion.deleter_of(self.submitter()).delete_task_async(name)
-        return _deletion.deletion(name, deleted)
+        deleter = _deletion.deleter_of(self.submitter())
+        forgot = await asyncio.to_thread(_deletion.forget_reminder, name)
+        deleted = await deleter.delete_task_async(name)
+        return _deletion.deletion(name, forgot or deleted)
 
     def _name_to_delete(self, *args: Any) -> str:
         return _deletion.name_to_delete(

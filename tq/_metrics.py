@@ -82,6 +82,8 @@ CATALOGUE: tuple[Metric, ...] = (
        "(left to the sweeper)"),
     _m("tq_reminders_stale_at_commit", "counter", "{reminder}", "",
        "Reminders already stale when their transaction committed"),
+    _m("tq_reminders_cancelled", "counter", "{reminder}", "",
+       "Reminders the happy path dropped because delete_task deleted their task first"),
     _m("tq_reminders_processed", "counter", "{reminder}", "task_class path",
        "Reminders whose task was created (then the reminder deleted); path=happy/sweep/replay"),
     _m("tq_reminders_latency", "histogram", "s", "task_class path",

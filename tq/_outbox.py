@@ -16,6 +16,7 @@ import dataclasses
 import datetime as dt
 import enum
 import logging
+import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -351,10 +352,37 @@ async def submit_reminders_async(
     return out
 
 
+# Reminder IDs whose tasks `Dispatcher.delete_task` deleted in this process:
+# a happy path that has not submitted them yet (a background queue's) drops
+# them. Insertion-ordered, the oldest forgotten past MAX_CANCELLED.
+_cancelled: dict[str, None] = {}
+_cancelled_lock = threading.Lock()
+MAX_CANCELLED = 10_000
+
+
+def cancel(reminder_id: str) -> None:
+    """Keeps this process's happy path from submitting reminder `reminder_id` from now on."""
+    with _cancelled_lock:
+        _cancelled[reminder_id] = None
+        while len(_cancelled) > MAX_CANCELLED:
+            del _cancelled[next(iter(_cancelled))]
+
+
+def _drop_cancelled(fresh: list[PendingTask]) -> list[PendingTask]:
+    with _cancelled_lock:
+        kept = [p for p in fresh if p.reminder.id not in _cancelled]
+        for p in fresh:
+            _cancelled.pop(p.reminder.id, None)
+    if len(kept) < len(fresh):
+        _metrics.add("tq_reminders_cancelled", len(fresh) - len(kept))
+    return kept
+
+
 def count_created(pending: Sequence[PendingTask], now: dt.datetime) -> list[PendingTask]:
     """Counts committed reminders (tq_reminders_created); returns those still fresh at `now`.
 
     A stale one belongs to the sweeper (counted in tq_reminders_stale_at_commit).
+    One whose task was deleted since its commit (`cancel`) is dropped.
     """
     fresh = []
     counts: dict[tuple[str, bool], int] = {}
@@ -369,6 +397,8 @@ def count_created(pending: Sequence[PendingTask], now: dt.datetime) -> list[Pend
         _metrics.add("tq_reminders_created", n, task_class=task_class, staleness=staleness)
     if len(fresh) < len(pending):
         _metrics.add("tq_reminders_stale_at_commit", len(pending) - len(fresh))
+    if _cancelled:
+        return _drop_cancelled(fresh)
     return fresh
 
 

@@ -3,6 +3,7 @@ submitted if and only if the transaction commits."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import os
 import subprocess
@@ -14,9 +15,15 @@ import grpc
 import pytest
 
 import tq
+from sweeper import InProcSweeper
 from tests.conformance import support
 from tests.conformance.harness import RowWriter, StoreHarness
-from tests.conformance.support import RecordingSubmitter, all_keys, make_dispatcher
+from tests.conformance.support import (
+    RecordingSubmitter,
+    SettableClock,
+    all_keys,
+    make_dispatcher,
+)
 from tests.testpb import payloads_pb2 as pb
 from tq._reminder import HAPPY_PATH_WINDOW
 
@@ -209,3 +216,50 @@ def test_process_dying_after_commit_leaves_stale_reminder_for_sweeper(
     submission = rem.submission()
     assert submission.task_class == support.GREET
     assert submission.task_name.endswith(f"/tasks/{reminder_id}")
+
+
+class DeletingSubmitter(RecordingSubmitter):
+    """Records submissions and deletions; the destination holds no task to delete."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.deletes: list[str] = []
+
+    def delete_task(self, name: str) -> bool:
+        self.deletes.append(name)
+        return False
+
+    async def delete_task_async(self, name: str) -> bool:
+        return self.delete_task(name)
+
+
+def test_deleting_a_task_whose_reminder_is_pending_keeps_the_sweeper_from_creating_it(
+    harness: StoreHarness,
+) -> None:
+    doomed, kept, parked = "d0" * 16, "e1" * 16, "f2" * 16
+    support.seed(harness, [doomed, kept, parked])  # committed; the happy path never ran
+    harness.store.park_reminder(parked, b"")
+    sub = DeletingSubmitter()
+    disp = make_dispatcher(sub)
+    disp.sweeper = InProcSweeper(stores=[harness.store])
+    queue = "projects/conformance/locations/us-central1/queues/q"
+
+    gone = disp.delete_task(f"q/tasks/{doomed}")
+    assert gone == tq.TaskDeletion(f"{queue}/tasks/{doomed}", True)
+    assert sub.deletes == [f"{queue}/tasks/{doomed}"]  # the destination was asked too
+    assert asyncio.run(disp.delete_task_async(f"q/tasks/{parked}")).deleted  # parked: replay never
+    assert all_keys(harness) == [kept]
+    assert harness.store.count_reminders() == (1, 0)
+    # Another queue's task of the same ID is another task: its reminder stays.
+    assert not disp.delete_task(f"other/tasks/{kept}").deleted
+    assert all_keys(harness) == [kept]
+
+    clock = SettableClock()
+    clock.offset = dt.timedelta(minutes=2)  # every reminder is stale
+    with tq.clock.use_clock(clock):
+        disp.sweep()
+    assert sub.reminder_ids() == [kept]
+    assert harness.store.count_reminders() == (0, 0)
+    assert disp.delete_task(f"q/tasks/{doomed}") == tq.TaskDeletion(
+        f"{queue}/tasks/{doomed}", False
+    )
