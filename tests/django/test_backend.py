@@ -207,10 +207,25 @@ def test_what_cloud_tasks_cannot_do_is_refused_at_enqueue(configure: Callable[..
 
     configure()
     with pytest.raises(InvalidTask, match="priority"):
-        send_confirmation.using(priority=10)
+        send_confirmation.using(priority=101)  # Django's range is -100 to 100
     far = dt.datetime.now(dt.UTC) + dt.timedelta(days=31)
     with pytest.raises(InvalidTask, match="30 days"):
         send_confirmation.using(run_after=far).enqueue(1)
+
+
+def test_priority_travels_with_the_task_and_is_recorded(
+    scheduler: tqtesting.Scheduler, alias: str
+) -> None:
+    from tests.django.shop.tasks import send_confirmation
+
+    low = send_confirmation.using(priority=-20).enqueue(1, database=alias)
+    high = send_confirmation.using(priority=20).enqueue(2, database=alias)
+    assert [r.priority for r in scheduler.tasks()] == [-20, 20]
+    scheduler.run(tqtesting.stop_when_drained())
+    # tqtesting, like the database queue, takes the higher priority first.
+    assert confirmations(alias) == [(2, ""), (1, "")]
+    assert send_confirmation.get_result(low.id).task.priority == -20
+    assert send_confirmation.get_result(high.id).task.priority == 20
 
 
 def test_the_task_context_counts_attempts(scheduler: tqtesting.Scheduler) -> None:
@@ -267,6 +282,21 @@ def test_database_queue_commit_delivers_once_through_the_views(
     assert deliver(alias) == 0
     assert confirmations(alias) == [(11, "")]
     assert send_confirmation.get_result(result.id).status == "SUCCESSFUL"
+
+
+def test_database_queue_runs_higher_priority_tasks_first(
+    configure: Callable[..., Any], alias: str
+) -> None:
+    from django.db import transaction
+
+    from tests.django.shop.tasks import send_confirmation
+
+    configure(DATABASE=alias, DELIVERY="database")
+    with transaction.atomic(using=alias):  # due at the same time, enqueued lowest first
+        for p in (-50, 0, 5, 50):
+            send_confirmation.using(priority=p).enqueue(p, database=alias, note=str(p))
+    assert deliver(alias, concurrency=1, batch_size=1) == 4
+    assert confirmations(alias) == [(50, "50"), (5, "5"), (0, "0"), (-50, "-50")]
 
 
 def test_database_queue_rollback_leaves_no_row(configure: Callable[..., Any], alias: str) -> None:

@@ -26,9 +26,12 @@ What a backend on Cloud Tasks can and cannot offer (docs/django.md):
 * async Task functions (supports_async_task): yes.
 * Results (supports_get_result): yes, stored in the database (the results
   alias: settings.TQ["DATABASE"]).
-* Priority (supports_priority): no. Cloud Tasks delivers each queue by its
-  rate and concurrency, not by task priority, and the database queue does
-  the same; give urgent work a queue of its own instead.
+* Priority (supports_priority): yes on the database queue (and tqtesting),
+  whose workers take a queue's due tasks highest priority first, within a
+  bounded head start (`tq.Task.priority`; a Django priority, -100 to 100,
+  is tq's priority as it is). Cloud Tasks has no priorities: there it is
+  recorded in the result and travels with the task, but the queue delivers
+  by its rate and concurrency alone; give urgent work a queue of its own.
 """
 
 from __future__ import annotations
@@ -67,7 +70,7 @@ class TqBackend(BaseTaskBackend):
     supports_defer = True
     supports_async_task = True
     supports_get_result = True
-    supports_priority = False
+    supports_priority = True
 
     def __init__(self, alias: str, params: Mapping[str, Any]) -> None:
         super().__init__(alias, params)
@@ -139,7 +142,11 @@ class TqBackend(BaseTaskBackend):
             results_database=state.settings.database,
         )
         tq_task = tq.Task(
-            payload=payload, title=task.name, eta=eta, queue=self._cloud_queue(task.queue_name)
+            payload=payload,
+            title=task.name,
+            eta=eta,
+            queue=self._cloud_queue(task.queue_name),
+            priority=task.priority,
         )
         self._add(state, payload, tq_task, run_after, now)
         result = TaskResult(
