@@ -136,7 +136,42 @@ def _eta(v: str) -> dt.datetime | None:
         return None
 
 
-_current: contextvars.ContextVar[ExecutionInfo | None] = contextvars.ContextVar(
+class FromHeaders:
+    """The ExecutionInfo of a push, read from its headers when first asked for.
+
+    Most handlers never ask: the push path makes this (no header parsed)
+    and `execution_info()` reads the headers once, on the first call.
+    `headers` (lowercase keys) must not change while the handler runs.
+    """
+
+    __slots__ = ("_app_engine", "_headers", "_info", "task_class")
+
+    def __init__(self, task_class: str, headers: Mapping[str, str], app_engine: bool) -> None:
+        self.task_class = task_class
+        self._headers = headers
+        self._app_engine = app_engine
+        self._info: ExecutionInfo | None = None
+
+    def get(self) -> ExecutionInfo:
+        info = self._info
+        if info is None:
+            info = self._info = ExecutionInfo.from_headers(
+                self.task_class, self._headers, app_engine=self._app_engine
+            )
+        return info
+
+    def queue_and_retried(self) -> tuple[str, bool]:
+        """(queue ID, whether this is a retry), without the rest of the headers."""
+        if self._info is None and not self._app_engine:
+            h = self._headers.get
+            queue = h("x-cloudtasks-queuename", "").strip().rsplit("/", 1)[-1]
+            return queue, _int(h("x-cloudtasks-taskretrycount", "").strip()) > 0
+        info = self.get()
+        return info.queue, info.retry_count > 0
+
+
+_Current = ExecutionInfo | FromHeaders | None
+_current: contextvars.ContextVar[_Current] = contextvars.ContextVar(
     "tq_execution_info", default=None
 )
 
@@ -149,6 +184,8 @@ def execution_info() -> ExecutionInfo:
     info = _current.get()
     if info is None:
         raise LookupError("tq.execution_info() is only available inside a task handler")
+    if isinstance(info, FromHeaders):
+        return info.get()
     return info
 
 
@@ -161,11 +198,11 @@ def executing(info: ExecutionInfo) -> Iterator[ExecutionInfo]:
         _current.reset(token)
 
 
-def enter(info: ExecutionInfo) -> contextvars.Token[ExecutionInfo | None]:
+def enter(info: ExecutionInfo | FromHeaders) -> contextvars.Token[_Current]:
     """Makes `info` current (what `executing` does, without a context manager's cost)."""
     return _current.set(info)
 
 
-def leave(token: contextvars.Token[ExecutionInfo | None]) -> None:
+def leave(token: contextvars.Token[_Current]) -> None:
     """Undoes `enter`."""
     _current.reset(token)

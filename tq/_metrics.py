@@ -230,6 +230,32 @@ def add(name: str, n: int = 1, **labels: str) -> None:
         inst.add(n, labels)
 
 
+Labels = tuple[tuple[tuple[str, str], ...], Mapping[str, str]]
+"""A label set made once by `labels()`, for `add_labelled` / `record_labelled` in hot paths."""
+
+
+def labels(**labels: str) -> Labels:
+    """`labels` made once, for calls that would pass the same ones again and again."""
+    return tuple(labels.items()), labels
+
+
+def add_labelled(name: str, labels: Labels, n: int = 1) -> None:
+    """`add(name, n, **labels)` with labels made by `labels()`."""
+    key = (name, labels[0])
+    with _lock:
+        _values[key] += n
+    inst = _instrument(name)
+    if inst is not None:
+        inst.add(n, labels[1])
+
+
+def record_labelled(name: str, value: float, labels: Labels) -> None:
+    """`record(name, value, **labels)` with labels made by `labels()`."""
+    inst = _instruments.get(name)
+    if inst is not None:
+        inst.record(value, labels[1])
+
+
 def record(name: str, value: float, **labels: str) -> None:
     """Records one observation of histogram `name` (seconds for durations).
 

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 
 from tq import _envelope, _metrics, _tracing, clock
 from tq._errors import Fatal, Ignore, Retry, Transient
-from tq._execution import ExecutionInfo, enter, leave
+from tq._execution import ExecutionInfo, FromHeaders, enter, leave
 from tq._request import EXPECTED_ETA_HEADER
 from tq.txn._store import enter_new_scope, leave_scope
 
@@ -150,19 +150,22 @@ async def _handle(
     except _envelope.EnvelopeError as e:
         return reject(400, "bad_body", str(e), class_id)
 
+    info: ExecutionInfo | FromHeaders
     if given_info is None:
-        info = ExecutionInfo.from_headers(class_id, headers, app_engine=dispatcher.app_engine)
+        # Read from the headers only if the handler asks (or a log line needs it).
+        info = FromHeaders(class_id, headers, dispatcher.app_engine)
     else:
         info = dataclasses.replace(given_info, task_class=class_id)
     handler = cls.handler
     if not cls.quiet and log.isEnabledFor(logging.DEBUG):
+        full = _full(info)
         log.debug(
             "tq: running task %s of class %s (attempt %d): %s",
-            info.task_id or "?",
+            full.task_id or "?",
             cls.id,
-            info.execution_count + 1,
+            full.execution_count + 1,
             payload,
-            extra=_log_fields(info),
+            extra=_log_fields(full),
         )
     c = clock.current()
     started = c.monotonic()
@@ -184,7 +187,7 @@ async def _handle(
             else:
                 returned = await asyncio.to_thread(_in_scope, scope, handler, payload)
     except Exception as e:
-        result = _outcome_of(e, cls.id, info, cls.quiet_on_error)
+        result = _outcome_of(e, cls.id, _full(info), cls.quiet_on_error)
     else:
         result = _OK[cls.id] if returned is None else _ok_with(cls.id, returned)
     finally:
@@ -192,8 +195,12 @@ async def _handle(
         leave(token)
         with _running_lock:
             _running[cls.id] -= 1
-    _count_handled(result.outcome, info, headers, c.monotonic() - started)
+    _count_handled(result.outcome, class_id, info, headers, c.monotonic() - started)
     return result
+
+
+def _full(info: ExecutionInfo | FromHeaders) -> ExecutionInfo:
+    return info.get() if isinstance(info, FromHeaders) else info
 
 
 def _in_scope(
@@ -252,19 +259,46 @@ def _log_fields(info: ExecutionInfo) -> dict[str, object]:
 
 
 def _count_handled(
-    outcome: str, info: ExecutionInfo, headers: Mapping[str, str], duration_s: float
+    outcome: str,
+    cls: str,
+    info: ExecutionInfo | FromHeaders,
+    headers: Mapping[str, str],
+    duration_s: float,
 ) -> None:
-    cls, queue = info.task_class, info.queue
-    retry = "true" if info.retry_count > 0 else "false"
-    _metrics.add("tq_pushes_handled", task_class=cls, queue=queue, result=outcome, retry=retry)
-    _metrics.record("tq_push_duration", duration_s, task_class=cls, queue=queue, result=outcome)
+    if isinstance(info, FromHeaders):
+        queue, retried = info.queue_and_retried()
+    else:
+        queue, retried = info.queue, info.retry_count > 0
+    labels = _labels.get((cls, queue, outcome, retried))
+    if labels is None:
+        labels = _handled_labels(cls, queue, outcome, retried)
+    _metrics.add_labelled("tq_pushes_handled", labels[0])
+    _metrics.record_labelled("tq_push_duration", duration_s, labels[1])
     eta = _expected_eta(headers, info)
     if eta is not None:
         latency = max(clock.now().timestamp() - eta, 0.0)
-        _metrics.record("tq_push_latency", latency, task_class=cls, queue=queue, result=outcome)
+        _metrics.record_labelled("tq_push_latency", latency, labels[1])
 
 
-def _expected_eta(headers: Mapping[str, str], info: ExecutionInfo) -> float | None:
+# (class, queue, outcome, retried) -> the labels of tq_pushes_handled, of the histograms.
+_labels: dict[tuple[str, str, str, bool], tuple[_metrics.Labels, _metrics.Labels]] = {}
+
+
+def _handled_labels(
+    cls: str, queue: str, outcome: str, retried: bool
+) -> tuple[_metrics.Labels, _metrics.Labels]:
+    retry = "true" if retried else "false"
+    made = (
+        _metrics.labels(task_class=cls, queue=queue, result=outcome, retry=retry),
+        _metrics.labels(task_class=cls, queue=queue, result=outcome),
+    )
+    if len(_labels) >= 4096:  # queue names come from headers: keep the cache bounded
+        _labels.clear()
+    _labels[(cls, queue, outcome, retried)] = made
+    return made
+
+
+def _expected_eta(headers: Mapping[str, str], info: ExecutionInfo | FromHeaders) -> float | None:
     """When the task was meant to run (epoch seconds): tq's header, else Cloud Tasks' ETA.
 
     Cloud Tasks moves its ETA header to each retry's time; tq's stays at the
@@ -276,7 +310,8 @@ def _expected_eta(headers: Mapping[str, str], info: ExecutionInfo) -> float | No
             return float(v)
         except ValueError:
             pass
-    return info.eta.timestamp() if info.eta is not None else None
+    eta = _full(info).eta
+    return eta.timestamp() if eta is not None else None
 
 
 _OUTCOMES: list[tuple[type[Exception], int, str, int]] = [

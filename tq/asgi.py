@@ -46,12 +46,23 @@ import logging
 from collections.abc import Collection, Mapping
 
 from starlette.applications import Starlette
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import Receive, Scope, Send
 
 from tq import _metrics, _push, clock
+from tq._asgiwire import (  # (the `as` ones are tq.pubsub's too)
+    _ERROR_BODY,
+    _ERROR_HEADERS,
+    RESULT_HEADER,
+    _respond_result,
+)
+from tq._asgiwire import _full_path as _full_path
+from tq._asgiwire import _headers as _headers
+from tq._asgiwire import _path_and_query as _path_and_query
+from tq._asgiwire import _read_body as _read_body
+from tq._asgiwire import _respond as _respond
 from tq._auth import (
     AuthError,
     OIDCVerifier,
@@ -122,15 +133,8 @@ def app(
 
     Raises ConfigError on a bad option.
     """
-    return Starlette(
-        routes=routes(
-            dispatcher,
-            auth=auth,
-            max_body_bytes=max_body_bytes,
-            authorized_launchers=authorized_launchers,
-            certs_url=certs_url,
-        )
-    )
+    endpoint = _Endpoint(dispatcher, auth, max_body_bytes, authorized_launchers, certs_url)
+    return _PushServingApp(endpoint)
 
 
 def routes(
@@ -148,6 +152,10 @@ def routes(
     include a catch-all POST route, so give them a mount of their own.
     """
     endpoint = _Endpoint(dispatcher, auth, max_body_bytes, authorized_launchers, certs_url)
+    return _routes(endpoint)
+
+
+def _routes(endpoint: _Endpoint) -> list[BaseRoute]:
     return [
         Route("/c/sweep", endpoint.sweep, methods=["GET", "POST"]),
         Route("/c/cron/{class_id}", endpoint.cron, methods=["GET", "POST"]),
@@ -162,6 +170,47 @@ class _PushApp:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await self._push(scope, receive, send)
+
+
+class _PushServingApp(Starlette):
+    """What `app()` returns: its routes, with pushes served without the routing.
+
+    A push (a POST to any path under the mount but `/c/...`) is what the
+    catch-all route would serve; taking it here skips Starlette's two
+    exception middlewares and the router (about a third of a push's CPU in
+    process). What the middlewares would do is done here too: an exception
+    before the response started gets a 500 and is raised on. Anything else,
+    and every request once middleware or exception handlers were added to
+    the app, goes through Starlette as usual.
+    """
+
+    def __init__(self, endpoint: _Endpoint) -> None:
+        super().__init__(routes=_routes(endpoint))
+        self._endpoint = endpoint
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            scope["type"] == "http"
+            and scope["method"] == "POST"
+            and not self.user_middleware
+            and not self.exception_handlers
+        ):
+            path = _route_path(scope)
+            if path[:1] == "/" and not path.startswith("/c/"):
+                await self._endpoint.push_guarded(scope, receive, send)
+                return
+        await super().__call__(scope, receive, send)
+
+
+def _route_path(scope: Scope) -> str:
+    """The path under the mount, as Starlette's router matches it (starlette._utils)."""
+    path: str = scope["path"]
+    root: str = scope.get("root_path", "")
+    if not root or not path.startswith(root):
+        return path
+    if path == root:
+        return ""
+    return path[len(root) :] if path[len(root)] == "/" else path
 
 
 class _Endpoint:
@@ -198,52 +247,81 @@ class _Endpoint:
         # Warnings wait for the first request: an app that is built but never
         # served (a script adding tasks, `tq schedules`) has nothing to warn of.
         self._warned = auth is _IN_PROCESS_ONLY
+        self._prefixes: list[str] = []
+        self._prefixes_of = -1  # how many classes _prefixes were worked out for
 
     async def push(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Serves one push (a plain ASGI app: no Request or Response objects per push)."""
+        status, outcome, result = await self._answer(scope, receive)
+        if result is not None:
+            await _respond_result(send, status, result)
+        else:
+            await _respond(send, status, outcome)
+
+    async def push_guarded(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """`push`, doing what Starlette's ServerErrorMiddleware would around it."""
+        try:
+            status, outcome, result = await self._answer(scope, receive)
+        except Exception:
+            await send({"type": "http.response.start", "status": 500, "headers": _ERROR_HEADERS})
+            await send({"type": "http.response.body", "body": _ERROR_BODY})
+            raise
+        if result is not None:
+            await _respond_result(send, status, result)
+        else:
+            await _respond(send, status, outcome)
+
+    async def _answer(self, scope: Scope, receive: Receive) -> tuple[int, str, bytes | None]:
+        """(status, outcome, the handler's result or None) of one push."""
         headers = _headers(scope)
         path = _full_path(scope)
-        class_id = _class_id(self.dispatcher, path)
+        class_id = self._class_id(path)
         length = headers.get("content-length", "")
         # isdigit() alone passes "²" (latin-1 \xb2), which int() refuses.
         if length.isascii() and length.isdigit() and int(length) > self.max_body_bytes:
-            where = _where(class_id, headers)
-            await self._refuse(send, 400, "body_too_large", f"Content-Length {length}", where)
-            return
+            return _refuse(400, "body_too_large", f"Content-Length {length}", class_id, headers)
         if not self._warned:
             self._warn_once()
         if self.verifier is not None:
+            dispatcher = self.dispatcher
             audiences = request_audiences(
-                self.dispatcher.push_audience,
+                dispatcher.push_audience,
                 headers.get("host", ""),
                 _path_and_query(path, scope),
                 scope.get("scheme", "https"),
             )
             try:
-                await authenticate_push(self.verifier, self.dispatcher, headers, audiences)
+                await authenticate_push(self.verifier, dispatcher, headers, audiences)
             except AuthError as e:
-                where = _where(class_id, headers)
-                await self._refuse(send, e.status, "auth_" + e.reason, e.detail, where)
-                return
+                return _refuse(e.status, "auth_" + e.reason, e.detail, class_id, headers)
         if class_id is None:
-            where = _where(class_id, headers)
-            await self._refuse(send, 404, "no_route", f"no routing prefix matches {path!r}", where)
-            return
+            detail = f"no routing prefix matches {path!r}"
+            return _refuse(404, "no_route", detail, class_id, headers)
         body = await _read_body(receive, self.max_body_bytes)
         if body is None:
-            where = _where(class_id, headers)
             detail = f"body over {self.max_body_bytes} bytes"
-            await self._refuse(send, 400, "body_too_large", detail, where)
-            return
+            return _refuse(400, "body_too_large", detail, class_id, headers)
         result = await _push.handle_push(self.dispatcher, class_id, headers, body)
         if log.isEnabledFor(logging.DEBUG):
             log.debug(
                 "tq: push %s -> %d %s", _where(class_id, headers), result.status, result.outcome
             )
-        if result.result is not None:
-            await _respond_result(send, result.status, result.result)
-        else:
-            await _respond(send, result.status, result.outcome)
+        return result.status, result.outcome, result.result
+
+    def _class_id(self, path: str) -> str | None:
+        """The class ID in a push's path (the segment after the longest routing prefix)."""
+        # Classes are only ever added: their count tells whether the prefixes changed.
+        classes = self.dispatcher._classes
+        if len(classes) != self._prefixes_of:
+            prefixes = {c.routing_prefix for c in list(classes.values())}
+            prefixes.add(DEFAULT_ROUTING_PREFIX)
+            self._prefixes = sorted(prefixes, key=len, reverse=True)
+            self._prefixes_of = len(classes)
+        for prefix in self._prefixes:
+            if path.startswith(prefix):
+                class_id = path[len(prefix) :].split("/", 1)[0]
+                return class_id or None
+        return None
 
     async def _launcher_refusal(self, request: Request, what: str) -> Response | None:
         """None if the caller may launch sweeps and cron ticks, else the refusal."""
@@ -318,49 +396,12 @@ class _Endpoint:
                 "refuses every push (403 auth_email_not_allowed) until one is configured"
             )
 
-    async def _refuse(self, send: Send, status: int, reason: str, detail: str, where: str) -> None:
-        _push.reject(status, reason, f"{detail} ({where})")
-        await _respond(send, status, reason)
 
-
-def _headers(scope: Scope) -> dict[str, str]:
-    # ASGI header names are lowercase already. A repeated header's values are
-    # joined with ", " (RFC 9110, 5.3), never one picked: two Authorization
-    # headers then carry no valid token, whichever one a proxy looked at.
-    raw = scope["headers"]
-    if not isinstance(raw, list):
-        raw = list(raw)
-    headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in raw}
-    if len(headers) == len(raw):
-        return headers  # no header repeated: the common case, in one pass
-    headers = {}
-    for k, v in raw:
-        name, value = k.decode("latin-1").lower(), v.decode("latin-1")
-        headers[name] = f"{headers[name]}, {value}" if name in headers else value
-    return headers
-
-
-def _full_path(scope: Scope) -> str:
-    """The request path from the server's root, whatever the mount."""
-    path: str = scope["path"]
-    root: str = scope.get("root_path", "")
-    # ASGI servers and Starlette mounts keep root_path inside path; older ones do not.
-    return path if path.startswith(root) else root + path
-
-
-def _path_and_query(path: str, scope: Scope) -> str:
-    query: bytes = scope.get("query_string", b"")
-    return f"{path}?{query.decode('latin-1')}" if query else path
-
-
-def _class_id(dispatcher: Dispatcher, path: str) -> str | None:
-    prefixes = {c.routing_prefix for c in dispatcher.task_classes()}
-    prefixes.add(DEFAULT_ROUTING_PREFIX)
-    for prefix in sorted(prefixes, key=len, reverse=True):
-        if path.startswith(prefix):
-            class_id = path[len(prefix) :].split("/", 1)[0]
-            return class_id or None
-    return None
+def _refuse(
+    status: int, reason: str, detail: str, class_id: str | None, headers: Mapping[str, str]
+) -> tuple[int, str, None]:
+    _push.reject(status, reason, f"{detail} ({_where(class_id, headers)})")
+    return status, reason, None
 
 
 def _schedule_time(value: str) -> dt.datetime | None:
@@ -376,61 +417,6 @@ def _where(class_id: str | None, headers: Mapping[str, str]) -> str:
     task = headers.get("x-cloudtasks-taskname") or headers.get("x-appengine-taskname") or "?"
     queue = headers.get("x-cloudtasks-queuename") or headers.get("x-appengine-queuename") or "?"
     return f"class {class_id or '?'}, task {task}, queue {queue.rsplit('/', 1)[-1]}"
-
-
-async def _read_body(receive: Receive, limit: int) -> bytes | None:
-    """The body, or None as soon as it grows past `limit` bytes.
-
-    Raises starlette's ClientDisconnect if the client goes away first (as
-    `Request.stream()` does).
-    """
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        message = await receive()
-        kind = message["type"]
-        if kind == "http.request":
-            chunk: bytes = message.get("body", b"")
-            if chunk:
-                size += len(chunk)
-                if size > limit:
-                    return None
-                chunks.append(chunk)
-            if not message.get("more_body", False):
-                break
-        elif kind == "http.disconnect":
-            raise ClientDisconnect()
-    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
-
-
-# What PlainTextResponse(outcome + "\n", status_code=status) would send
-# (Response(status_code=204) for 204: no body, no headers).
-_TEXT_PLAIN = (b"content-type", b"text/plain; charset=utf-8")
-
-
-async def _respond(send: Send, status: int, outcome: str) -> None:
-    if status == 204:
-        await send({"type": "http.response.start", "status": 204, "headers": []})
-        await send({"type": "http.response.body", "body": b""})
-        return
-    body = (outcome + "\n").encode()
-    headers = [(b"content-length", str(len(body)).encode()), _TEXT_PLAIN]
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
-
-
-RESULT_HEADER = "x-tq-result"
-"""Marks a push response whose body is the handler's result (the database queue keeps it)."""
-
-
-async def _respond_result(send: Send, status: int, body: bytes) -> None:
-    headers = [
-        (b"content-length", str(len(body)).encode()),
-        (b"content-type", b"application/octet-stream"),
-        (RESULT_HEADER.encode(), b"1"),
-    ]
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
 
 
 __all__ = [
