@@ -30,7 +30,7 @@ from tests.conformance.harness_sql import postgres_harness, sqlite_harness
 from tests.conformance.support import RecordingSubmitter
 from tests.testpb import payloads_pb2 as pb
 from tq import _request
-from tq._dispatcher import MAX_BATCH
+from tq._add_path import MAX_BATCH
 from tq._task import MAX_ETA_AHEAD, MAX_URI_LENGTH
 from tqtesting import FakeClock, MemoryStore
 
