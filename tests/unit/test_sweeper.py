@@ -247,7 +247,7 @@ def test_tunables_out_of_range_are_refused(kw: dict[str, int]) -> None:
 
 
 class Lockstep(MemoryStore):
-    """A view of a shared store whose scans of a range wait for the other sweeper's."""
+    """A view of a shared store: both sweepers read each first-level shard, then go on."""
 
     def __init__(self, shared: MemoryStore, barriers: dict[str, threading.Barrier]) -> None:
         super().__init__(shared.name)
@@ -255,10 +255,14 @@ class Lockstep(MemoryStore):
         self.barriers = barriers
 
     def fetch_reminder_keys(self, low: str, high: str, limit: int) -> list[ReminderKey]:
+        keys = self.shared.fetch_reminder_keys(low, high, limit)
         barrier = self.barriers.get(low + high)
         if barrier is not None:
-            barrier.wait(10)
-        return self.shared.fetch_reminder_keys(low, high, limit)
+            # After the read: both sweepers found the same keys before either
+            # submits (a wait before it let one thread sweep the shard while
+            # the other had not read it yet).
+            barrier.wait(60)
+        return keys
 
     def fetch_reminders(self, ids: object) -> list[tq._reminder.Reminder]:
         return self.shared.fetch_reminders(ids)  # type: ignore[arg-type]
