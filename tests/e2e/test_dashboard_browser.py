@@ -63,6 +63,17 @@ def page(browser: Any, request: pytest.FixtureRequest) -> Iterator[Any]:
     context.close()
 
 
+def expect(target: Any) -> Any:
+    """Playwright's `expect`: its checks retry until they hold (or 15 s pass).
+
+    A click that navigates returns before the next page is shown; an
+    immediate `is_visible()` would race the page load.
+    """
+    from playwright.sync_api import expect as playwright_expect
+
+    return playwright_expect(target)
+
+
 def sign_in(page: Any, served: ServedApp, token: str) -> None:
     page.goto(served.url + "/")
     assert "/login" in page.url  # unauthenticated: sent to sign in, no data shown
@@ -76,11 +87,21 @@ def shot(page: Any, request: pytest.FixtureRequest, name: str) -> None:
     page.screenshot(path=str(screenshot_path(request.node.name, name)), full_page=True)
 
 
-def confirm(page: Any, button: str) -> None:
-    """Clicks an action button, checks the confirmation page asks, and confirms."""
+def confirm(page: Any, button: Any) -> None:
+    """Clicks an action button, checks the confirmation page asks, and confirms.
+
+    Returns once the page the action led back to shows its outcome (the
+    flash), so that the action is done when the caller checks the database.
+    """
     page.get_by_role("link", name=button).first.click()
-    assert page.locator("#question").is_visible()
+    expect(page.locator("#question")).to_be_visible()
+    confirmed(page)
+
+
+def confirmed(page: Any) -> None:
+    """Confirms on a confirmation page; returns once the next page shows the outcome."""
     page.click("#confirm")
+    expect(page.locator(".flash")).to_be_visible()
 
 
 def task_state(engine: sa.Engine, queue: str, name: str) -> str:
@@ -99,21 +120,21 @@ def test_every_page_loads_in_chromium_and_an_operator_acts(
     shot(page, request, "overview")
 
     page.locator("#queues").get_by_role("link", name="emails").click()
-    assert page.get_by_role("link", name=re.compile(r"failed \(1\)")).is_visible()
+    expect(page.get_by_role("link", name=re.compile(r"failed \(1\)"))).to_be_visible()
     shot(page, request, "queue")
     page.get_by_role("link", name=re.compile(r"failed \(1\)")).click()
     page.get_by_role("link", name=data.names["failed"]).click()
-    assert '"name": "fail-1"' in page.locator("#payload").inner_text()
+    expect(page.locator("#payload")).to_contain_text('"name": "fail-1"')
     shot(page, request, "task")
 
     confirm(page, "Run now")  # the failed task gets a fresh start
-    assert "runs now" in page.locator(".flash").inner_text()
+    expect(page.locator(".flash")).to_contain_text("runs now")
     assert task_state(engine, "emails", data.names["failed"]) == "pending"
 
     page.goto(served.url + "/queues/emails")
     confirm(page, "Pause")
     assert {q.name: q.paused for q in dbqueue.Admin(engine).list_queues()}["emails"]
-    assert page.locator(".badge", has_text="PAUSED").first.is_visible()
+    expect(page.locator(".badge", has_text="PAUSED").first).to_be_visible()
 
     for path, name in [("/reminders", "reminders"), ("/parked", "parked"),
                        ("/schedules", "schedules")]:  # fmt: skip
@@ -125,9 +146,10 @@ def test_every_page_loads_in_chromium_and_an_operator_acts(
     page.goto(served.url + "/parked")
     page.check(f"input[value='{data.parked_reminders[0]}']")
     page.get_by_role("button", name="Replay selected").click()
-    assert data.parked_reminders[0] in page.locator("ul").inner_text()
-    page.click("#confirm")
-    assert "replayed 1 parked reminders" in page.locator(".flash").inner_text()
+    expect(page.locator("#question")).to_be_visible()
+    expect(page.locator("ul")).to_contain_text(data.parked_reminders[0])
+    confirmed(page)
+    expect(page.locator(".flash")).to_contain_text("replayed 1 parked reminders")
     assert data.store.count_reminders() == (3, 1)
     shot(page, request, "parked-after-replay")
 
@@ -184,11 +206,13 @@ def test_a_queue_of_10000_tasks_pages_in_the_browser(
     sign_in(page, served, VIEWER)
     page.goto(served.url + "/queues/emails?state=pending&order=overdue")
     seen: set[str] = set()
+    cells = page.locator("#tasks tbody tr td:first-child")
     for _ in range(5):
-        names = page.locator("#tasks tbody tr td:first-child").all_inner_texts()
+        names = cells.all_inner_texts()
         assert len(names) == 50
         seen |= set(names)
         page.get_by_role("link", name="next page »").click()
+        expect(cells.first).not_to_have_text(names[0])  # the next page is shown
     assert len(seen) == 250
     assert "pending (10003)" in page.locator("nav.tabs").inner_text()
     shot(page, request, "queue-10000")
