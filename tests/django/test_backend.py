@@ -168,6 +168,58 @@ def test_a_protobuf_task_class_follows_the_atomic_block_too(
     assert confirmations(alias) == [(5, "shipped")]
 
 
+def test_a_handler_run_inside_the_callers_atomic_block_is_not_in_its_transaction(
+    scheduler: tqtesting.Scheduler, alias: str
+) -> None:
+    from django.db import transaction
+
+    from tests.django.shop import tq_app
+    from tests.testpb import payloads_pb2 as pb
+
+    def caller() -> None:
+        with transaction.atomic(using=alias):
+            tq_app.disp.add_task(tq.Task(payload=pb.Count(n=1, tag=alias)))  # the caller's
+            # What the push path opens around every handler: as if a handler ran
+            # here, in this thread, on this connection.
+            with tq.txn.new_transaction_scope():
+                # The caller's block is not the handler's: its task goes now.
+                tq_app.disp.add_task(tq.Task(payload=pb.Count(n=2, tag=alias)))
+                assert [r.payload for r in scheduler.tasks()] == [pb.Count(n=2, tag=alias)]
+                # A block the handler opens holds the handler's tasks.
+                with transaction.atomic(using=alias):
+                    tq_app.disp.add_task(tq.Task(payload=pb.Count(n=3, tag=alias)))
+                assert len(scheduler.tasks()) == 1
+            assert count(alias, "tq_reminders") == 2  # the caller's and the inner block's
+            raise KeyError("the caller rolls back")
+
+    with pytest.raises(KeyError):
+        caller()
+    assert count(alias, "tq_reminders") == 0
+    scheduler.run(tqtesting.stop_when_drained())
+    assert tq_app.shipped == [2]
+
+
+def test_outside_transaction_hides_the_open_atomic_block_not_one_opened_inside(
+    scheduler: tqtesting.Scheduler, alias: str
+) -> None:
+    from django.db import transaction
+
+    from tests.django.shop import tq_app
+    from tests.testpb import payloads_pb2 as pb
+
+    with transaction.atomic(using=alias):
+        with tq.txn.outside_transaction():
+            tq_app.disp.add_task(tq.Task(payload=pb.Count(n=1, tag=alias)))  # now
+            with transaction.atomic(using=alias):  # begun inside: found
+                tq_app.disp.add_task(tq.Task(payload=pb.Count(n=2, tag=alias)))
+                assert count(alias, "tq_reminders") == 1
+            assert len(scheduler.tasks()) == 1
+        assert len(scheduler.tasks()) == 1  # the inner block's task waits for the commit
+    assert len(scheduler.tasks()) == 2
+    scheduler.run(tqtesting.stop_when_drained())
+    assert sorted(tq_app.shipped) == [1, 2]
+
+
 def test_async_task_functions_run_and_return(scheduler: tqtesting.Scheduler) -> None:
     from tests.django.shop.tasks import send_async
 

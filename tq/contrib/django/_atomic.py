@@ -15,7 +15,10 @@ task is then written in that transaction through Django's own connection:
 A rollback, or a rolled-back inner `atomic()` (its savepoint), drops the
 row, and Django drops the `on_commit` callbacks registered inside it.
 Outside any atomic block on a watched alias nothing is found and tasks are
-submitted at once. A connection in a transaction that is not an atomic
+submitted at once. The finder is scoped (see `tq.txn.register_finder`): a
+block begun before the current scope, the caller's around a pushed
+handler or around an `outside_transaction()` block, is not the scope's,
+and one begun inside it is. A connection in a transaction that is not an atomic
 block (`set_autocommit(False)`) is a transaction tq cannot follow:
 `add_task` refuses there, and where atomic blocks are open on several
 aliases at once, unless `on_database(alias)` says which one to use.
@@ -27,8 +30,8 @@ import contextlib
 import contextvars
 import threading
 import weakref
-from collections.abc import Iterator, Sequence
-from typing import Any
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any, SupportsIndex
 
 from django.db import connections, transaction
 
@@ -40,7 +43,7 @@ from tq.contrib.django._delivery import DatabaseDelivery
 from tq.dbqueue import _dbapi
 from tq.dbqueue._submitter import DbQueueSubmitter
 from tq.txn import PendingTask, Transaction, UntoldTransaction
-from tq.txn._store import get_store
+from tq.txn._store import get_store, hidden_here, transaction_stamp
 from tq.txn.sql._schema import to_micros
 from tq.txn.sql._store import url_key
 from tq.txn.sql._transaction import _insert_sql
@@ -78,18 +81,71 @@ def on_database(alias: str) -> Iterator[None]:
         _chosen.reset(token)
 
 
+class Blocks(list[Any]):
+    """A connection's `atomic_blocks`, noting when each block began (a transaction stamp).
+
+    Django appends each `atomic()` block it enters to the connection's list
+    and pops it on exit; tq puts this list in its place (`stamp_blocks`),
+    so that the finder can tell a block begun before the current scope (a
+    caller's, around a pushed handler or an `outside_transaction()` block)
+    from one begun inside it.
+    """
+
+    __slots__ = ("stamps",)
+
+    def __init__(self, blocks: Iterable[Any] = ()) -> None:
+        super().__init__(blocks)
+        self.stamps = [0] * len(self)  # begun before tq watched: before any scope
+
+    def append(self, block: Any) -> None:
+        super().append(block)
+        self.stamps.append(transaction_stamp())
+
+    def pop(self, index: SupportsIndex = -1) -> Any:
+        self.stamps.pop(index)
+        return super().pop(index)
+
+
+def stamp_blocks(connection: Any, **_: Any) -> None:
+    """Gives a new connection a `Blocks` list (Django's `connection_created` receiver)."""
+    blocks = connection.atomic_blocks
+    if type(blocks) is not Blocks:
+        connection.atomic_blocks = Blocks(blocks)
+
+
+def _in_block(conn: Any) -> bool:
+    """Whether `conn` is in an atomic block the current scope sees.
+
+    The innermost block decides: one a handler opened inside the caller's
+    (a savepoint of the caller's transaction) holds the handler's tasks.
+    """
+    if not conn.in_atomic_block:
+        return False
+    blocks = conn.atomic_blocks
+    if type(blocks) is not Blocks:
+        blocks = conn.atomic_blocks = Blocks(blocks)
+    stamps = blocks.stamps
+    return not stamps or not hidden_here(stamps[-1])
+
+
 def find() -> Transaction | UntoldTransaction | None:
-    """The Django transaction `add_task` runs in, if any (the finder)."""
+    """The Django transaction `add_task` runs in, if any (the finder).
+
+    Registered scoped: an atomic block begun before the current scope (a
+    pushed handler's, or an `outside_transaction()` block) is passed over.
+    """
     chosen = _chosen.get()
     if chosen is not None:
         conn = connections[chosen]
-        if conn.in_atomic_block:
+        if _in_block(conn):
             return DjangoTransaction(chosen)
         return None
     found: str | None = None
     for alias in _watched:
         conn = connections[alias]
         if conn.in_atomic_block:
+            if not _in_block(conn):
+                continue
             if found is not None:
                 return UntoldTransaction(
                     what=f"Django atomic blocks on databases {found!r} and {alias!r}",

@@ -14,6 +14,7 @@ import threading
 
 from django.core.exceptions import ImproperlyConfigured
 from django.db import connections
+from django.db.backends.signals import connection_created
 from django.utils.module_loading import import_string
 
 import tq
@@ -96,7 +97,8 @@ def setup() -> State:
             ):
                 register_store(_databases.DjangoStore(alias))
         _atomic.watch(watched)
-        register_finder(_atomic.find)
+        connection_created.connect(_atomic.stamp_blocks, dispatch_uid="tq-stamp-blocks")
+        register_finder(_atomic.find, scoped=True)
         cls = disp.task_class_by_id(CLASS_ID)
         if cls is None:
             disp.register_task_class(
