@@ -154,15 +154,22 @@ def engine_fixture(tmp_path: pathlib.Path) -> Iterator[sa.Engine]:
 
 @pytest.fixture(
     name="engine",
-    params=["sqlite", pytest.param("mariadb", marks=pytest.mark.mariadb)],
+    params=[
+        "sqlite",
+        pytest.param("postgres", marks=pytest.mark.postgres),
+        pytest.param("mariadb", marks=pytest.mark.mariadb),
+    ],
 )
 def fidelity_engine_fixture(
     request: pytest.FixtureRequest, tmp_path: pathlib.Path
 ) -> Iterator[sa.Engine]:
-    """The queue's Cloud Tasks fidelity tests run on SQLite and on MariaDB (PostgreSQL's
-    run in tests/integration/test_dbqueue_postgres.py and the tests of every database)."""
+    """The queue's Cloud Tasks fidelity tests run on SQLite, PostgreSQL (whose workers
+    take their own path, `tq.dbqueue._lease_pg`) and MariaDB."""
     if request.param == "sqlite":
         e = make_engine(tmp_path / "queue.db")
+    elif request.param == "postgres":
+        e = sa.create_engine(request.getfixturevalue("postgres_db_url"), pool_size=20)
+        dbqueue.create_schema(e)
     else:
         e = dbqueue.mysql_engine(request.getfixturevalue("mariadb_db_url"), pool_size=20)
         dbqueue.create_schema(e)

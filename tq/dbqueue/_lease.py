@@ -50,7 +50,7 @@ class Leased:
     task_class: str
     url: str
     method: str
-    headers: dict[str, str]
+    headers: dict[str, str]  # read-only: tasks with the same headers share one dict
     body: bytes
     oidc_email: str | None
     oidc_audience: str | None
@@ -327,11 +327,11 @@ def lease(
             )
     leased = [leased_of(r, cfg) for r in rows]
     if len(leased) > 1:
-        leased.sort(key=_rank)
+        leased.sort(key=rank)
     return leased
 
 
-def _rank(t: Leased) -> tuple[int, int]:
+def rank(t: Leased) -> tuple[int, int]:
     return (t.eta_us if t.rank_us is None else t.rank_us), t.id
 
 
@@ -353,6 +353,20 @@ def _lease_ids(
     return list(conn.execute(st.read_leased, params).all())
 
 
+_parsed_headers: dict[str, dict[str, str]] = {}
+
+
+def _headers_of(text: str) -> dict[str, str]:
+    """The headers of a leased row, parsed once per distinct JSON text (the tasks of a
+    class usually share theirs): read-only, shared by the Leased tasks that have them."""
+    h = _parsed_headers.get(text)
+    if h is None:
+        if len(_parsed_headers) >= 512:
+            _parsed_headers.clear()
+        h = _parsed_headers[text] = json.loads(text)
+    return h
+
+
 def leased_of(row: Any, cfg: QueueConfig) -> Leased:
     # Positional: the columns of LEASED_COLUMNS are Leased's fields, in order
     # (by name, a row costs about as much to read as the lease itself).
@@ -360,7 +374,7 @@ def leased_of(row: Any, cfg: QueueConfig) -> Leased:
      app_engine, deadline_s, eta_us, attempts, executions, last_status, last_error,
      first_attempt_us, lease_owner, lease_expires_us, priority, rank_us, tag) = row  # fmt: skip
     return Leased(
-        id_, queue, name, task_class, url, method, json.loads(headers), bytes(body),
+        id_, queue, name, task_class, url, method, _headers_of(headers), bytes(body),
         oidc_email, oidc_audience, bool(app_engine), deadline_s, eta_us, attempts,
         executions, last_status, last_error, first_attempt_us, lease_owner, lease_expires_us,
         priority, rank_us, tag, cfg,

@@ -58,7 +58,7 @@ class PulledTask:
 def _pulled(t: Leased, duration: dt.timedelta) -> PulledTask:
     return PulledTask(
         queue=t.queue, name=t.name, task_class=t.task_class, url=t.url, method=t.method,
-        headers=t.headers, body=t.body, eta=from_us(t.eta_us), retry_count=t.attempts - 1,
+        headers=dict(t.headers), body=t.body, eta=from_us(t.eta_us), retry_count=t.attempts - 1,
         lease_expires=from_us(t.lease_expires_us), leased=t, priority=t.priority, tag=t.tag,
         duration=duration,
     )  # fmt: skip

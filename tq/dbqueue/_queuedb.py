@@ -13,7 +13,7 @@ from tq.dbqueue import _db
 from tq.dbqueue._queues import QueueConfig
 from tq.dbqueue._schema import queues, to_us
 
-_CONFIG_COLUMNS = (
+CONFIG_COLUMNS = (
     "rate_per_s", "bucket_size", "max_concurrent", "max_attempts", "max_retry_duration_s",
     "min_backoff_s", "max_backoff_s", "max_doublings", "pull",
 )  # fmt: skip
@@ -34,7 +34,7 @@ class QueueState:
 
 
 def config_values(cfg: QueueConfig) -> dict[str, Any]:
-    return {c: getattr(cfg, c) for c in _CONFIG_COLUMNS}
+    return {c: getattr(cfg, c) for c in CONFIG_COLUMNS}
 
 
 def state_of(row: Any) -> QueueState:
@@ -43,7 +43,7 @@ def state_of(row: Any) -> QueueState:
     return QueueState(
         config=QueueConfig(
             name=m["name"],
-            **{c: m[c] for c in _CONFIG_COLUMNS if c != "pull"},
+            **{c: m[c] for c in CONFIG_COLUMNS if c != "pull"},
             pull=bool(m["pull"]),
         ),
         paused=bool(m["paused"]),
