@@ -147,6 +147,7 @@ class Worker:
         self._notified: set[str] = set()
         self._next_eta: int | None = None
         self._must_read = False
+        self._woke = False  # a wakeup came that no round has acted on yet
 
     # Life cycle.
 
@@ -308,12 +309,13 @@ class Worker:
     async def _round(self, reclaim: bool = False) -> _Round:
         # Cleared before looking, so a commit during the look wakes the next wait.
         event = self._entered().event
-        woke = event.is_set()
+        self._woke = self._woke or event.is_set()
         event.clear()
         self._slot_freed.clear()
         free = self._free()
         if free <= 0:
             return _Round([], False, None)
+        woke, self._woke = self._woke, False
         targets = None if reclaim else self._targets(woke)
         # The periodic upkeep runs in the background once this round's pushes
         # have started, adding nothing to their latency; when asked for
@@ -366,13 +368,13 @@ class Worker:
         if self._must_read:
             self._must_read = False
             return None
-        if woke and (not notified or not notified.issubset(self._known)):
+        if (woke and not notified) or not notified.issubset(self._known):
             return None
         busy = self._busy if time.monotonic() < self._busy_until else []
         if not notified:
             return busy or None
         targets = list(busy)
-        targets += [self._known[n] for n in sorted(notified) if n not in {q.name for q in busy}]
+        targets += [self._known[n] for n in sorted(notified.difference(q.name for q in busy))]
         return targets
 
     def _lease_round(
