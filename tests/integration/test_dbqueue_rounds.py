@@ -93,8 +93,10 @@ async def test_a_worker_goes_on_after_its_connections_were_killed(
         sub.submit(submission(name="after"))
         await wait_for(lambda: len(app.pushes) == 2)
         await wait_for(
-            lambda: dbqueue.Admin(writer).get_task("q", "after").state  # type: ignore[union-attr]
-            is dbqueue.State.DONE
+            lambda: (
+                dbqueue.Admin(writer).get_task("q", "after").state  # type: ignore[union-attr]
+                is dbqueue.State.DONE
+            )
         )
     finally:
         await worker.aclose()
