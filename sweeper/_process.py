@@ -197,15 +197,19 @@ def _submit_batch(
     outs = [_outbox.Submitted() for _ in parts]
     futures: list[concurrent.futures.Future[float]] = []
     try:
-        # This thread submits slice after slice while the submits are quick
-        # (in-process); after a slow slice (network calls) the rest go to the
-        # pool, to be submitted concurrently.
-        i = 0
+        # This thread submits slices while the submits are quick (in-process),
+        # each time twice as many slices in one go (a slice's set-up and
+        # counting is then paid a few times per batch, not once per slice);
+        # after a slow one (network calls) the rest go to the pool, to be
+        # submitted concurrently.
+        i, n = 0, 1
         while i < len(parts):
-            took = workers.submit_slice(store, parts[i], submitter, outs[i])
-            i += 1
-            if took > QUICK_SUBMIT_S * len(parts[i - 1]):
+            group = parts[i] if n == 1 else [sub for part in parts[i : i + n] for sub in part]
+            took = workers.submit_slice(store, group, submitter, outs[i])
+            i += n
+            if took > QUICK_SUBMIT_S * len(group):
                 break
+            n *= 2
         futures = [
             workers.submits.submit(
                 contextvars.copy_context().run, workers.submit_slice, store, part, submitter, out
@@ -293,19 +297,42 @@ async def process_async(
                 parts = _slices(subs, opts.submit_concurrency)
                 outs = [_outbox.Submitted() for _ in parts]
                 try:
-                    settled = await asyncio.gather(
-                        *(
-                            _submit_slice(store, part, submitter, limits, out)
-                            for part, out in zip(parts, outs, strict=True)
-                        ),
-                        return_exceptions=True,
-                    )
+                    settled = await _submit_slices(store, parts, outs, submitter, limits)
                 finally:
                     # Also when cancelled midway: what was submitted is deleted.
                     await limits.threads.run(_finish, store, outs, stats)
                 for r in settled:
                     if isinstance(r, BaseException):
                         raise r
+
+
+async def _submit_slices(
+    store: ReminderStore,
+    parts: list[list[Submission]],
+    outs: list[_outbox.Submitted],
+    submitter: Submitter,
+    limits: AsyncLimits,
+) -> list[object]:
+    """Submits a batch's slices: in this task while the submits are quick (as
+    `_submit_batch` does in its thread), the rest as concurrent tasks after
+    a slow one. Returns what the concurrent ones raised or returned."""
+    c = clock.current()
+    i, n = 0, 1
+    while i < len(parts):
+        group = parts[i] if n == 1 else [sub for part in parts[i : i + n] for sub in part]
+        started = c.monotonic()
+        await _submit_slice(store, group, submitter, limits, outs[i])
+        i += n
+        if c.monotonic() - started > QUICK_SUBMIT_S * len(group):
+            break
+        n *= 2
+    return await asyncio.gather(
+        *(
+            _submit_slice(store, part, submitter, limits, out)
+            for part, out in zip(parts[i:], outs[i:], strict=True)
+        ),
+        return_exceptions=True,
+    )
 
 
 async def _submit_slice(

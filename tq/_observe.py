@@ -146,14 +146,31 @@ class QuickSubmits:
     instead of per submit; no span (there is no tracer to make one).
     """
 
-    __slots__ = ("_attrs", "_histogram", "_queues", "path", "tally")
+    __slots__ = ("_attrs", "_queues", "histogram", "path", "tally")
 
     def __init__(self, path: str, tally: Tally) -> None:
         self.path = path
         self.tally = tally
-        self._histogram = _metrics.instrument("tq_submit_duration")
+        self.histogram = _metrics.instrument("tq_submit_duration")
+        """None while durations would be recorded nowhere: `done_all` may count then."""
         self._attrs: dict[tuple[str, str, str], dict[str, str]] = {}
         self._queues: dict[str, str] = {}  # queue_of by the request's parent
+
+    def done_all(self, subs: Iterable[Submission], code: str) -> None:
+        """Counts submits with outcome `code`, without their durations (no histogram)."""
+        by_parent: dict[tuple[str, str], int] = {}
+        for sub in subs:
+            req = sub.request
+            parent = req.topic if type(req) is PublishRequest else req.parent  # type: ignore[attr-defined]
+            key = (sub.task_class, parent)
+            by_parent[key] = by_parent.get(key, 0) + 1
+        tally = self.tally
+        for (task_class, parent), n in by_parent.items():
+            queue = self._queues.get(parent)
+            if queue is None:
+                queue = self._queues[parent] = str(parent).rsplit("/", 1)[-1]
+            counted = (task_class, queue, code)
+            tally[counted] = tally.get(counted, 0) + n
 
     def done(self, sub: Submission, code: str, elapsed: float) -> None:
         """Counts one submit with outcome `code` that took `elapsed` seconds."""
@@ -164,7 +181,7 @@ class QuickSubmits:
         key = (sub.task_class, queue, code)
         tally = self.tally
         tally[key] = tally.get(key, 0) + 1
-        if self._histogram is None:
+        if self.histogram is None:
             return
         attrs = self._attrs.get(key)
         if attrs is None:
@@ -174,7 +191,7 @@ class QuickSubmits:
                 "path": self.path,
                 "code": code,
             }
-        self._histogram.record(elapsed, attrs)
+        self.histogram.record(elapsed, attrs)
 
 
 def reminder_done(sub: Submission, path: str) -> None:

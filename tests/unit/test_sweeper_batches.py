@@ -112,6 +112,37 @@ def test_slow_submits_are_spread_over_the_submit_threads(clock: FakeClock) -> No
     assert any(t.startswith("tq-sweep-submit") for t in threads)
 
 
+def test_submits_turning_slow_midway_send_the_rest_of_the_batch_to_the_pool(
+    clock: FakeClock,
+) -> None:
+    store = MemoryStore()
+    backlog(store, clock, 64)
+    quick_left = [12]  # the first slices of 4 and then 8 are quick, then the network slows
+    in_pool: list[str] = []
+
+    def turning_slow(sub: tq.Submission) -> None:
+        with lock:
+            if quick_left[0] > 0:
+                quick_left[0] -= 1
+                return
+            if threading.current_thread().name.startswith("tq-sweep-submit"):
+                in_pool.append(sub.reminder_id or "")
+            clock.advance(dt.timedelta(milliseconds=50))
+
+    lock = threading.Lock()
+    cloud = sw.Cloud(turning_slow)
+    sweeper = InProcSweeper(
+        stores=[store], key_space=SPACE, sweep_shards=1, submit_concurrency=16,
+        submit_batch_size=64,
+    )  # fmt: skip
+    sw.dispatcher(submitter=cloud, sweeper=sweeper).sweep()
+    assert len(cloud.created) == 64
+    assert store.count_reminders() == (0, 0)
+    # Slices of 4: one, then two in one go (quick), then four in one go (slow from
+    # its first submit on); the other nine went to the pool.
+    assert len(in_pool) == 36
+
+
 @pytest.mark.parametrize("mode", ["sync", "async"])
 def test_a_first_attempt_that_fails_goes_on_to_the_retries(clock: FakeClock, mode: str) -> None:
     store = MemoryStore()
