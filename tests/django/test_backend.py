@@ -351,6 +351,45 @@ def test_database_queue_runs_higher_priority_tasks_first(
     assert confirmations(alias) == [(50, "50"), (5, "5"), (0, "0"), (-50, "-50")]
 
 
+def test_database_queue_enqueue_writes_one_row_that_stands_for_the_ready_result(
+    configure: Callable[..., Any], alias: str
+) -> None:
+    from django.db import transaction
+    from django.tasks.exceptions import TaskResultDoesNotExist
+
+    from tests.django.shop.tasks import send_confirmation
+
+    configure(DATABASE=alias, DELIVERY="database")
+    later = dt.datetime.now(dt.UTC).replace(microsecond=0) + dt.timedelta(hours=1)
+    deferred = send_confirmation.using(priority=3, run_after=later)
+    with transaction.atomic(using=alias):
+        result = deferred.enqueue(5, database=alias, note="n")
+        assert count(alias, "tq_tasks") == 1
+    outside = send_confirmation.enqueue(6, database=alias)  # no atomic block: the same
+    assert count(alias, "tq_django_task_results") == 0  # the task rows stand for them
+    got = send_confirmation.get_result(result.id)
+    assert (got.id, got.status, got.args, got.kwargs) == (
+        result.id, "READY", [5], {"database": alias, "note": "n"}
+    )  # fmt: skip
+    assert (got.enqueued_at, got.started_at, got.finished_at) == (result.enqueued_at, None, None)
+    assert (got.attempts, got.errors, got.worker_ids) == (0, [], [])
+    assert (got.task.run_after, got.task.priority, got.task.queue_name) == (later, 3, "default")
+    assert got.backend == "default"
+    assert send_confirmation.get_result(outside.id).status == "READY"
+    with pytest.raises(TaskResultDoesNotExist):
+        send_confirmation.get_result("0" * 32)
+
+    with tq.clock.use_clock(FakeClock(later + dt.timedelta(seconds=1))):
+        assert deliver(alias) == 2
+    assert count(alias, "tq_django_task_results") == 2  # written by the first attempts
+    done = send_confirmation.get_result(result.id)
+    assert (done.status, done.attempts, done.return_value) == (
+        "SUCCESSFUL", 1, {"order": 5, "sent": True}
+    )  # fmt: skip
+    assert (done.enqueued_at, done.task.run_after) == (result.enqueued_at, later)
+    assert done.started_at is not None
+
+
 def test_database_queue_rollback_leaves_no_row(configure: Callable[..., Any], alias: str) -> None:
     from django.db import transaction
 
@@ -367,6 +406,7 @@ def test_database_queue_rollback_leaves_no_row(configure: Callable[..., Any], al
         rolled_back()
     assert count(alias, "tq_tasks") == 0
     assert deliver(alias) == 0
+    assert count(alias, "tq_django_task_results") == 0
 
 
 def test_database_queue_retries_per_the_queues_settings(

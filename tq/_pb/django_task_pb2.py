@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18tq/_pb/django_task.proto\x12\x0btq.internal\"\xab\x01\n\nDjangoTask\x12\x11\n\ttask_path\x18\x01 \x01(\t\x12\x11\n\tresult_id\x18\x02 \x01(\t\x12\x11\n\targs_json\x18\x03 \x01(\t\x12\x13\n\x0bkwargs_json\x18\x04 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x05 \x01(\t\x12\x12\n\nqueue_name\x18\x06 \x01(\t\x12\x10\n\x08priority\x18\x07 \x01(\x05\x12\x18\n\x10results_database\x18\x08 \x01(\tb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18tq/_pb/django_task.proto\x12\x0btq.internal\"\xd6\x01\n\nDjangoTask\x12\x11\n\ttask_path\x18\x01 \x01(\t\x12\x11\n\tresult_id\x18\x02 \x01(\t\x12\x11\n\targs_json\x18\x03 \x01(\t\x12\x13\n\x0bkwargs_json\x18\x04 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x05 \x01(\t\x12\x12\n\nqueue_name\x18\x06 \x01(\t\x12\x10\n\x08priority\x18\x07 \x01(\x05\x12\x18\n\x10results_database\x18\x08 \x01(\t\x12\x13\n\x0b\x65nqueued_us\x18\t \x01(\x03\x12\x14\n\x0crun_after_us\x18\n \x01(\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,5 +32,5 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'tq._pb.django_task_pb2', _g
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_DJANGOTASK']._serialized_start=42
-  _globals['_DJANGOTASK']._serialized_end=213
+  _globals['_DJANGOTASK']._serialized_end=256
 # @@protoc_insertion_point(module_scope)

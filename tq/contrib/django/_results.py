@@ -1,9 +1,11 @@
 """Task results: the rows of `tq_django_task_results` and the TaskResults they make.
 
 The enqueueing side writes a READY row with one INSERT through Django's
-connection (inside the caller's `atomic()` block when there is one); each
-attempt moves it to RUNNING, then SUCCESSFUL (with the return value) or
-FAILED (with the error appended). A redelivered task whose row says
+connection (inside the caller's `atomic()` block when there is one), except
+on the database queue of the results database: there the task's own row
+stands for its READY result (`from_task_row`) and the first attempt writes
+the result row. Each attempt moves it to RUNNING, then SUCCESSFUL (with the
+return value) or FAILED (with the error appended). A redelivered task whose row says
 SUCCESSFUL is not run again.
 """
 
@@ -12,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
+from collections.abc import Sequence
 from typing import Any
 
 from django.db import IntegrityError, connections, transaction
@@ -20,6 +23,7 @@ from django.tasks.base import TaskError
 from django.tasks.exceptions import TaskResultDoesNotExist
 from django.utils import timezone
 from django.utils.module_loading import import_string
+from google.protobuf import json_format
 
 from tq._pb.django_task_pb2 import DjangoTask
 
@@ -103,12 +107,70 @@ def task_result(rec: Any, task: Task | None = None) -> TaskResult:
 
 
 def get(alias: str, result_id: str) -> TaskResult:
+    found = find(alias, result_id)
+    if found is None:
+        raise TaskResultDoesNotExist(result_id)
+    return found
+
+
+def find(alias: str, result_id: str) -> TaskResult | None:
+    """The result stored in the row `result_id`, or None."""
     from tq.contrib.django.models import TaskResultRecord
 
     rec = TaskResultRecord.objects.using(alias).filter(id=result_id).first()
-    if rec is None:
-        raise TaskResultDoesNotExist(result_id)
-    return task_result(rec)
+    return None if rec is None else task_result(rec)
+
+
+def from_task_row(alias: str, queue_ids: Sequence[str], task_id: str) -> TaskResult | None:
+    """The READY result of a task of the database queue that no attempt started yet.
+
+    Such a task has no result row: its row in `tq_tasks` (named by its ID,
+    which is its result's, in one of `queue_ids`) stands for it. None if
+    there is no such row, or it holds no django.tasks Task.
+    """
+    marks = ", ".join(["%s"] * len(queue_ids))
+    with connections[alias].cursor() as cursor:
+        cursor.execute(
+            f"SELECT body FROM tq_tasks WHERE queue IN ({marks}) AND name = %s",
+            [*queue_ids, task_id],
+        )
+        row = cursor.fetchone()
+    payload = None if row is None else _payload_of(bytes(row[0]))
+    if payload is None:
+        return None
+    payload.result_id = payload.result_id or task_id
+    return task_result(ready_record(payload))
+
+
+def _payload_of(body: bytes) -> DjangoTask | None:
+    try:
+        doc = json.loads(body)
+        if doc.get("type") != DjangoTask.DESCRIPTOR.full_name:
+            return None
+        return json_format.ParseDict(doc["body"], DjangoTask(), ignore_unknown_fields=True)
+    except (ValueError, TypeError, KeyError, AttributeError, json_format.ParseError):
+        return None
+
+
+def ready_record(payload: DjangoTask) -> Any:
+    """The READY `TaskResultRecord` (unsaved) of a task as it was enqueued."""
+    from tq.contrib.django.models import TaskResultRecord
+
+    return TaskResultRecord(
+        id=payload.result_id, task_path=payload.task_path, backend=payload.backend,
+        queue_name=payload.queue_name, priority=payload.priority,
+        args_json=payload.args_json, kwargs_json=payload.kwargs_json,
+        run_after=_datetime(payload.run_after_us) if payload.run_after_us else None,
+        enqueued_at=_datetime(payload.enqueued_us) if payload.enqueued_us else timezone.now(),
+        status=TaskResultStatus.READY.value,
+    )  # fmt: skip
+
+
+def _datetime(micros: int) -> dt.datetime:
+    return _EPOCH + dt.timedelta(microseconds=micros)
+
+
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 
 # Updates by the attempts (run in worker threads: see _runner).
@@ -117,8 +179,10 @@ def get(alias: str, result_id: str) -> TaskResult:
 def started(payload: DjangoTask, worker_id: str) -> Any | None:
     """Marks the row RUNNING for a new attempt; None if it is SUCCESSFUL already.
 
-    A row that is missing (enqueued on another database, whose commit
-    hook did not run) is made from the payload. The update leaves a row
+    A row that is missing (the first attempt of a task of the database
+    queue, whose task row stood for its READY result; or enqueued on
+    another database, whose commit hook did not run) is made from the
+    payload, as it was enqueued. The update leaves a row
     that turned SUCCESSFUL meanwhile (a concurrent delivery) as it is.
     """
     from tq.contrib.django.models import TaskResultRecord
@@ -128,12 +192,7 @@ def started(payload: DjangoTask, worker_id: str) -> Any | None:
     now = timezone.now()
     rec = objects.filter(id=payload.result_id).first()
     if rec is None:
-        rec = TaskResultRecord(
-            id=payload.result_id, task_path=payload.task_path, backend=payload.backend,
-            queue_name=payload.queue_name, priority=payload.priority,
-            args_json=payload.args_json, kwargs_json=payload.kwargs_json, enqueued_at=now,
-            status=TaskResultStatus.READY.value,
-        )  # fmt: skip
+        rec = ready_record(payload)
         try:
             with transaction.atomic(using=alias):
                 rec.save(using=alias, force_insert=True)

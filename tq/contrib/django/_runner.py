@@ -156,6 +156,8 @@ def _json_value(value: Any) -> Any:
 
 async def run(payload: DjangoTask) -> None:
     """The handler of the "django-task" class: one attempt of one Task."""
+    if not payload.result_id:  # a task of the database queue: its ID is its result's
+        payload.result_id = execution_info().task_id
     try:
         task = _results.load_task(payload.task_path)
     except (ImportError, TypeError) as e:

@@ -47,7 +47,7 @@ from django.core.exceptions import ImproperlyConfigured
 from django.db import transaction
 from django.tasks import Task, TaskResult, TaskResultStatus
 from django.tasks.backends.base import BaseTaskBackend
-from django.tasks.exceptions import InvalidTask
+from django.tasks.exceptions import InvalidTask, TaskResultDoesNotExist
 from django.tasks.signals import task_enqueued
 from django.utils import timezone
 from django.utils.json import normalize_json
@@ -62,6 +62,8 @@ from tq.txn import ambient, find_transaction
 
 CLASS_ID = "django-task"
 """The tq task class of django.tasks tasks (its pushes go to <prefix>django-task/<name>)."""
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+_MICROSECOND = dt.timedelta(microseconds=1)
 
 
 class TqBackend(BaseTaskBackend):
@@ -86,6 +88,9 @@ class TqBackend(BaseTaskBackend):
                 f"TASKS[{alias!r}]['OPTIONS'] has unknown keys {unknown}; known: ['QUEUE_MAP']"
             )
         self.queue_map: dict[str, str] = {}
+        # The database queue's queue IDs this backend's tasks can be in, for
+        # finding a task's row by its ID (None: any queue, Django's QUEUES = []).
+        self.queue_ids: tuple[str, ...] | None = None
         for name in sorted(set(self.queues) | set(queue_map)):
             target = queue_map.get(name, name)
             if not isinstance(target, str) or not (
@@ -97,6 +102,10 @@ class TqBackend(BaseTaskBackend):
                     f"map it in OPTIONS['QUEUE_MAP'], e.g. {{{name!r}: 'my-queue'}}"
                 )
             self.queue_map[name] = target
+        if self.queues:
+            self.queue_ids = tuple(
+                sorted({self.queue_map[q].rsplit("/", 1)[-1] for q in self.queues})
+            )
 
     def _cloud_queue(self, queue_name: str) -> str:
         target = self.queue_map.get(queue_name, queue_name)
@@ -133,13 +142,14 @@ class TqBackend(BaseTaskBackend):
         state = _state.current()
         payload = DjangoTask(
             task_path=task.module_path,
-            result_id=secrets.token_hex(16),
             args_json=args_json,
             kwargs_json=kwargs_json,
             backend=self.alias,
             queue_name=task.queue_name,
             priority=task.priority,
             results_database=state.settings.database,
+            enqueued_us=_micros(now),
+            run_after_us=_micros(eta) if eta is not None else 0,
         )
         tq_task = tq.Task(
             payload=payload,
@@ -148,10 +158,10 @@ class TqBackend(BaseTaskBackend):
             queue=self._cloud_queue(task.queue_name),
             priority=task.priority,
         )
-        self._add(state, payload, tq_task, run_after, now)
+        result_id = self._add(state, payload, tq_task, run_after, now)
         result = TaskResult(
             task=task,
-            id=payload.result_id,
+            id=result_id,
             status=TaskResultStatus.READY,
             enqueued_at=now,
             started_at=None,
@@ -173,10 +183,26 @@ class TqBackend(BaseTaskBackend):
         tq_task: tq.Task,
         run_after: dt.datetime | None,
         now: dt.datetime,
-    ) -> None:
-        """Writes the result row and adds the task, in one transaction where there is one."""
+    ) -> str:
+        """Adds the task and makes its READY result; returns the result's ID.
+
+        On the database queue of the results database, the task's row is its
+        READY result (`get_result` reads it there) and the result's ID is the
+        task's: one row per enqueue, in the open transaction if there is one.
+        Otherwise the READY row is written beside the task, in one transaction
+        where there is one (on PostgreSQL in one statement).
+        """
         results = state.settings.database
         found = find_transaction()
+        if self._row_is_result(state, results):
+            if found is None:
+                (added,) = state.dispatcher.add_task(tq_task)
+                return _task_id(added, payload)
+            if isinstance(found, DjangoTransaction) and found.alias == results:
+                with ambient(found):
+                    (added,) = state.dispatcher.add_task(tq_task)
+                return _task_id(added, payload)
+        payload.result_id = secrets.token_hex(16)
         if isinstance(found, DjangoTransaction):
             with ambient(found):  # add_task needs not look for it again
                 if found.alias == results:
@@ -187,7 +213,7 @@ class TqBackend(BaseTaskBackend):
                         state.dispatcher.add_task(tq_task)
                     if not written:
                         _results.insert(results, row)
-                    return
+                    return payload.result_id
                 state.dispatcher.add_task(tq_task)
             # A transaction on another database: the result row follows its commit
             # (and the first attempt writes it should this process die first).
@@ -195,16 +221,35 @@ class TqBackend(BaseTaskBackend):
                 lambda: _results.insert_ready(results, payload, run_after, now),
                 using=found.alias,
             )
-            return
+            return payload.result_id
         _results.insert_ready(results, payload, run_after, now)
         try:
             state.dispatcher.add_task(tq_task)
         except BaseException:
             _results.delete(results, payload.result_id)
             raise
+        return payload.result_id
+
+    def _row_is_result(self, state: _state.State, results: str) -> bool:
+        """Whether tasks go to the database queue of `results`, where their rows stand for
+        READY results."""
+        return (
+            self.queue_ids is not None
+            and _atomic.queue_submitter(state.dispatcher.submitter(), results) is not None
+        )
 
     def get_result(self, result_id: str) -> TaskResult:
-        return _results.get(_state.current().settings.database, result_id)
+        """The result (READY until an attempt starts); TaskResultDoesNotExist if none."""
+        state = _state.current()
+        alias = state.settings.database
+        found = _results.find(alias, result_id)
+        if found is not None:
+            return found
+        if self.queue_ids is not None:
+            waiting = _results.from_task_row(alias, self.queue_ids, result_id)
+            if waiting is not None:
+                return waiting
+        raise TaskResultDoesNotExist(result_id)
 
     def check(self, **kwargs: Any) -> list[Any]:
         from django.core import checks
@@ -219,3 +264,14 @@ class TqBackend(BaseTaskBackend):
                 )
             )
         return errors
+
+
+def _micros(t: dt.datetime) -> int:
+    return (t - _EPOCH) // _MICROSECOND
+
+
+def _task_id(added: tq.AddedTask, payload: DjangoTask) -> str:
+    task_id = added.task_id
+    if task_id is None:  # the database queue always names its tasks
+        raise RuntimeError(f"tq: the database queue gave no name to {payload.task_path!r}")
+    return task_id
