@@ -11,8 +11,9 @@ does one more thing in it:
                      the ORM-based django.tasks backend (its result row is
                      its queue): the baseline of goal 2 (tq >= 1x)
   tq, database queue `task.enqueue(id)` through tq's backend, delivery to
-                     the database queue (the local default): the result row
-                     and the task row, written through Django's connection
+                     the database queue (the local default): the task row,
+                     written through Django's connection (it stands for the
+                     READY result until the first attempt writes one)
   tq, outbox         the same with tasks going to Cloud Tasks (a no-op
                      submitter): the result row and the reminder; the
                      happy path after the commit switched off
