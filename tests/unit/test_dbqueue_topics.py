@@ -100,6 +100,33 @@ async def test_nacked_message_is_delivered_again_with_the_next_attempt(engine: s
     assert (task.queue, task.state) == ("work", State.DONE)
 
 
+async def test_a_message_nacked_max_attempts_times_is_parked_and_can_be_replayed(
+    engine: sa.Engine,
+) -> None:
+    # Pub/Sub's dead-letter policy (max delivery attempts, then the dead-letter
+    # topic) is the subscription queue's max_attempts here, then FAILED.
+    consumer = Consumer(fail_first=3)
+    producer, app = setup(engine, mailer=consumer)
+    dbqueue.apply_subscriptions(
+        engine,
+        [Subscription("mailer", "orders", push_endpoint=f"{BASE}/pubsub/mailer/push",
+                      queue=QueueConfig("mailer", max_attempts=3, min_backoff_s=0.0,
+                                        max_backoff_s=0.0))],
+    )  # fmt: skip
+    await producer.add_task_async(tq.Task(payload=pb.Greet(name="undeliverable")))
+    async with dbqueue.Worker(engine, app=app) as w:
+        await w.run_until_idle()
+    assert [i.delivery_attempt for _, i in consumer.seen] == [1, 2, 3]
+    admin = dbqueue.Admin(engine)
+    (parked,) = admin.list_tasks(queue="mailer", state=State.FAILED)
+    assert (parked.attempts, parked.last_status) == (3, 500)
+    assert admin.run_task("mailer", parked.name)  # the operator replays it
+    async with dbqueue.Worker(engine, app=app) as w:
+        await w.run_until_idle()
+    assert [n for n, _ in consumer.seen] == ["undeliverable"] * 4
+    assert admin.get_task("mailer", parked.name).state == State.DONE  # type: ignore[union-attr]
+
+
 async def test_unknown_class_is_acked_and_a_topic_without_subscriptions_drops(
     engine: sa.Engine,
 ) -> None:
