@@ -87,7 +87,7 @@ def server(factory: str, env: dict[str, str]) -> Iterator[Server]:
         cwd=c.ROOT, env={**os.environ, **env}, stdout=subprocess.DEVNULL,
     )  # fmt: skip
     try:
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 120  # generous: a loaded machine starts it slowly
         while True:
             with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
                 break
