@@ -231,9 +231,10 @@ async def tq_drain(env: Env, n: int, sleep_s: float, conc: int) -> Drain:
         await worker.start()
         assert SEEN.all is not None
         await asyncio.wait_for(SEEN.all.wait(), 600)
-        await worker.aclose()
+        await worker.stop()  # every outcome recorded; its connections still open
 
-    d = await _timed(env, n, run)
+    d = await _timed(env, n, run)  # (the server's CPU of a closed connection is lost)
+    await worker.aclose()
     with env.tq_engine.connect() as conn:
         done = conn.execute(
             sa.text("SELECT count(*) FROM tq_tasks WHERE state = :s"),

@@ -103,3 +103,28 @@ async def test_a_worker_goes_on_after_its_connections_were_killed(
         engine.dispose()
         writer.dispose()
     assert [p.task.rsplit("/", 1)[-1] for p in app.pushes] == ["before", "after"]
+
+
+@pytest.mark.postgres
+async def test_a_worker_whose_engine_url_cannot_connect_goes_through_the_engine(
+    postgres_db_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    import psycopg
+
+    real = postgres_db_url.replace("postgresql+psycopg://", "postgresql://", 1)
+    # The URL names a closed port; the engine connects through its creator.
+    engine = sa.create_engine(
+        "postgresql+psycopg://nobody@127.0.0.1:9/none", creator=lambda: psycopg.connect(real)
+    )
+    dbqueue.create_schema(engine)
+    sub = dbqueue.DbQueueSubmitter(engine)
+    for n in ("a", "b"):
+        sub.submit(submission(name=n))
+    app = RecordingApp()
+    try:
+        async with dbqueue.Worker(engine, app=app, listen=False) as w:
+            assert await w.run_until_idle() == 2
+    finally:
+        engine.dispose()
+    assert sorted(p.task.rsplit("/", 1)[-1] for p in app.pushes) == ["a", "b"]
+    assert "cannot connect to PostgreSQL from the engine's URL alone" in caplog.text

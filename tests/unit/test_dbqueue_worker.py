@@ -327,3 +327,32 @@ async def test_a_busy_queue_does_not_starve_the_others(
         await w.run_once()
         await w.run_once()
     assert "q0" in app.names()
+
+
+@pytest.mark.parametrize("app_engine", [False, True])
+@pytest.mark.parametrize("attempts", [1, 3])
+def test_an_in_process_push_carries_the_headers_of_a_network_push(
+    app_engine: bool, attempts: int
+) -> None:
+    from tq.dbqueue._delivery import push_headers, push_raw_headers
+    from tq.dbqueue._lease import Leased
+
+    own = {
+        "Content-Type": "application/json", "X-Mine": "é", "Host": "evil", "user-agent": "x",
+        "X-CloudTasks-TaskName": "fake", "x-appengine-queuename": "fake", "Content-Length": "9",
+    }  # fmt: skip
+    t = Leased(
+        id=1, queue="q", name="t1", task_class="c", url="http://app/x", method="POST",
+        headers=own, body=b"{}", oidc_email=None, oidc_audience=None, app_engine=app_engine,
+        dispatch_deadline_s=None, eta_us=1_700_000_000_123_456, attempts=attempts,
+        executions=attempts - 1, last_status=503, last_error="HTTP 503", first_attempt_us=1,
+        lease_owner="w", lease_expires_us=2, priority=0, rank_us=None, tag=None,
+        config=dbqueue.QueueConfig("q"),
+    )  # fmt: skip
+    for token in (None, "tok"):
+        network = [
+            (k.lower().encode("latin-1"), v.encode("latin-1"))
+            for k, v in push_headers(t, token).items()
+        ]
+        assert push_raw_headers(t, token) == network
+        assert push_raw_headers(t, token) == network  # the task's own part, remembered

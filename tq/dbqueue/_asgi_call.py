@@ -9,6 +9,7 @@ an HTTP client's in-process transport, with the same result for the app.
 from __future__ import annotations
 
 import asyncio
+import functools
 import urllib.parse
 from collections.abc import Mapping
 from typing import Any
@@ -32,36 +33,54 @@ async def call(
     otherwise it is None. Raises AppError when the app raises or does not
     finish its response.
     """
+    raw_headers = [
+        (k.lower().encode("latin-1"), str(v).encode("latin-1"))
+        for k, v in headers.items()
+        if k.lower() != "host"
+    ]
+    return await call_raw(app, method, url, raw_headers, body)
+
+
+@functools.lru_cache(maxsize=256)
+def _target(url: str) -> tuple[str, tuple[str, int], bytes, str, bytes, bytes]:
+    """The parts of `url` a request's scope takes: scheme, server, Host header, path,
+    raw path, query string."""
     parts = urllib.parse.urlsplit(url)
     scheme = parts.scheme or "http"
     host = parts.hostname or "localhost"
     port = parts.port or _DEFAULT_PORTS.get(scheme, 80)
     netloc = parts.netloc or host
-    raw_headers = [(b"host", netloc.encode("latin-1"))]
-    raw_headers += [
-        (k.lower().encode("latin-1"), str(v).encode("latin-1"))
-        for k, v in headers.items()
-        if k.lower() != "host"
-    ]
-    raw_headers.append((b"content-length", str(len(body)).encode()))
     raw_path = parts.path or "/"
+    return (
+        scheme, (host, port), netloc.encode("latin-1"), urllib.parse.unquote(raw_path),
+        raw_path.encode("latin-1"), parts.query.encode("latin-1"),
+    )  # fmt: skip
+
+
+async def call_raw(
+    app: Any, method: str, url: str, headers: list[tuple[bytes, bytes]], body: bytes
+) -> tuple[int, dict[str, str], bytes | None]:
+    """`call` with the headers as ASGI has them: lowercase names, bytes, no Host (the
+    URL's is added) and no Content-Length (the body's is added)."""
+    scheme, server, host, path, raw_path, query = _target(url)
     scope = {
         "type": "http",
         "asgi": {"version": "3.0", "spec_version": "2.3"},
         "http_version": "1.1",
         "method": method.upper(),
         "scheme": scheme,
-        "path": urllib.parse.unquote(raw_path),
-        "raw_path": raw_path.encode("latin-1"),
-        "query_string": parts.query.encode("latin-1"),
+        "path": path,
+        "raw_path": raw_path,
+        "query_string": query,
         "root_path": "",
-        "headers": raw_headers,
-        "server": (host, port),
+        "headers": [(b"host", host), *headers, (b"content-length", str(len(body)).encode())],
+        "server": server,
         "client": ("127.0.0.1", 0),
         "state": {},
     }
     sent_body = False
-    finished = asyncio.Event()
+    finished: asyncio.Event | None = None  # made if the app waits for a disconnect
+    done = False
     status: int | None = None
     resp_headers: dict[str, str] = {}
     kept: list[bytes] | None = None
@@ -71,7 +90,11 @@ async def call(
         if not sent_body:
             sent_body = True
             return {"type": "http.request", "body": body, "more_body": False}
-        await finished.wait()  # apps listening for a disconnect get one after the response
+        nonlocal finished
+        if finished is None:
+            finished = asyncio.Event()
+        if not done:
+            await finished.wait()  # apps listening for a disconnect get one after the response
         return {"type": "http.disconnect"}
 
     async def send(message: dict[str, Any]) -> None:
@@ -87,14 +110,20 @@ async def call(
             if kept is not None and sum(map(len, kept)) < MAX_BODY_KEPT:
                 kept.append(message.get("body", b""))
             if not message.get("more_body", False):
-                finished.set()
+                _finish()
+
+    def _finish() -> None:
+        nonlocal done
+        done = True
+        if finished is not None:
+            finished.set()
 
     try:
         await app(scope, receive, send)
     except Exception as e:
         raise AppError(f"{type(e).__name__}: {e}") from e
     finally:
-        finished.set()
+        _finish()
     if status is None:
         raise AppError("the app returned without starting a response")
     return status, resp_headers, None if kept is None else b"".join(kept)[:MAX_BODY_KEPT]

@@ -81,6 +81,53 @@ def push_headers(t: Leased, token: str | None) -> dict[str, str]:
     return h
 
 
+_own: dict[int, tuple[dict[str, str], list[tuple[bytes, bytes]]]] = {}
+
+
+def _own_raw(headers: dict[str, str]) -> list[tuple[bytes, bytes]]:
+    """The task's own headers that a push keeps, as ASGI has them; worked out once per
+    headers dict (leased tasks with the same headers share theirs, see `_lease`)."""
+    hit = _own.get(id(headers))
+    if hit is not None and hit[0] is headers:
+        return hit[1]
+    raw = []
+    for k, v in headers.items():
+        low = k.lower()
+        if low not in _RESERVED and not low.startswith(_SYSTEM_PREFIXES):
+            raw.append((low.encode("latin-1"), str(v).encode("latin-1")))
+    if len(_own) >= 512:
+        _own.clear()
+    _own[id(headers)] = (headers, raw)  # holding the dict keeps its id unique
+    return raw
+
+
+_UA = (b"user-agent", USER_AGENT.encode())
+
+
+def push_raw_headers(t: Leased, token: str | None) -> list[tuple[bytes, bytes]]:
+    """`push_headers` as ASGI has them (lowercase names, bytes), for a push into an app."""
+    raw = list(_own_raw(t.headers))
+    system = [
+        (b"queuename", t.queue), (b"taskname", t.name),
+        (b"taskretrycount", str(t.attempts - 1)), (b"taskexecutioncount", str(t.executions)),
+        (b"tasketa", f"{t.eta_us / 1e6:.6f}"),
+    ]  # fmt: skip
+    if t.attempts > 1:
+        if t.last_status is not None:
+            system.append((b"taskpreviousresponse", str(t.last_status)))
+        if t.last_error:
+            system.append((b"taskretryreason", t.last_error))
+    for k, v in system:
+        value = v.encode("latin-1")
+        raw.append((b"x-cloudtasks-" + k, value))
+        if t.app_engine:
+            raw.append((b"x-appengine-" + k, value))
+    raw.append(_UA)
+    if token:
+        raw.append((b"authorization", f"Bearer {token}".encode("latin-1")))
+    return raw
+
+
 class Pusher:
     """Sends pushes: into an ASGI app in this process, or over HTTP with httpx.
 
@@ -126,12 +173,14 @@ class Pusher:
         except Exception as e:
             log.exception("tq.dbqueue: could not mint an OIDC token for %s/%s", t.queue, t.name)
             return Attempt(None, f"OIDC token: {e}")
-        headers = push_headers(t, token)
         try:
             async with asyncio.timeout(deadline_s):
-                status, resp_headers, resp_body = await self._send(
-                    t.method, url, headers, t.body, deadline_s
-                )
+                if self.app is not None:
+                    status, resp_headers, resp_body = await self._call_app(t, url, token)
+                else:
+                    status, resp_headers, resp_body = await self._send(
+                        t.method, url, push_headers(t, token), t.body, deadline_s
+                    )
         except TimeoutError:
             return Attempt(None, f"DEADLINE_EXCEEDED: no response within {deadline_s:g} s")
         except httpx.TimeoutException:
@@ -142,16 +191,21 @@ class Pusher:
             return Attempt(status, body=resp_body)
         return Attempt(status, f"HTTP {status}", _retry_after_s(resp_headers), resp_body)
 
+    async def _call_app(
+        self, t: Leased, url: str, token: str | None
+    ) -> tuple[int, Mapping[str, str], bytes | None]:
+        try:
+            return await _asgi_call.call_raw(
+                self.app, t.method, url, push_raw_headers(t, token), t.body
+            )
+        except _asgi_call.AppError:
+            # What a server answers when the app fails before responding.
+            log.exception("tq.dbqueue: the app failed on a push to %s", url)
+            return 500, {}, None
+
     async def _send(
         self, method: str, url: str, headers: dict[str, str], body: bytes, deadline_s: float
     ) -> tuple[int, Mapping[str, str], bytes | None]:
-        if self.app is not None:
-            try:
-                return await _asgi_call.call(self.app, method, url, headers, body)
-            except _asgi_call.AppError:
-                # What a server answers when the app fails before responding.
-                log.exception("tq.dbqueue: the app failed on a push to %s", url)
-                return 500, {}, None
         assert self.client is not None
         resp = await self.client.request(
             method, url, headers=headers, content=body, timeout=httpx.Timeout(deadline_s)

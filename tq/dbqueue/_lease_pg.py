@@ -1,12 +1,14 @@
-"""The worker's round on PostgreSQL with psycopg 3: few round trips, little client work.
+"""The worker's round on PostgreSQL with psycopg 3: few round trips, no thread hop.
 
 The same semantics as `_lease` (whose statements every other database and
-every other caller use), in fewer round trips, on a pooled connection in
-autocommit mode with the driver's own SQL:
+every other caller use), in fewer round trips, with the driver's own SQL,
+on a connection of the worker's own (`Session`: psycopg's async connection
+in autocommit mode, used from the event loop, so that a round costs no
+hop to a thread and back, and no pool checkout):
 
 * `read_queues`: the queues and their next ETAs in one statement (no
-  BEGIN / ROLLBACK around it); the queue states are kept while their rows
-  do not change, so an unchanged queue costs no new `QueueConfig`.
+  BEGIN / ROLLBACK around it); a queue's `QueueConfig` is kept while its
+  configuration does not change.
 * `lease`: one flush of the connection (a pipeline): BEGIN, lock the queue's
   row, then one statement that refills the bucket from the time elapsed,
   counts the tasks in flight when the queue limits them, picks the due tasks
@@ -16,18 +18,22 @@ autocommit mode with the driver's own SQL:
   of another priority is due it leases nothing and says so; `_lease.lease`
   then merges the priorities.
 * `record`: the usual outcome (done or failed, nothing kept) of a batch of
-  tasks in one UPDATE from arrays, atomic on its own; other outcomes go
-  through `_lease.record`.
+  tasks in one UPDATE from a JSON array, atomic on its own; other outcomes
+  go through `_lease.record`.
 
-A connection that fails mid-way is discarded from the pool (its transaction
-state is unknown); the caller's error handling is the same as `_lease`'s.
+A connection that fails is dropped (its transaction state is unknown) and
+the next operation connects again; the worker's error handling is the same
+as with `_lease`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import functools
 import json
-from collections.abc import Iterator, Sequence
+import logging
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -37,6 +43,8 @@ from tq.dbqueue._lease import Leased, Result
 from tq.dbqueue._queuedb import CONFIG_COLUMNS, QueueState, state_of
 from tq.dbqueue._queues import QueueConfig
 from tq.dbqueue._schema import State, queues, tasks
+
+log = logging.getLogger("tq.dbqueue")
 
 _PENDING = State.PENDING.value
 _LEASED = State.LEASED.value
@@ -59,7 +67,8 @@ READ_QUEUES = (
 LOCK_QUEUE = f"SELECT 1 FROM {_Q} WHERE name = %(q)s FOR UPDATE"
 # Runs with the queue's row locked (LOCK_QUEUE, same transaction): `_lease.lease`
 # in one statement. Always one row back: the leased tasks, or one row of NULLs,
-# with `blocked` (tasks of another priority are due: nothing was leased).
+# with the ETA of the queue's next pending task (after those leased) and
+# `blocked` (tasks of another priority are due: nothing was leased).
 LEASE = f"""
 WITH q AS (
   SELECT max_concurrent, CASE WHEN paused OR rate_per_s <= 0 THEN 0.0::float8 ELSE
@@ -89,12 +98,15 @@ WITH q AS (
     last_attempt_us = %(now)s
   FROM due WHERE t.id = due.id
   RETURNING {", ".join(f"t.{c.name}" for c in _lease.LEASED_COLUMNS)}
+), nxt AS (
+  SELECT min(eta_us) AS eta FROM {_T}
+  WHERE queue = %(q)s AND state = '{_PENDING}' AND id NOT IN (SELECT id FROM u)
 ), spent AS (
   UPDATE {_Q} SET tokens = (SELECT tokens FROM lim) - (SELECT count(*) FROM u),
     tokens_at_us = %(now)s
   WHERE name = %(q)s AND EXISTS (SELECT 1 FROM u)
 )
-SELECT {_LEASED_NAMES}, blocked.b FROM blocked LEFT JOIN u ON true
+SELECT {_LEASED_NAMES}, nxt.eta, blocked.b FROM blocked CROSS JOIN nxt LEFT JOIN u ON true
 """
 # `_lease._finish_sql` for a batch: one statement (atomic on its own), the
 # outcomes as one JSON array of [state, now, status, error, responded, id,
@@ -108,25 +120,6 @@ WHERE t.id = (v->>5)::bigint AND t.state = '{_LEASED}' AND t.lease_owner = v->>6
   AND t.attempts = (v->>7)::int
 """
 _dumps = json.JSONEncoder(separators=(",", ":")).encode
-
-
-@contextlib.contextmanager
-def _autocommit(engine: sa.Engine) -> Iterator[Any]:
-    """A pooled psycopg connection in autocommit mode (given back as it was taken)."""
-    raw = engine.raw_connection()
-    ok = False
-    try:
-        pg = raw.driver_connection
-        assert pg is not None
-        was = pg.autocommit
-        pg.autocommit = True
-        yield pg
-        pg.autocommit = was
-        ok = True
-    finally:
-        if not ok:
-            raw.invalidate()  # mid-pipeline or mid-transaction: not reusable as is
-        raw.close()
 
 
 _configs: dict[tuple[Any, ...], QueueConfig] = {}
@@ -153,78 +146,138 @@ class _QueueRow:
         self._mapping = mapping
 
 
-def read_queues(
-    engine: sa.Engine, names: Sequence[str] | None
-) -> list[tuple[QueueState, int | None]]:
-    """`_lease.read_queues` in one round trip."""
-    with _autocommit(engine) as pg:
-        rows = pg.execute(READ_QUEUES).fetchall()
-    wanted = None if names is None else set(names)
-    found = [(_state(r[:-1]), r[-1]) for r in rows if wanted is None or r[0] in wanted]
-    found.sort(key=lambda f: f[0].name)
-    return found
+class Session:
+    """A worker's own connection for its rounds and outcomes (psycopg's async
+    connection, autocommit, from the engine's URL like the listener's): no thread
+    hop, no pool checkout. Made on first use and dropped after any error (its
+    state is then unknown); one operation at a time.
 
+    If it cannot connect (e.g. the engine connects with arguments its URL does
+    not hold), `usable` turns False and the worker goes through the engine.
+    """
 
-def lease(
-    engine: sa.Engine,
-    config: QueueConfig,
-    *,
-    want: int,
-    owner: str,
-    now_us: int,
-    default_deadline_s: float,
-    grace_s: float,
-) -> list[Leased]:
-    """`_lease.lease` of a worker (no tag, the lease as long as the deadline) in one
-    flush; with tasks of other priorities due, `_lease.lease` itself."""
-    if want <= 0:
-        return []
-    params = {
-        "q": config.name, "now": now_us, "n": want, "owner": owner,
-        "deadline": default_deadline_s, "grace": grace_s,
-    }  # fmt: skip
-    with _autocommit(engine) as pg:
-        with pg.pipeline():
-            pg.execute("BEGIN ISOLATION LEVEL READ COMMITTED")
-            pg.execute(LOCK_QUEUE, params)
-            cur = pg.execute(LEASE, params)
-            pg.execute("COMMIT")
-        rows = cur.fetchall()
-    if rows[0][0] is None:
-        if not rows[0][-1]:
-            return []
-        return _lease.lease(
-            engine, config.name, want=want, owner=owner, now_us=now_us,
-            default_deadline_s=default_deadline_s, grace_s=grace_s,
-        )  # fmt: skip
-    leased = [_lease.leased_of(r[:-1], config) for r in rows]
-    if len(leased) > 1:
-        leased.sort(key=_lease.rank)
-    return leased
+    def __init__(self, engine: sa.Engine) -> None:
+        self.engine = engine
+        self.usable = True
+        self._conn: Any = None
+        self._lock = asyncio.Lock()
 
+    async def _connection(self) -> Any:
+        if self._conn is None or self._conn.closed:
+            import psycopg
 
-def record(engine: sa.Engine, results: Sequence[Result]) -> int:
-    """`_lease.record`: the usual outcomes in one statement, the rest through it."""
-    usual: list[Result] = []
-    other: list[Result] = []
-    for r in results:
-        (usual if r.data is None and r.state is not State.PENDING else other).append(r)
-    kept = 0
-    if usual:
-        rows = [
-            (r.state.value, r.now_us, r.status, r.error, 1 if r.responded else 0, r.task.id,
-             r.task.lease_owner, r.task.attempts)
-            for r in usual
-        ]  # fmt: skip
-        with _autocommit(engine) as pg:
-            kept = pg.execute(FINISH, (_dumps(rows),)).rowcount
-        if kept < len(usual):
-            _lease.log.warning(
-                "tq.dbqueue: %d of %d outcomes were not recorded: their leases were lost "
-                "(expired and reclaimed, or the tasks deleted)",
-                len(usual) - kept,
-                len(usual),
-            )
-    if other:
-        kept += _lease.record(engine, other)
-    return kept
+            args, kwargs = self.engine.dialect.create_connect_args(self.engine.url)
+            try:
+                self._conn = await psycopg.AsyncConnection.connect(*args, **kwargs, autocommit=True)
+            except psycopg.OperationalError:
+                if self._ever_connected:
+                    raise  # the database is down: the worker pauses and tries again
+                self.usable = False
+                log.warning(
+                    "tq.dbqueue: a worker cannot connect to PostgreSQL from the engine's "
+                    "URL alone; its rounds go through the engine's pool",
+                    exc_info=True,
+                )
+                raise
+            self._ever_connected = True
+        return self._conn
+
+    _ever_connected = False
+
+    @contextlib.asynccontextmanager
+    async def _using(self) -> AsyncIterator[Any]:
+        async with self._lock:
+            conn = await self._connection()
+            try:
+                yield conn
+            except BaseException:
+                self._conn = None
+                with contextlib.suppress(Exception):
+                    await conn.close()
+                raise
+
+    async def aclose(self) -> None:
+        async with self._lock:
+            if self._conn is not None:
+                with contextlib.suppress(Exception):
+                    await self._conn.close()
+                self._conn = None
+
+    async def read_queues(self, names: Sequence[str] | None) -> list[tuple[QueueState, int | None]]:
+        """`_lease.read_queues` in one round trip."""
+        async with self._using() as conn:
+            cur = await conn.execute(READ_QUEUES)
+            rows = await cur.fetchall()
+        wanted = None if names is None else set(names)
+        found = [(_state(r[:-1]), r[-1]) for r in rows if wanted is None or r[0] in wanted]
+        found.sort(key=lambda f: f[0].name)
+        return found
+
+    async def lease(
+        self,
+        config: QueueConfig,
+        *,
+        want: int,
+        owner: str,
+        now_us: int,
+        default_deadline_s: float,
+        grace_s: float,
+    ) -> tuple[list[Leased], int | None]:
+        """`_lease.lease` of a worker (no tag, the lease as long as the deadline) in one
+        flush, and the ETA of the queue's next pending task after them (None: none);
+        with tasks of other priorities due, `_lease.lease` itself (in a thread), and
+        the ETA of the first task due (`now_us`: look again soon)."""
+        if want <= 0:
+            return [], None
+        params = {
+            "q": config.name, "now": now_us, "n": want, "owner": owner,
+            "deadline": default_deadline_s, "grace": grace_s,
+        }  # fmt: skip
+        async with self._using() as conn:
+            async with conn.pipeline():
+                await conn.execute("BEGIN ISOLATION LEVEL READ COMMITTED")
+                await conn.execute(LOCK_QUEUE, params)
+                cur = await conn.execute(LEASE, params)
+                await conn.execute("COMMIT")
+            rows = await cur.fetchall()
+        next_eta = rows[0][-2]
+        if rows[0][0] is None:
+            if not rows[0][-1]:
+                return [], next_eta
+            merge = functools.partial(
+                _lease.lease, self.engine, config.name, want=want, owner=owner, now_us=now_us,
+                default_deadline_s=default_deadline_s, grace_s=grace_s,
+            )  # fmt: skip
+            return await asyncio.to_thread(merge), now_us
+        leased = [_lease.leased_of(r[:-2], config) for r in rows]
+        if len(leased) > 1:
+            leased.sort(key=_lease.rank)
+        return leased, next_eta
+
+    async def record(self, results: Sequence[Result]) -> int:
+        """`_lease.record`: the usual outcomes in one statement, the rest through it
+        (in a thread)."""
+        usual: list[Result] = []
+        other: list[Result] = []
+        for r in results:
+            (usual if r.data is None and r.state is not State.PENDING else other).append(r)
+        kept = 0
+        if usual:
+            rows = [
+                (r.state.value, r.now_us, r.status, r.error, 1 if r.responded else 0,
+                 r.task.id, r.task.lease_owner, r.task.attempts)
+                for r in usual
+            ]  # fmt: skip
+            async with self._using() as conn:
+                cur = await conn.execute(FINISH, (_dumps(rows),))
+                kept = cur.rowcount
+            if kept < len(usual):
+                log.warning(
+                    "tq.dbqueue: %d of %d outcomes were not recorded: their leases were lost "
+                    "(expired and reclaimed, or the tasks deleted)",
+                    len(usual) - kept,
+                    len(usual),
+                )
+        if other:
+            kept += await asyncio.to_thread(_lease.record, self.engine, other)
+        return kept

@@ -10,7 +10,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Generator, Sequence
 from typing import Any
 
 import httpx
@@ -136,8 +136,12 @@ class Worker:
         self.dispatcher = dispatcher
         self.listen = listen
         self._listener: _listen.Listener | None = None
-        # PostgreSQL with psycopg 3: the round in fewer round trips (`_lease_pg`).
-        self._pg = _lease_pg.usable(engine)
+        # PostgreSQL with psycopg 3: rounds and outcomes in few round trips, on a
+        # connection of the worker's own, from the event loop (`_lease_pg`).
+        # The rounds' connection and the outcomes', so that neither waits for the other.
+        pg = _lease_pg.usable(engine)
+        self._session = _lease_pg.Session(engine) if pg else None
+        self._recorder = _lease_pg.Session(engine) if pg else None
         # What saves a round its look at every queue (see `_targets`): the queues
         # as last read, those a full lease left with more due tasks (until the
         # monotonic time after which they are read again), and those notified.
@@ -180,6 +184,9 @@ class Worker:
         if self._listener is not None:
             await self._listener.aclose()
             self._listener = None
+        for session in (self._session, self._recorder):
+            if session is not None:
+                await session.aclose()
         if self._waiter is not None:
             _wakeup.unsubscribe(_wakeup.key_of(self.engine), self._waiter)
             self._waiter = None
@@ -229,6 +236,8 @@ class Worker:
                     continue
                 errors = 0
                 if rnd.full and not self._starved():
+                    if rnd.leased:
+                        await asyncio.sleep(0)  # their pushes start before the next look
                     continue
                 await self._idle(rnd.next_eta_us, busy=rnd.full)
         except asyncio.CancelledError:
@@ -323,7 +332,7 @@ class Worker:
         upkeep = not reclaim and time.monotonic() >= self._next_reclaim
         if reclaim or upkeep:
             self._next_reclaim = time.monotonic() + RECLAIM_INTERVAL_S
-        rnd = await asyncio.to_thread(self._lease_round, free, reclaim, targets)
+        rnd = await self._lease_round_any(free, reclaim, targets)
         for t in rnd.leased:
             task = asyncio.create_task(self._deliver(t))
             self._inflight.add(task)
@@ -380,18 +389,80 @@ class Worker:
     def _lease_round(
         self, free: int, reclaim: bool, targets: list[QueueState] | None = None
     ) -> _Round:
+        """A round through the engine (in a worker thread)."""
         now_us = to_us(clock.now())
         if reclaim:
             self._upkeep(now_us)
+        found = None if targets is not None else _lease.read_queues(self.engine, self.queues)
+        plan = self._plan(free, now_us, targets, found)
+        try:
+            q, want = next(plan)
+            while True:
+                got = _lease.lease(
+                    self.engine, q.name, want=want, owner=self.worker_id, now_us=now_us,
+                    default_deadline_s=self.default_deadline_s, grace_s=self.grace_s,
+                )  # fmt: skip
+                q, want = plan.send((got, False, None))
+        except StopIteration as stop:
+            rnd: _Round = stop.value
+            return rnd
+
+    async def _lease_round_any(
+        self, free: int, reclaim: bool, targets: list[QueueState] | None
+    ) -> _Round:
+        session = self._session
+        if session is not None and session.usable:
+            try:
+                return await self._lease_round_pg(session, free, reclaim, targets)
+            except Exception:
+                if session.usable:
+                    raise
+            # It cannot connect at all (nothing was leased): through the engine.
+        return await asyncio.to_thread(self._lease_round, free, reclaim, targets)
+
+    async def _lease_round_pg(
+        self, session: _lease_pg.Session, free: int, reclaim: bool, targets: list[QueueState] | None
+    ) -> _Round:
+        """A round on the worker's own connection (PostgreSQL: no thread hop)."""
+        now_us = to_us(clock.now())
+        if reclaim:
+            await asyncio.to_thread(self._upkeep, now_us)
+        found = None if targets is not None else await session.read_queues(self.queues)
+        plan = self._plan(free, now_us, targets, found)
+        try:
+            q, want = next(plan)
+            while True:
+                got, after = await session.lease(
+                    q.config, want=want, owner=self.worker_id, now_us=now_us,
+                    default_deadline_s=self.default_deadline_s, grace_s=self.grace_s,
+                )  # fmt: skip
+                q, want = plan.send((got, True, after))
+        except StopIteration as stop:
+            rnd: _Round = stop.value
+            return rnd
+
+    def _plan(
+        self,
+        free: int,
+        now_us: int,
+        targets: list[QueueState] | None,
+        found: list[tuple[QueueState, int | None]] | None,
+    ) -> Generator[tuple[QueueState, int], tuple[list[Leased], bool, int | None], _Round]:
+        """Which queues a round leases from and how many tasks of each: yields (queue,
+        how many), is sent what that lease got, whether it tells the ETA of the
+        queue's next pending task, and that ETA (None: no task); returns the round.
+
+        `found`: every queue as just read (with its next ETA), or None when the
+        round leases from `targets` without reading (see `_targets`).
+        """
         leased: list[Leased] = []
         full = False
         next_eta: int | None = None
-        if targets is None:
-            found = (_lease_pg if self._pg else _lease).read_queues(self.engine, self.queues)
+        if found is not None:
             self._known = {q.name: q for q, _ in found}
             self._busy_until = time.monotonic() + self.poll_interval
         else:
-            found = [(q, now_us) for q in targets]
+            found = [(q, now_us) for q in targets or ()]
             if self._next_eta is not None and self._next_eta > now_us:
                 next_eta = self._next_eta  # as last read: a queue waiting for its ETA
         busy: list[QueueState] = []
@@ -408,22 +479,16 @@ class Worker:
                 full = True
                 busy.append(q)
                 continue
-            if self._pg:
-                got = _lease_pg.lease(
-                    self.engine, q.config, want=want, owner=self.worker_id, now_us=now_us,
-                    default_deadline_s=self.default_deadline_s, grace_s=self.grace_s,
-                )  # fmt: skip
-            else:
-                got = _lease.lease(
-                    self.engine, q.name, want=want, owner=self.worker_id, now_us=now_us,
-                    default_deadline_s=self.default_deadline_s, grace_s=self.grace_s,
-                )  # fmt: skip
+            got, known, after = yield q, want
             leased.extend(got)
             if len(got) == want:
                 full = True
                 busy.append(q)
-            elif targets is not None:
+            elif targets is not None and not known:
                 self._must_read = full = True  # read at once, for the next ETAs
+            elif targets is not None and after is not None and after > now_us:
+                next_eta = after if next_eta is None else min(next_eta, after)
+                self._next_eta = next_eta
         self._busy = busy
         if targets is None:
             self._next_eta = next_eta
@@ -469,11 +534,22 @@ class Worker:
         while self._results:
             batch, self._results = self._results, []
             try:
-                record = _lease_pg.record if self._pg else _lease.record
-                await asyncio.to_thread(record, self.engine, batch)
+                await self._record(batch)
             except Exception:
                 # The leases expire and the tasks are retried: at least once holds.
                 log.exception("tq.dbqueue: could not record %d outcomes", len(batch))
+
+    async def _record(self, batch: list[Result]) -> None:
+        session = self._recorder
+        if session is not None and session.usable:
+            try:
+                await session.record(batch)
+                return
+            except Exception:
+                if session.usable:
+                    raise
+            # It cannot connect at all: through the engine from now on.
+        await asyncio.to_thread(_lease.record, self.engine, batch)
 
     async def _drain(self) -> None:
         """Waits for pushes in flight and for their outcomes to be written."""
