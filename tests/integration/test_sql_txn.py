@@ -295,6 +295,58 @@ def test_core_failed_statement_submits_nothing(
     assert store.count_reminders() == (0, 0)
 
 
+def test_failed_reminder_insert_raises_sqlalchemys_error_and_submits_nothing(
+    engine: Engine, store: SQLStore, sub: RecordingSubmitter
+) -> None:
+    # The reminder INSERT may skip SQLAlchemy's execution machinery; a driver
+    # error must still come out as SQLAlchemy's (here: an ID that is taken).
+    disp = make_dispatcher(sub, ids=lambda n: b"\x07" * n)  # type: ignore[arg-type]
+    past = tq.clock.now() - dt.timedelta(seconds=1)
+    with tq.txn.sql.transaction(engine, deadline=past) as conn:  # stale: no happy path
+        _insert(conn, "kept")
+        disp.add_task(_task("kept"))
+
+    def core() -> None:
+        with tq.txn.sql.transaction(engine) as conn:
+            _insert(conn, "core")
+            disp.add_task(_task("core"))
+
+    def session() -> None:
+        with tq.txn.sql.transaction(sessionmaker(engine)) as s:
+            _insert(s, "session")
+            disp.add_task(_task("session"))
+
+    for run in (core, session):
+        with pytest.raises(IntegrityError):
+            run()
+    assert sub.attempts == 0
+    assert store.count_reminders() == (1, 0)
+    assert _rows(engine) == {"kept"}
+
+
+def test_reminder_insert_is_seen_by_cursor_listeners(
+    engine: Engine, store: SQLStore, disp: tq.Dispatcher, sub: RecordingSubmitter
+) -> None:
+    # Tracing and auditing tools watch statements through cursor events.
+    seen: list[str] = []
+
+    def watch(conn: object, cursor: object, statement: str, *args: object) -> None:
+        seen.append(statement)
+
+    event.listen(engine, "before_cursor_execute", watch)
+    try:
+        with tq.txn.sql.transaction(engine) as conn:
+            _insert(conn, "a")
+            disp.add_task(_task("core"))
+        with tq.txn.sql.transaction(sessionmaker(engine)) as session:
+            _insert(session, "b")
+            disp.add_task(_task("session"))
+    finally:
+        event.remove(engine, "before_cursor_execute", watch)
+    assert sum("INSERT INTO tq_reminders" in s for s in seen) == 2
+    assert sorted(_names(sub)) == ["core", "session"]
+
+
 # bind() with a sync Session.
 
 

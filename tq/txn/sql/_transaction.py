@@ -56,8 +56,9 @@ INFO_KEY = "tq.txn.sql"
 # the driver's parameter style), values converted by hand: a Core insert or
 # a text() statement costs a statement-cache lookup and per-parameter
 # processing that on SQLite add up to more than the statement itself.
-# `exec_driver_sql` keeps the rest (autobegin, events, error wrapping).
-# `parked` takes the column default (false).
+# `exec_driver_sql` keeps the rest (autobegin, events, error wrapping); a
+# single row goes straight to the driver's cursor where nothing watches the
+# connection (`_driver_execute`). `parked` takes the column default (false).
 _COLUMNS = ("id", "fresh_until", "extra", "payload")
 _MARKS: dict[str, Callable[[int, str], str]] = {
     "qmark": lambda i, c: "?",
@@ -96,7 +97,51 @@ def _insert(conn: Connection, pending: Sequence[PendingTask]) -> None:
         rows.append((r.id, fu, r.extra, r.payload))
     if dialect.paramstyle in _NAMED_STYLES:
         rows = [dict(zip(_COLUMNS, row, strict=True)) for row in rows]
-    conn.exec_driver_sql(_insert_sql(dialect.paramstyle), rows[0] if len(rows) == 1 else rows)
+    sql = _insert_sql(dialect.paramstyle)
+    if len(rows) > 1:
+        conn.exec_driver_sql(sql, rows)
+    elif not _driver_execute(conn, sql, rows[0]):
+        conn.exec_driver_sql(sql, rows[0])
+
+
+def _driver_execute(conn: Connection, sql: str, params: Any) -> bool:
+    """Runs one statement on the driver's cursor, as `exec_driver_sql` would; False if it did not.
+
+    `exec_driver_sql` builds an execution context and a result for a
+    statement that returns nothing: on SQLite that cost about as much as
+    the INSERT itself (docs/benchmarks.md, section 1). Where nothing watches
+    the connection (no event listener on it, its engine or its dialect; no
+    `echo`) and its transaction is open and usable, the same statement goes
+    straight to a driver cursor, as SQLAlchemy's own default execution does
+    (`cursor.execute`); a driver error goes through the connection's
+    error handling (wrapped in `sqlalchemy.exc.DBAPIError`, a disconnect
+    invalidating the connection). Anything else, or a SQLAlchemy without
+    these internals, takes `exec_driver_sql`.
+    """
+    try:
+        if conn._has_events or conn._echo or conn.dialect._has_events or conn.engine._has_events:
+            return False
+        trans, nested, ctx = (
+            conn._transaction, conn._nested_transaction, conn._trans_context_manager
+        )  # fmt: skip
+        dbapi_conn = conn._dbapi_connection
+    except AttributeError:  # pragma: no cover - another SQLAlchemy
+        return False
+    if (
+        dbapi_conn is None
+        or trans is None
+        or not trans.is_active
+        or (nested is not None and not nested.is_active)
+        or (ctx is not None and not ctx._transaction_is_active())
+    ):
+        return False  # exec_driver_sql begins, or raises what SQLAlchemy raises
+    cursor = dbapi_conn.cursor()
+    try:
+        cursor.execute(sql, params)
+    except BaseException as e:  # closes the cursor, raises the wrapped error
+        conn._handle_dbapi_exception(e, sql, params, cursor, None)
+    cursor.close()
+    return True
 
 
 # "collect": the helper runs the happy path after the commit returns;
