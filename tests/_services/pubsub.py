@@ -35,6 +35,7 @@ import grpc
 import pytest
 
 START_TIMEOUT_S = 60.0
+EXPECT_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 10.0
 _SDK_ROOTS = ("/usr/lib/google-cloud-sdk", "/usr/share/google-cloud-sdk", "/opt/google-cloud-sdk")
 _LAUNCHER = "platform/pubsub-emulator/bin/cloud-pubsub-emulator"
@@ -112,26 +113,39 @@ class PubSubEmulator:
             client.create_subscription(request=request, timeout=10)
         return name
 
-    def pull(self, subscription: str, *, wait_s: float = 2.0, ack: bool = True) -> list[Any]:
-        """The messages the subscription delivers within `wait_s` (acked unless told not)."""
+    def pull(
+        self, subscription: str, *, wait_s: float = 2.0, ack: bool = True, expect: int = 0
+    ) -> list[Any]:
+        """The messages the subscription delivers within `wait_s` (acked unless told not).
+
+        With `expect`, it goes on pulling past `wait_s` until that many came
+        (for up to EXPECT_TIMEOUT_S): a loaded machine may deliver late.
+        """
+        from google.api_core import exceptions as gexc
+
         out: list[Any] = []
-        deadline = time.monotonic() + wait_s
         with contextlib.closing(self.subscriber_client()) as client:
-            while time.monotonic() < deadline:
+            started = time.monotonic()  # the window opens once the client is made
+            window_ends = started + wait_s
+            give_up = started + max(wait_s, EXPECT_TIMEOUT_S)
+            while True:
+                deadline = window_ends if len(out) >= expect else give_up
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return out
                 try:
                     resp = client.pull(
                         request={"subscription": subscription, "max_messages": 100},
-                        timeout=max(0.1, deadline - time.monotonic()),
+                        timeout=max(0.1, left),
                     )
-                except Exception:  # DEADLINE_EXCEEDED: nothing came
-                    break
+                except (gexc.DeadlineExceeded, gexc.RetryError):  # nothing came in time
+                    continue
                 got = list(resp.received_messages)
                 if ack and got:
                     client.acknowledge(
                         request={"subscription": subscription, "ack_ids": [m.ack_id for m in got]}
                     )
                 out += [m.message for m in got]
-        return out
 
     def log_tail(self, lines: int = 40) -> str:
         try:

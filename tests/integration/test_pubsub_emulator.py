@@ -99,7 +99,7 @@ def test_committed_publish_reaches_each_subscription_once(
         d.add_task(tq.Task(payload=pb.Greet(name="o-1")))
     assert store.count_reminders() == (0, 0)  # published and deleted after the commit
     for sub in subs:
-        got = pubsub_emulator.pull(sub)
+        got = pubsub_emulator.pull(sub, expect=1)
         assert classes(got) == ["greet"], sub
         assert json.loads(got[0].data)["body"] == {"name": "o-1"}
         assert len(got[0].attributes["tq_task_id"]) == 32
@@ -117,7 +117,7 @@ def test_add_task_returns_the_message_id_pubsub_gave_and_a_transactional_add_its
     (now,) = d.add_task(tq.Task(payload=pb.Count(n=1)))
     with tq.txn.sql.transaction(engine, store=store):
         (later,) = d.add_task(tq.Task(payload=pb.Greet(name="after commit")))
-    by_class = {m.attributes["tq_class"]: m for m in pubsub_emulator.pull(sub)}
+    by_class = {m.attributes["tq_class"]: m for m in pubsub_emulator.pull(sub, expect=2)}
     assert now.name == f"{topic}/messages/{by_class['count'].message_id}"
     assert now.task_id == by_class["count"].message_id
     assert (now.existed, now.reminder_id) == (False, None)
@@ -176,7 +176,7 @@ def test_crash_after_commit_is_swept_and_published(
     clock = FakeClock(dt.datetime.now(dt.UTC) + dt.timedelta(minutes=5))  # past fresh_until
     with tq.clock.use_clock(clock):
         InProcSweeper(stores=[store]).sweep(d)
-    got = pubsub_emulator.pull(sub)
+    got = pubsub_emulator.pull(sub, expect=1)
     assert classes(got) == ["greet"]
     assert got[0].attributes["tq_task_id"] == key.id  # the reminder ID: the dedup key
     assert store.count_reminders() == (0, 0)
@@ -291,7 +291,7 @@ def test_async_add_task_publishes_in_and_out_of_a_transaction(
             await aengine.dispose()
 
     asyncio.run(main())
-    assert sorted(classes(pubsub_emulator.pull(sub))) == ["count", "greet"]
+    assert sorted(classes(pubsub_emulator.pull(sub, expect=2))) == ["count", "greet"]
     assert store.count_reminders() == (0, 0)
 
 
