@@ -3,13 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import collections
-import contextvars
-import dataclasses
 import datetime as dt
-import heapq
 import threading
-from collections.abc import Callable, Coroutine, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import grpc
@@ -18,45 +14,18 @@ from google.protobuf.message import Message
 import tq
 from tq import _push
 from tq._handles import check_task_name
-from tq._task import PRIORITY_HEADER
 from tq._taskclass import FULL_QUEUE_RE
 from tq._topic import CLASS_ATTRIBUTE, is_publish, message_name
 from tq.clock import Clock
 from tq.pubsub._message import Received
 from tqtesting._clock import FakeClock
 from tqtesting._delivery import Delivery, decode_payload, delivery
-from tqtesting._errors import RunLimitExceeded, SchedulerError, TaskFailed
-from tqtesting._in_context import InContext
-from tqtesting._options import RetryConfig, RunConfig, RunOption, loses_response, matches
+from tqtesting._due import DueTasks, priority_of
+from tqtesting._errors import SchedulerError
+from tqtesting._options import RetryConfig, RunConfig, RunOption
 from tqtesting._records import Attempt, TaskList, TaskRecord, TaskStatus
-from tqtesting._topics import Topics, deliver
-
-# Outcomes that a handler chose on purpose; failing for good after them is
-# not a test error (anything else is: a bug in the handler or the setup).
-_EXPECTED_FAILURES = frozenset({"retry", "transient", "lost"})
-
-
-# A heap entry: when a task is due, its submission number (the tie-break
-# that keeps tasks due together in submission order), the task, its pushes.
-_Due = tuple[dt.datetime, int, TaskRecord, Delivery]
-
-# A serial run lets the event loop run other tasks (a producer of tasks, a
-# test's own coroutines) at least once every this many executions.
-_YIELD_EVERY = 16
-
-
-@dataclasses.dataclass(slots=True)
-class _RunState:
-    cfg: RunConfig
-    # Tasks running in tasks of their own (parallel runs), and the ones that
-    # ended and are still to be recorded, in the order they ended.
-    in_flight: dict[asyncio.Future[_push.PushResult], tuple[TaskRecord, Delivery]]
-    ended: collections.deque[asyncio.Future[_push.PushResult]]
-    executions: int = 0
-    stopping: bool = False
-    cancelled: bool = False  # the caller of run_async was cancelled
-    error: SchedulerError | None = None
-    failed: TaskRecord | None = None
+from tqtesting._run import Run
+from tqtesting._topics import Topics
 
 
 class Scheduler:
@@ -130,9 +99,7 @@ class Scheduler:
         self._lock = threading.Lock()
         self._records: list[TaskRecord] = []
         self._by_name: dict[str, TaskRecord] = {}  # tasks (not messages) by full name
-        self._due: list[_Due] = []  # heap of pending tasks
-        self._prioritized = 0  # entries of _due with a priority (0: take the heap's head)
-        self._priority_step = priority_step
+        self._due = DueTasks(priority_step)
         self._queue_names: set[str] = set()  # queue names found valid
         self._last_attempt: Attempt | None = None
         self._wakers: list[Callable[[], None]] = []
@@ -194,11 +161,11 @@ class Scheduler:
             rec = TaskRecord(
                 name=name, class_id=submission.task_class, payload=payload, eta=eta,
                 request=req, created=now, seq=seq, pushed=push.class_id is not None,
-                reminder_id=submission.reminder_id, priority=_priority_of(task),
+                reminder_id=submission.reminder_id, priority=priority_of(task),
             )  # fmt: skip
             self._by_name[name] = rec
             self._records.append(rec)
-            self._push_due((eta, seq, rec, push))
+            self._due.push((eta, seq, rec, push))
             wakers = list(self._wakers) if self._wakers else None
         if wakers is not None:
             for wake in wakers:
@@ -226,13 +193,7 @@ class Scheduler:
             if rec is None or rec.status not in (TaskStatus.PENDING, TaskStatus.EXECUTING):
                 return False
             if rec.status is TaskStatus.PENDING:
-                due = self._due
-                i = next(i for i, entry in enumerate(due) if entry[2] is rec)
-                due[i] = due[-1]
-                due.pop()
-                heapq.heapify(due)
-                if rec.priority:
-                    self._prioritized -= 1
+                self._due.remove(rec)
             rec.status = TaskStatus.DELETED
             wakers = list(self._wakers)
         for wake in wakers:  # what a run waits for may be gone
@@ -266,7 +227,7 @@ class Scheduler:
                     reminder_id=submission.reminder_id,
                 )  # fmt: skip
                 self._records.append(rec)
-                heapq.heappush(self._due, (now, seq, rec, push))
+                self._due.push((now, seq, rec, push))
             wakers = list(self._wakers) if self._wakers else None
         if wakers is not None:
             for wake in wakers:
@@ -317,7 +278,7 @@ class Scheduler:
         condition was not met (and `wait_when_drained()` was not given).
         Tasks running when the run stops or raises finish first.
         """
-        state = _RunState(RunConfig.of(options), {}, collections.deque())
+        run = Run(self, RunConfig.of(options))
         loop = asyncio.get_running_loop()
         wake = asyncio.Event()
 
@@ -343,183 +304,47 @@ class Scheduler:
             # its own: serial executions run in it, and what a handler does to
             # its task (a timeout, a task group) stays off the caller's task.
             with tq.use_submitter(self), tq.clock.use_clock(self._clock):
-                worker = asyncio.ensure_future(self._loop(state, wake))
-            await self._join(worker, state)
+                worker = asyncio.ensure_future(run.loop(wake))
+            await run.join(worker)
         finally:
             with self._lock:
                 self._wakers.remove(waker)
             if unsubscribe is not None:
                 unsubscribe()
-            await self._abandon(state)
-        if state.error is not None:
-            cause = state.failed.error if state.failed is not None else None
-            raise state.error from cause
+            await run.abandon()
+        if run.error is not None:
+            cause = run.failed.error if run.failed is not None else None
+            raise run.error from cause
 
-    async def _join(self, worker: asyncio.Task[None], state: _RunState) -> None:
-        """Awaits the run's loop; cancelling the caller cancels it (and says so)."""
-        cancelled: asyncio.CancelledError | None = None
-        while not worker.done():
-            try:
-                await asyncio.wait((worker,))
-            except asyncio.CancelledError as e:
-                cancelled = cancelled or e
-                state.cancelled = True
-                worker.cancel()
-        if cancelled is not None:
-            if not worker.cancelled():
-                worker.exception()  # retrieved: the caller's cancellation wins
-            raise cancelled
-        worker.result()
-
-    async def _loop(self, state: _RunState, wake: asyncio.Event) -> None:
-        cfg = state.cfg
-        while True:
-            wake.clear()
-            if not state.stopping:
-                if cfg.parallel == 1:
-                    await self._run_due(state)
-                else:
-                    self._start_due(state, wake)
-            if not state.in_flight:
-                if state.stopping:
-                    return
-                head = self._head()
-                if head is None:
-                    if cfg.stop_when_drained:
-                        return
-                    if not cfg.wait_when_drained:
-                        raise SchedulerError(
-                            "no task left to run and the run's stop condition was not met "
-                            "(give stop_when_drained() or wait_when_drained() to allow it)"
-                        )
-                    await wake.wait()
-                    continue
-                if cfg.stop_before and any(matches(m, head) for m in cfg.stop_before):
-                    return
-                if self._auto_advance:
-                    assert isinstance(self._clock, FakeClock)
-                    if head.eta > self._clock.now():
-                        self._clock.set(head.eta)
-                    continue
-                await self._wait(wake, state, head.eta)
-                continue
-            # With a free slot, a task falling due must wake us too.
-            free = len(state.in_flight) < cfg.parallel
-            head = self._head() if free and not state.stopping else None
-            await self._wait(wake, state, head.eta if head is not None else None)
-
-    async def _wait(self, wake: asyncio.Event, state: _RunState, eta: dt.datetime | None) -> None:
-        """Waits for a running task to end, a new task, a clock change, or `eta`."""
-        if not state.ended:
-            timer = None
-            if eta is not None and not isinstance(self._clock, FakeClock):
-                timeout = max(0.0, (eta - self._clock.now()).total_seconds())
-                timer = asyncio.get_running_loop().call_later(timeout, wake.set)
-            try:
-                await wake.wait()
-            finally:
-                if timer is not None:
-                    timer.cancel()
-        while state.ended:
-            fut = state.ended.popleft()
-            if fut in state.in_flight:
-                rec, push = state.in_flight.pop(fut)
-                # handle_push turns every Exception into a status; a
-                # BaseException escapes here (`_abandon` requeues the task).
-                try:
-                    result = fut.result()
-                except BaseException:
-                    self._requeue(rec, push)
-                    raise
-                self._ended(state, rec, push, result)
+    # What a run (tqtesting._run) takes from and records here, under the lock.
 
     def _head(self) -> TaskRecord | None:
         with self._lock:
-            return self._due[0][2] if self._due else None
+            return self._due.head()
 
-    def _take_due(self, state: _RunState) -> tuple[TaskRecord, Delivery] | None:
-        """Takes the next task to execute now, or None (nothing due, or the run stops).
+    def _take_due(
+        self, stops_before: Callable[[TaskRecord], bool]
+    ) -> tuple[TaskRecord, Delivery] | None:
+        """Takes the next due task, or None if none is due or `stops_before` it.
 
-        Tasks that are not for tq's push endpoint end here, recorded as such.
+        A task for tq's push endpoint is marked EXECUTING; any other ends here,
+        FINISHED with outcome "not_pushed".
         """
-        cfg = state.cfg
-        while True:
-            now = self._clock.now()
-            with self._lock:
-                i = self._next_due(now)
-                if i is None:
-                    return None
-                rec = self._due[i][2]
-                if cfg.stop_before and any(matches(m, rec) for m in cfg.stop_before):
-                    state.stopping = True
-                    return None
-                if state.executions >= cfg.max_executions:
-                    state.stopping = True
-                    state.error = RunLimitExceeded(
-                        f"the run reached max_executions({cfg.max_executions}) with tasks still "
-                        "due: a task chain that never ends? (raise the cap with "
-                        "tqtesting.max_executions(n))"
-                    )
-                    return None
-                if i == 0:
-                    _, _, _, push = heapq.heappop(self._due)
-                else:
-                    _, _, _, push = self._due[i]
-                    self._due[i] = self._due[-1]
-                    self._due.pop()
-                    heapq.heapify(self._due)
-                if rec.priority:
-                    self._prioritized -= 1
-                state.executions += 1
-                if push.class_id is not None:
-                    rec.status = TaskStatus.EXECUTING
-                    return rec, push
+        now = self._clock.now()
+        with self._lock:
+            i = self._due.next_due(now)
+            if i is None:
+                return None
+            rec = self._due.record_at(i)
+            if stops_before(rec):
+                return None
+            push = self._due.take(i)
+            if push.class_id is not None:
+                rec.status = TaskStatus.EXECUTING
+            else:
                 rec.status = TaskStatus.FINISHED
                 rec.outcome = "not_pushed"
-            self._check_stop_after(state, rec)
-            if state.stopping:
-                return None
-
-    def _handle(self, rec: TaskRecord, push: Delivery) -> Coroutine[Any, Any, _push.PushResult]:
-        if push.message is not None:
-            return deliver(rec.attempts, push)
-        headers = push.attempt_headers(rec.attempts, rec.eta, rec.last_status, rec.outcome)
-        return _push.handle_push(self._dispatcher, push.class_id, headers, push.body)
-
-    async def _run_due(self, state: _RunState) -> None:
-        """Executes due tasks one after the other, each awaited in the run's own task."""
-        while not state.stopping:
-            taken = self._take_due(state)
-            if taken is None:
-                return
-            rec, push = taken
-            try:
-                result = await InContext(self._handle(rec, push), contextvars.copy_context())
-            except BaseException:  # cancelled, or an exception handle_push lets through
-                self._requeue(rec, push)
-                raise
-            self._ended(state, rec, push, result)
-            if state.cancelled:
-                # The handler swallowed the run's cancellation: it ran to its
-                # end (recorded above), and the run is cancelled all the same.
-                raise asyncio.CancelledError
-            if state.executions % _YIELD_EVERY == 0:
-                await asyncio.sleep(0)
-
-    def _start_due(self, state: _RunState, wake: asyncio.Event) -> None:
-        """Starts due tasks, each in a task of its own, while a slot is free."""
-
-        def ended(fut: asyncio.Future[_push.PushResult]) -> None:
-            state.ended.append(fut)
-            wake.set()
-
-        while len(state.in_flight) < state.cfg.parallel and not state.stopping:
-            taken = self._take_due(state)
-            if taken is None:
-                return
-            fut = asyncio.ensure_future(self._handle(*taken))
-            state.in_flight[fut] = taken
-            fut.add_done_callback(ended)
+            return rec, push
 
     def _requeue(self, rec: TaskRecord, push: Delivery) -> None:
         """Makes a task that never ran to the end due again (unless deleted meanwhile)."""
@@ -527,37 +352,12 @@ class Scheduler:
             if rec.status is TaskStatus.DELETED:
                 return
             rec.status = TaskStatus.PENDING
-            self._push_due((rec.eta, rec.seq, rec, push))
+            self._due.push((rec.eta, rec.seq, rec, push))
 
-    def _push_due(self, entry: _Due) -> None:
-        """Adds a pending task to the heap (under the lock)."""
-        heapq.heappush(self._due, entry)
-        if entry[2].priority:
-            self._prioritized += 1
-
-    def _next_due(self, now: dt.datetime) -> int | None:
-        """The heap index of the task to run next, or None if none is due (under the lock).
-
-        The heap's head (earliest ETA) unless due tasks have priorities: then
-        the least rank, ETA less priority x priority_step, as the database
-        queue leases (a bounded head start).
-        """
-        due = self._due
-        if not due or due[0][0] > now:
-            return None
-        if not self._prioritized:
-            return 0
-        step = self._priority_step
-        ranks = [(e[0] - e[2].priority * step, e[1], i) for i, e in enumerate(due) if e[0] <= now]
-        return min(ranks)[2]
-
-    def _ended(
-        self, state: _RunState, rec: TaskRecord, push: Delivery, result: _push.PushResult
-    ) -> None:
+    def _record_attempt(self, rec: TaskRecord, push: Delivery, result: _push.PushResult) -> bool:
+        """Records an attempt's end and retries the task if it may; whether it failed for good."""
         now = self._clock.now()
         failed_for_good = False
-        if state.cfg.lose and loses_response(state.cfg, rec):
-            result = _push.PushResult(504, "lost", result.class_id)
         with self._lock:
             rec.attempts += 1
             rec.last_status = result.status
@@ -589,54 +389,13 @@ class Scheduler:
                 else:
                     rec.status = TaskStatus.PENDING
                     rec.eta = now + retry.backoff(rec.attempts)
-                    self._push_due((rec.eta, rec.seq, rec, push))
-        if (
-            failed_for_good
-            and self.raise_on_task_error
-            and result.outcome not in _EXPECTED_FAILURES
-            and state.error is None
-        ):
-            state.failed = rec
-            state.error = TaskFailed(rec.snapshot())
-            state.stopping = True
-        self._check_stop_after(state, rec)
-
-    def _check_stop_after(self, state: _RunState, rec: TaskRecord) -> None:
-        stop_after = state.cfg.stop_after
-        if stop_after and any(matches(m, rec) for m in stop_after):
-            state.stopping = True
-
-    async def _abandon(self, state: _RunState) -> None:
-        """Cancels tasks still running when the run raised or was cancelled."""
-        if not state.in_flight:
-            return
-        futures = list(state.in_flight)
-        for fut in futures:
-            fut.cancel()
-        await asyncio.gather(*futures, return_exceptions=True)
-        for fut in futures:
-            rec, push = state.in_flight.pop(fut)
-            if fut.cancelled() or fut.exception() is not None:
-                self._requeue(rec, push)  # never ran to the end: due again
-            else:
-                self._ended(state, rec, push, fut.result())
+                    self._due.push((rec.eta, rec.seq, rec, push))
+        return failed_for_good
 
     def __repr__(self) -> str:
         with self._lock:
             n, pending = len(self._records), len(self._due)
         return f"<Scheduler tasks={n} pending={pending} clock={self._clock!r}>"
-
-
-def _priority_of(task: Any) -> int:
-    """`tq.Task.priority` of a request (its X-Tq-Priority header), else 0."""
-    kind = task.WhichOneof("message_type")
-    if kind is None:
-        return 0
-    raw = getattr(task, kind).headers.get(PRIORITY_HEADER)
-    try:
-        return int(raw) if raw else 0
-    except ValueError:
-        return 0
 
 
 def _copy(payload: Message | None) -> Message | None:
