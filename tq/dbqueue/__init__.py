@@ -37,7 +37,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 
 from tq._errors import LeaseConflict, TaskNotFound
-from tq.dbqueue._admin import ORDERS, Admin, HistoryPoint, QueueStats, TaskInfo
+from tq.dbqueue._admin import ORDERS, Admin
 from tq.dbqueue._cleaner import Cleanup
 from tq.dbqueue._cron import CronState, cron_states
 from tq.dbqueue._db import mysql_engine, sqlite_engine
@@ -54,7 +54,9 @@ from tq.dbqueue._schema import (
     schema_sql,
     schema_version,
 )
+from tq.dbqueue._stats import HistoryPoint, QueueStats
 from tq.dbqueue._submitter import TOMBSTONE_WINDOW, DbQueueSubmitter, WritesInTransaction
+from tq.dbqueue._taskinfo import TaskInfo
 from tq.dbqueue._topics import (
     Subscription,
     apply_subscriptions,
