@@ -142,7 +142,7 @@ def test_dev_serves_the_app_and_runs_its_tasks_with_auth_off(
         assert forged.status_code == 400  # not 403: no authentication, a bad body
 
     # On the database queue the workers fire the daily report's cron schedule.
-    from tq.cli._wiring import sql_engine
+    from tq.cli._databases import sql_engine
     from tq.dbqueue import cron_states
 
     engine = sql_engine(str(db))
@@ -251,7 +251,7 @@ def orders_db(
     request: pytest.FixtureRequest, tmp_path: Path
 ) -> Iterator[tuple[str, OrdersService]]:
     """An orders database with one order whose confirmation waits in the database queue."""
-    from tq.cli._wiring import sql_engine
+    from tq.cli._databases import sql_engine
     from tq.dbqueue import DbQueueSubmitter, create_schema
 
     if request.param == "sqlite":

@@ -23,9 +23,9 @@ import tq.txn.sql
 import tqtesting
 from tests.testpb import payloads_pb2 as pb
 from tq import dbqueue
+from tq.cli._databases import sql_engine
 from tq.cli._errors import CONFIG, FAILED
 from tq.cli._main import cli
-from tq.cli._wiring import sql_engine
 from tq.dbqueue import DbQueueSubmitter
 
 

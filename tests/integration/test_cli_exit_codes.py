@@ -32,7 +32,7 @@ import tq.cli
 import tq.txn.sql
 import tqtesting
 from tests.testpb import payloads_pb2 as pb
-from tq.cli._wiring import sql_engine
+from tq.cli._databases import sql_engine
 
 ROOT = Path(__file__).resolve().parents[2]
 APP = "examples.orders.main:app"

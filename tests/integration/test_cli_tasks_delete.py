@@ -15,8 +15,8 @@ import tq
 from tests._fake_cloudtasks import FakeCloudTasks, fake_cloud_tasks
 from tests.integration.test_cli_admin import run
 from tests.testpb import payloads_pb2 as pb
+from tq.cli._databases import sql_engine
 from tq.cli._errors import FAILED, USAGE
-from tq.cli._wiring import sql_engine
 from tq.dbqueue import Admin, DbQueueSubmitter, State
 
 

@@ -15,9 +15,9 @@ import tq
 import tq.txn.spanner
 import tq.txn.sql
 import tqtesting
+from tq.cli._databases import sql_engine
 from tq.cli._errors import CONFIG
 from tq.cli._main import cli
-from tq.cli._wiring import sql_engine
 
 LONG_AGO = dt.datetime(2001, 1, 1, tzinfo=dt.UTC)
 

@@ -10,7 +10,7 @@ import contextlib
 from collections.abc import Iterator
 
 from tq.admin import QUEUE_KEYS, STATS_KEYS, TASK_KEYS, CloudTasksAdmin, DbQueueAdmin, QueueAdmin
-from tq.cli import _wiring
+from tq.cli import _databases, _wiring
 from tq.cli._errors import CONFIG, fail
 from tq.cli._options import Config
 
@@ -26,7 +26,7 @@ def open_backend(cfg: Config) -> QueueAdmin:
             raise fail("Cloud Tasks needs --cloud-project and --cloud-region", CONFIG)
         return CloudTasksAdmin.connect(cfg.cloud_project, cfg.cloud_region,
                                        cfg.cloudtasks_endpoint)  # fmt: skip
-    return DbQueueAdmin(_wiring.sql_engine(_wiring.require_db(cfg)), dispose=True)
+    return DbQueueAdmin(_databases.sql_engine(_databases.require_db(cfg)), dispose=True)
 
 
 @contextlib.contextmanager

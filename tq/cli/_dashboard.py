@@ -17,7 +17,7 @@ from typing import Any
 
 import click
 
-from tq.cli import _server, _wiring
+from tq.cli import _databases, _server, _wiring
 from tq.cli._backends import open_backend
 from tq.cli._errors import CONFIG, CLIError, fail
 from tq.cli._options import Config, settings_options
@@ -73,7 +73,7 @@ def dashboard(app_spec: str | None, insecure_no_auth: bool, **kwargs: Any) -> No
     if cfg.database_url or cfg.cloud_project or cfg.backend != "auto":
         queues = open_backend(cfg)
     try:
-        stores, owned = _wiring.outbox_stores(cfg, registered=bool(app_spec))
+        stores, owned = _databases.outbox_stores(cfg, registered=bool(app_spec))
     except CLIError:
         stores, owned = [], False
     made = None
@@ -101,7 +101,7 @@ def dashboard(app_spec: str | None, insecure_no_auth: bool, **kwargs: Any) -> No
         if queues is not None:
             queues.close()
         if owned:
-            _wiring.close_stores(stores)
+            _databases.close_stores(stores)
 
 
 def _label(cfg: Config, queues: Any) -> str:
@@ -109,5 +109,5 @@ def _label(cfg: Config, queues: Any) -> str:
         return ""
     if queues.name == "cloudtasks":
         return f"Cloud Tasks {cfg.cloud_project}/{cfg.cloud_region}"
-    url = _wiring.normalize_url(str(cfg.database_url))
+    url = _databases.normalize_url(str(cfg.database_url))
     return f"database queue {url.split('@')[-1] if '@' in url else url}"

@@ -6,7 +6,7 @@ from typing import Any
 
 import click
 
-from tq.cli import _output, _wiring
+from tq.cli import _databases, _output
 from tq.cli._errors import CONFIG, fail
 from tq.cli._options import Config, settings_options
 
@@ -46,7 +46,7 @@ def _run(cfg: Config, only: tuple[str, ...], verb: str, as_json: bool) -> None:
         from tq.txn.sql import SCHEMA_VERSION as OUTBOX_VERSION
         from tq.txn.sql import create_schema as create_outbox
 
-        engine = _wiring.sql_engine(cfg.database_url)
+        engine = _databases.sql_engine(cfg.database_url)
         try:
             before = _sql_versions(engine)
             for part in _parts(only):
@@ -70,7 +70,7 @@ def _run(cfg: Config, only: tuple[str, ...], verb: str, as_json: bool) -> None:
         from tq.txn.spanner import create_schema as create_spanner
         from tq.txn.spanner import schema_version as spanner_version
 
-        database = _wiring.spanner_database(cfg.spanner_database)
+        database = _databases.spanner_database(cfg.spanner_database)
         try:
             found = spanner_version(database)
             create_spanner(database)

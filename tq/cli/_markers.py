@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from tq.admin import MarkerAdmin
-from tq.cli import _output, _wiring
+from tq.cli import _databases, _output, _wiring
 from tq.cli._errors import CONFIG, fail
 from tq.cli._options import Config, settings_options
 
@@ -25,7 +25,7 @@ _app = click.option(
 def _admin(cfg: Config, app_spec: str | None) -> Iterator[MarkerAdmin]:
     if app_spec:
         _wiring.load_app(app_spec, cfg)
-    stores, owned = _wiring.outbox_stores(cfg, registered=bool(app_spec))
+    stores, owned = _databases.outbox_stores(cfg, registered=bool(app_spec))
     try:
         admin = MarkerAdmin(stores)
         if not admin.stores:
@@ -33,7 +33,7 @@ def _admin(cfg: Config, app_spec: str | None) -> Iterator[MarkerAdmin]:
         yield admin
     finally:
         if owned:
-            _wiring.close_stores(stores)
+            _databases.close_stores(stores)
 
 
 @click.group("markers")

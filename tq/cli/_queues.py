@@ -12,7 +12,7 @@ import tq
 from tq._errors import ValidationError
 from tq._task import deduplicated_task_id
 from tq.admin import DbQueueAdmin, QueueAdmin
-from tq.cli import _output, _wiring
+from tq.cli import _databases, _output, _wiring
 from tq.cli._backends import (
     QUEUE_COLUMNS,
     STATS_COLUMNS,
@@ -268,7 +268,7 @@ def _deleting_dispatcher(cfg: Config) -> Iterator[tq.Dispatcher]:
     else:
         from tq.dbqueue import DbQueueSubmitter
 
-        engine = _wiring.sql_engine(_wiring.require_db(cfg))
+        engine = _databases.sql_engine(_databases.require_db(cfg))
         submitter = DbQueueSubmitter(engine)
         project = cfg.cloud_project or _wiring.DEV_PROJECT
         region = cfg.cloud_region or _wiring.DEV_REGION

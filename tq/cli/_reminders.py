@@ -10,7 +10,7 @@ import click
 
 from tq.admin import OutboxAdmin
 from tq.admin._outbox import Chosen
-from tq.cli import _output, _wiring
+from tq.cli import _databases, _output, _wiring
 from tq.cli._errors import FAILED, fail
 from tq.cli._options import Config, settings_options
 
@@ -26,12 +26,12 @@ _app = click.option(
 def _stores(cfg: Config, app_spec: str | None) -> Iterator[OutboxAdmin]:
     if app_spec:
         _wiring.load_app(app_spec, cfg)
-    stores, owned = _wiring.outbox_stores(cfg, registered=bool(app_spec))
+    stores, owned = _databases.outbox_stores(cfg, registered=bool(app_spec))
     try:
         yield OutboxAdmin(stores)
     finally:
         if owned:
-            _wiring.close_stores(stores)
+            _databases.close_stores(stores)
 
 
 # Reminders.
@@ -145,7 +145,7 @@ def replay(app_spec: str | None, ids: tuple[str, ...], all_: bool, submit_now: b
 def _submitter(cfg: Config) -> Any:
     if _wiring.backend_of(cfg) == "cloudtasks":
         return _wiring.cloudtasks_submitter(cfg)
-    return _wiring.dbqueue_submitter(_wiring.sql_engine(_wiring.require_db(cfg)), cfg)
+    return _wiring.dbqueue_submitter(_databases.sql_engine(_databases.require_db(cfg)), cfg)
 
 
 def _close(submitter: Any) -> None:

@@ -11,7 +11,7 @@ from typing import Any
 import click
 
 import tq
-from tq.cli import _output, _server, _wiring
+from tq.cli import _databases, _output, _server, _wiring
 from tq.cli._errors import CONFIG, fail
 from tq.cli._options import Config, settings_options
 
@@ -77,11 +77,11 @@ def dev(app_spec: str, **kwargs: Any) -> None:
     _logging(cfg.log_level)
     app, disp = _wiring.load_app(app_spec, cfg)
     url = _dev_database(cfg)
-    engine = _wiring.sql_engine(url)
+    engine = _databases.sql_engine(url)
     try:
         _prepare_schemas(engine)
         if cfg.queue_yaml:
-            _wiring.apply_queue_yaml(engine, cfg.queue_yaml)
+            _databases.apply_queue_yaml(engine, cfg.queue_yaml)
         sock = _server.listen(cfg.host, cfg.port)
         address = f"{cfg.host}:{sock.getsockname()[1]}"
         _wiring.configure_dispatcher(disp, cfg)
@@ -164,12 +164,12 @@ def serve(app_spec: str, sweep_loop: bool, with_workers: bool, **kwargs: Any) ->
         if backend == "cloudtasks" and cfg.cloudtasks_endpoint:
             disp.configure(submitter=_wiring.cloudtasks_submitter(cfg))
         elif backend == "dbqueue":
-            engine = _wiring.sql_engine(_wiring.require_db(cfg))
-            _wiring.require_queue_tables(engine)
+            engine = _databases.sql_engine(_databases.require_db(cfg))
+            _databases.require_queue_tables(engine)
             _wiring.configure_for_dbqueue(disp, address if with_workers else None)
             disp.configure(submitter=_wiring.dbqueue_submitter(engine, cfg))
             if cfg.queue_yaml:
-                _wiring.apply_queue_yaml(engine, cfg.queue_yaml)
+                _databases.apply_queue_yaml(engine, cfg.queue_yaml)
             if with_workers:
                 # In this process, with no network between them: the workers
                 # push past the app's authentication, unless a signer mints
@@ -254,11 +254,11 @@ def worker(app_spec: str | None, insecure_no_auth: bool, until_idle: bool, **kwa
             _output.err().print(_BANNER.format(address="this worker's pushes"))
     elif cfg.dispatcher:
         opts["dispatcher"] = _wiring.find_dispatcher(cfg)
-    engine = _wiring.sql_engine(_wiring.require_db(cfg))
+    engine = _databases.sql_engine(_databases.require_db(cfg))
     try:
-        _wiring.require_queue_tables(engine)
+        _databases.require_queue_tables(engine)
         if cfg.queue_yaml:
-            _wiring.apply_queue_yaml(engine, cfg.queue_yaml)
+            _databases.apply_queue_yaml(engine, cfg.queue_yaml)
         with happy_path(cfg):
             asyncio.run(_work(engine, cfg, opts, until_idle))
     finally:

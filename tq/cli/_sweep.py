@@ -11,7 +11,7 @@ from typing import Any
 import click
 
 import tq
-from tq.cli import _output, _wiring
+from tq.cli import _databases, _output, _wiring
 from tq.cli._errors import FAILED, UNAVAILABLE, fail
 from tq.cli._options import Config, settings_options
 
@@ -38,7 +38,7 @@ def sweeping_dispatcher(cfg: Config, app_spec: str | None) -> Iterator[tq.Dispat
     else:
         disp = tq.Dispatcher()
     _wiring.configure_dispatcher(disp, cfg)
-    stores, owned = _wiring.outbox_stores(cfg, registered=bool(app_spec))
+    stores, owned = _databases.outbox_stores(cfg, registered=bool(app_spec))
     engine = None
     submitter: Any = None
     try:
@@ -49,7 +49,7 @@ def sweeping_dispatcher(cfg: Config, app_spec: str | None) -> Iterator[tq.Dispat
             if _wiring.backend_of(eff) == "cloudtasks":
                 submitter = _wiring.cloudtasks_submitter(cfg)
             else:
-                engine = _wiring.sql_engine(_wiring.require_db(cfg))
+                engine = _databases.sql_engine(_databases.require_db(cfg))
                 submitter = _wiring.dbqueue_submitter(engine, cfg)
             disp.configure(submitter=submitter)
         _wiring.install_sweeper(
@@ -59,7 +59,7 @@ def sweeping_dispatcher(cfg: Config, app_spec: str | None) -> Iterator[tq.Dispat
         yield disp
     finally:
         if owned:
-            _wiring.close_stores(stores)
+            _databases.close_stores(stores)
         if engine is not None:
             engine.dispose()
         close = getattr(submitter, "close", None)
