@@ -14,16 +14,13 @@ JSON names is never taken on the fast path; and a value the fast path has
 any doubt about (an int given as a float, an unknown enum name, a float
 string "nan", a field named twice by its two names, nesting past
 json_format's depth limit, a value the message refuses...) sends the whole
-message to json_format, which accepts it or raises its own error.
+message to json_format, which accepts it or raises its own error. The
+scalar fields' converters are in `tq._pbjson_scalars`.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
-import re
-import struct
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -32,12 +29,23 @@ from google.protobuf import descriptor_pool, json_format, message_factory
 from google.protobuf.descriptor import Descriptor, EnumDescriptor, FieldDescriptor
 from google.protobuf.message import Message
 
+from tq._pbjson_scalars import (
+    Fallback,
+    dec_bool,
+    dec_bytes,
+    dec_double,
+    dec_float,
+    dec_int,
+    dec_string,
+    enc_bytes,
+    enc_double,
+    enc_float,
+    repeated,
+    repeated_out,
+)
+
 # json_format's own limits and patterns.
 _MAX_DEPTH = 100
-_FLOAT32_MAX = float.fromhex("0x1.fffffep+127")
-_UNPAIRED_SURROGATE = re.compile(
-    "[\ud800-\udbff](?![\udc00-\udfff])|(?<![\ud800-\udbff])[\udc00-\udfff]"
-)
 _WELL_KNOWN = frozenset(
     {
         "google.protobuf.Any",
@@ -52,10 +60,6 @@ _WELL_KNOWN = frozenset(
 
 _INT64 = frozenset({FieldDescriptor.CPPTYPE_INT64, FieldDescriptor.CPPTYPE_UINT64})
 _INT32 = frozenset({FieldDescriptor.CPPTYPE_INT32, FieldDescriptor.CPPTYPE_UINT32})
-
-
-class _Fallback(Exception):
-    """The fast path declines: json_format decides."""
 
 
 def _dumps() -> Callable[[Any], str]:
@@ -194,23 +198,23 @@ def _converters(
             return None
         dec, enc = _enum_converters(enum)
     elif cpp in _INT64:
-        dec, enc = _dec_int, str
+        dec, enc = dec_int, str
     elif cpp in _INT32:
-        dec, enc = _dec_int, None
+        dec, enc = dec_int, None
     elif cpp == FieldDescriptor.CPPTYPE_BOOL:
-        dec, enc = _dec_bool, None
+        dec, enc = dec_bool, None
     elif cpp == FieldDescriptor.CPPTYPE_DOUBLE:
-        dec, enc = _dec_double, _enc_double
+        dec, enc = dec_double, enc_double
     elif cpp == FieldDescriptor.CPPTYPE_FLOAT:
-        dec, enc = _dec_float, _enc_float
+        dec, enc = dec_float, enc_float
     elif f.type == FieldDescriptor.TYPE_BYTES:
-        dec, enc = _dec_bytes, _enc_bytes
+        dec, enc = dec_bytes, enc_bytes
     elif f.type == FieldDescriptor.TYPE_STRING:
-        dec, enc = _dec_string, None
+        dec, enc = dec_string, None
     else:
         return None
     if f.is_repeated:
-        return _repeated(dec), _repeated_out(enc)
+        return repeated(dec), repeated_out(enc)
     return dec, enc
 
 
@@ -223,12 +227,12 @@ def _custom_enum_names(enum: EnumDescriptor) -> bool:
 
 
 # Decoding. Each converter returns the value to give the message, or raises
-# (_Fallback or anything else) to leave the whole message to json_format.
+# (Fallback or anything else) to leave the whole message to json_format.
 
 
 def _decode(js: dict[str, Any], plan: _Plan, depth: int) -> Message:
     if depth > _MAX_DEPTH:
-        raise _Fallback
+        raise Fallback
     keys = plan.keys
     kwargs: dict[str, Any] = {}
     seen: set[str] | None = None
@@ -236,7 +240,7 @@ def _decode(js: dict[str, Any], plan: _Plan, depth: int) -> Message:
         field = keys.get(key)
         if field is None:
             if key[:1] == "[":  # json_format refuses extension names here
-                raise _Fallback
+                raise Fallback
             continue  # unknown fields are ignored
         name, conv, oneof, aliased = field
         if aliased or oneof is not None:
@@ -244,11 +248,11 @@ def _decode(js: dict[str, Any], plan: _Plan, depth: int) -> Message:
                 seen = set()
             if aliased:
                 if name in seen:
-                    raise _Fallback  # named twice: json_format merges or clears
+                    raise Fallback  # named twice: json_format merges or clears
                 seen.add(name)
             if oneof is not None and value is not None:
                 if oneof in seen:
-                    raise _Fallback  # json_format refuses two members of a oneof
+                    raise Fallback  # json_format refuses two members of a oneof
                 seen.add(oneof)
         if value is None:
             continue  # null clears the field: it stays unset
@@ -261,16 +265,16 @@ def _message_converters(
 ) -> tuple[Callable[[Any, int], Any], Callable[[Any], Any]]:
     def dec(value: Any, depth: int) -> Message:
         if type(value) is not dict:
-            raise _Fallback
+            raise Fallback
         plan = _plan(cls)
         if not plan.fast:
-            raise _Fallback
+            raise Fallback
         return _decode(value, plan, depth + 1)
 
     def enc(value: Message) -> dict[str, Any]:
         plan = _plan(cls)
         if not plan.fast:
-            raise _Fallback
+            raise Fallback
         return _encode(value, plan)
 
     return dec, enc
@@ -290,76 +294,17 @@ def _enum_converters(
             return by_name[value]  # KeyError: unknown names are json_format's
         if type(value) is int and (not closed or value in by_number):
             return value
-        raise _Fallback
+        raise Fallback
 
     def enc(value: int) -> str | int:
         name = by_number.get(value)
         if name is not None:
             return name
         if closed:
-            raise _Fallback
+            raise Fallback
         return value
 
     return dec, enc
-
-
-def _dec_int(value: Any, depth: int) -> int:
-    t = type(value)
-    if t is int:
-        return value  # type: ignore[no-any-return]
-    if t is str and " " not in value:
-        return int(value)
-    raise _Fallback
-
-
-def _dec_bool(value: Any, depth: int) -> bool:
-    if type(value) is bool:
-        return value
-    raise _Fallback
-
-
-def _dec_double(value: Any, depth: int) -> float:
-    t = type(value)
-    if t is float:
-        if value - value != 0.0:  # inf or nan
-            raise _Fallback
-        return value  # type: ignore[no-any-return]
-    if t is int:
-        return float(value)
-    if t is str and value != "nan":
-        return float(value)
-    raise _Fallback
-
-
-def _dec_float(value: Any, depth: int) -> float:
-    if type(value) is float and not -_FLOAT32_MAX <= value <= _FLOAT32_MAX:
-        raise _Fallback
-    return _dec_double(value, depth)
-
-
-def _dec_bytes(value: Any, depth: int) -> bytes:
-    if type(value) is not str:
-        raise _Fallback
-    # json_format's padding and alphabet (both base64 flavours, lenient).
-    encoded = value.encode("utf-8")
-    return base64.urlsafe_b64decode(encoded + b"=" * (4 - len(encoded) % 4))
-
-
-def _dec_string(value: Any, depth: int) -> str:
-    if type(value) is not str:
-        raise _Fallback
-    if not value.isascii() and _UNPAIRED_SURROGATE.search(value):
-        raise _Fallback
-    return value
-
-
-def _repeated(conv: Callable[[Any, int], Any] | None) -> Callable[[Any, int], Any]:
-    def dec(value: Any, depth: int) -> list[Any]:
-        if type(value) is not list or None in value:
-            raise _Fallback
-        return value if conv is None else [conv(v, depth) for v in value]
-
-    return dec
 
 
 # Encoding: the dict json_format's printer builds, field by field in the
@@ -373,37 +318,3 @@ def _encode(msg: Message, plan: _Plan) -> dict[str, Any]:
         name, conv = out[field]
         js[name] = value if conv is None else conv(value)
     return js
-
-
-def _enc_double(value: float) -> float | str:
-    if value - value == 0.0:
-        return value
-    if value != value:
-        return "NaN"
-    return "Infinity" if value > 0 else "-Infinity"
-
-
-def _enc_float(value: float) -> float | str:
-    if value - value != 0.0:
-        return _enc_double(value)
-    # json_format's ToShortestFloat: the fewest digits that read back as the same float32.
-    precision = 6
-    rounded = float(f"{value:.{precision}g}")
-    while _float32(rounded) != value:
-        precision += 1
-        rounded = float(f"{value:.{precision}g}")
-    return rounded
-
-
-def _float32(value: float) -> float:
-    return struct.unpack("<f", struct.pack("<f", value))[0]  # type: ignore[no-any-return]
-
-
-def _enc_bytes(value: bytes) -> str:
-    return binascii.b2a_base64(value, newline=False).decode("ascii")
-
-
-def _repeated_out(conv: Callable[[Any], Any] | None) -> Callable[[Any], Any]:
-    if conv is None:
-        return list
-    return lambda values: [conv(v) for v in values]
