@@ -10,7 +10,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import httpx
@@ -27,11 +27,12 @@ from tq.dbqueue import (
     _listen,
     _reclaim,
     _recurring,
+    _rounds,
     _wakeup,
 )
 from tq.dbqueue._delivery import Attempt, Pusher, Signer
 from tq.dbqueue._lease import Leased, Result
-from tq.dbqueue._queuedb import QueueState
+from tq.dbqueue._rounds import Round
 from tq.dbqueue._schema import State, to_us
 
 log = logging.getLogger("tq.dbqueue")
@@ -39,13 +40,6 @@ log = logging.getLogger("tq.dbqueue")
 DEFAULT_DISPATCH_DEADLINE = dt.timedelta(minutes=10)  # Cloud Tasks' default for HTTP tasks
 RECLAIM_INTERVAL_S = 1.0  # how often a running worker looks for expired leases
 MAX_ERROR_PAUSE_S = 5.0  # the longest pause after failed rounds (database down)
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class _Round:
-    leased: list[Leased]
-    full: bool  # some queue had more due tasks than this round took
-    next_eta_us: int | None
 
 
 class Worker:
@@ -130,28 +124,19 @@ class Worker:
         self._runner: asyncio.Task[None] | None = None
         self._next_reclaim = 0.0  # time.monotonic() of the next look for expired leases
         self._upkeeping: asyncio.Task[None] | None = None
-        self._rotation = 0
         self.delivered = 0  # attempts made, for stats and tests
         self._unobserve: Callable[[], None] | None = None
         self.dispatcher = dispatcher
         self.listen = listen
         self._listener: _listen.Listener | None = None
-        # PostgreSQL with psycopg 3: rounds and outcomes in few round trips, on a
-        # connection of the worker's own, from the event loop (`_lease_pg`).
-        # The rounds' connection and the outcomes', so that neither waits for the other.
-        pg = _lease_pg.usable(engine)
-        self._session = _lease_pg.Session(engine) if pg else None
-        self._recorder = _lease_pg.Session(engine) if pg else None
-        # What saves a round its look at every queue (see `_targets`): the queues
-        # as last read, those a full lease left with more due tasks (until the
-        # monotonic time after which they are read again), and those notified.
-        self._known: dict[str, QueueState] = {}
-        self._busy: list[QueueState] = []
-        self._busy_until = 0.0
-        self._notified: set[str] = set()
-        self._next_eta: int | None = None
-        self._must_read = False
-        self._woke = False  # a wakeup came that no round has acted on yet
+        # PostgreSQL with psycopg 3: outcomes (and rounds, `_rounds`) in few round
+        # trips on connections of the worker's own, from the event loop (`_lease_pg`).
+        self._recorder = _lease_pg.Session(engine) if _lease_pg.usable(engine) else None
+        self._rounds = _rounds.Rounds(
+            engine, self.queues, owner=self.worker_id, poll_interval=poll_interval,
+            batch_size=batch_size, default_deadline_s=self.default_deadline_s,
+            grace_s=self.grace_s, upkeep=self._upkeep,
+        )  # fmt: skip
 
     # Life cycle.
 
@@ -171,7 +156,7 @@ class Worker:
     def _notify(self, queue: str) -> None:
         """The listener's wakeup: tasks of `queue` ("": of any queue) were committed."""
         if self._waiter is not None:
-            self._notified.add(queue)
+            self._rounds.notified.add(queue)
             self._waiter.event.set()
 
     async def aclose(self) -> None:
@@ -184,9 +169,9 @@ class Worker:
         if self._listener is not None:
             await self._listener.aclose()
             self._listener = None
-        for session in (self._session, self._recorder):
-            if session is not None:
-                await session.aclose()
+        await self._rounds.aclose()
+        if self._recorder is not None:
+            await self._recorder.aclose()
         if self._waiter is not None:
             _wakeup.unsubscribe(_wakeup.key_of(self.engine), self._waiter)
             self._waiter = None
@@ -315,24 +300,23 @@ class Worker:
                 p.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
 
-    async def _round(self, reclaim: bool = False) -> _Round:
+    async def _round(self, reclaim: bool = False) -> Round:
         # Cleared before looking, so a commit during the look wakes the next wait.
         event = self._entered().event
-        self._woke = self._woke or event.is_set()
+        rounds = self._rounds
+        rounds.woke = rounds.woke or event.is_set()
         event.clear()
         self._slot_freed.clear()
         free = self._free()
         if free <= 0:
-            return _Round([], False, None)
-        woke, self._woke = self._woke, False
-        targets = None if reclaim else self._targets(woke)
+            return Round([], False, None)
         # The periodic upkeep runs in the background once this round's pushes
         # have started, adding nothing to their latency; when asked for
         # (run_once), it runs first, in the round.
         upkeep = not reclaim and time.monotonic() >= self._next_reclaim
         if reclaim or upkeep:
             self._next_reclaim = time.monotonic() + RECLAIM_INTERVAL_S
-        rnd = await self._lease_round_any(free, reclaim, targets)
+        rnd = await rounds.lease_round(free, reclaim)
         for t in rnd.leased:
             task = asyncio.create_task(self._deliver(t))
             self._inflight.add(task)
@@ -363,136 +347,6 @@ class Worker:
         if checkpoint:
             _db.checkpoint(self.engine)
         return n
-
-    def _targets(self, woke: bool) -> list[QueueState] | None:
-        """The queues this round leases from without reading them all first; None: read.
-
-        A round reads every queue (their states, their next ETAs) unless it
-        can tell where the due tasks are: the queues the last rounds left
-        with more due tasks (for at most `poll_interval` after the last read),
-        and those whose new tasks other processes notified (of queues already
-        known). A wakeup from this process, or for a queue not known, reads.
-        """
-        notified, self._notified = self._notified, set()
-        if self._must_read:
-            self._must_read = False
-            return None
-        if (woke and not notified) or not notified.issubset(self._known):
-            return None
-        busy = self._busy if time.monotonic() < self._busy_until else []
-        if not notified:
-            return busy or None
-        targets = list(busy)
-        targets += [self._known[n] for n in sorted(notified.difference(q.name for q in busy))]
-        return targets
-
-    def _lease_round(
-        self, free: int, reclaim: bool, targets: list[QueueState] | None = None
-    ) -> _Round:
-        """A round through the engine (in a worker thread)."""
-        now_us = to_us(clock.now())
-        if reclaim:
-            self._upkeep(now_us)
-        found = None if targets is not None else _lease.read_queues(self.engine, self.queues)
-        plan = self._plan(free, now_us, targets, found)
-        try:
-            q, want = next(plan)
-            while True:
-                got = _lease.lease(
-                    self.engine, q.name, want=want, owner=self.worker_id, now_us=now_us,
-                    default_deadline_s=self.default_deadline_s, grace_s=self.grace_s,
-                )  # fmt: skip
-                q, want = plan.send((got, False, None))
-        except StopIteration as stop:
-            rnd: _Round = stop.value
-            return rnd
-
-    async def _lease_round_any(
-        self, free: int, reclaim: bool, targets: list[QueueState] | None
-    ) -> _Round:
-        session = self._session
-        if session is not None and session.usable:
-            try:
-                return await self._lease_round_pg(session, free, reclaim, targets)
-            except Exception:
-                if session.usable:
-                    raise
-            # It cannot connect at all (nothing was leased): through the engine.
-        return await asyncio.to_thread(self._lease_round, free, reclaim, targets)
-
-    async def _lease_round_pg(
-        self, session: _lease_pg.Session, free: int, reclaim: bool, targets: list[QueueState] | None
-    ) -> _Round:
-        """A round on the worker's own connection (PostgreSQL: no thread hop)."""
-        now_us = to_us(clock.now())
-        if reclaim:
-            await asyncio.to_thread(self._upkeep, now_us)
-        found = None if targets is not None else await session.read_queues(self.queues)
-        plan = self._plan(free, now_us, targets, found)
-        try:
-            q, want = next(plan)
-            while True:
-                got, after = await session.lease(
-                    q.config, want=want, owner=self.worker_id, now_us=now_us,
-                    default_deadline_s=self.default_deadline_s, grace_s=self.grace_s,
-                )  # fmt: skip
-                q, want = plan.send((got, True, after))
-        except StopIteration as stop:
-            rnd: _Round = stop.value
-            return rnd
-
-    def _plan(
-        self,
-        free: int,
-        now_us: int,
-        targets: list[QueueState] | None,
-        found: list[tuple[QueueState, int | None]] | None,
-    ) -> Generator[tuple[QueueState, int], tuple[list[Leased], bool, int | None], _Round]:
-        """Which queues a round leases from and how many tasks of each: yields (queue,
-        how many), is sent what that lease got, whether it tells the ETA of the
-        queue's next pending task, and that ETA (None: no task); returns the round.
-
-        `found`: every queue as just read (with its next ETA), or None when the
-        round leases from `targets` without reading (see `_targets`).
-        """
-        leased: list[Leased] = []
-        full = False
-        next_eta: int | None = None
-        if found is not None:
-            self._known = {q.name: q for q, _ in found}
-            self._busy_until = time.monotonic() + self.poll_interval
-        else:
-            found = [(q, now_us) for q in targets or ()]
-            if self._next_eta is not None and self._next_eta > now_us:
-                next_eta = self._next_eta  # as last read: a queue waiting for its ETA
-        busy: list[QueueState] = []
-        # Start at another queue each round, so that a busy queue cannot starve the rest.
-        self._rotation = (self._rotation + 1) % max(1, len(found))
-        for q, eta in found[self._rotation :] + found[: self._rotation]:
-            if eta is None or q.paused or q.config.pull:
-                continue
-            if eta > now_us:
-                next_eta = eta if next_eta is None else min(next_eta, eta)
-                continue
-            want = min(free - len(leased), self.batch_size)
-            if want <= 0:
-                full = True
-                busy.append(q)
-                continue
-            got, known, after = yield q, want
-            leased.extend(got)
-            if len(got) == want:
-                full = True
-                busy.append(q)
-            elif targets is not None and not known:
-                self._must_read = full = True  # read at once, for the next ETAs
-            elif targets is not None and after is not None and after > now_us:
-                next_eta = after if next_eta is None else min(next_eta, after)
-                self._next_eta = next_eta
-        self._busy = busy
-        if targets is None:
-            self._next_eta = next_eta
-        return _Round(leased, full, next_eta)
 
     def _delivery_done(self, task: asyncio.Task[None]) -> None:
         self._inflight.discard(task)
