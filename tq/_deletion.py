@@ -109,6 +109,12 @@ def deletion(name: str, deleted: bool) -> TaskDeletion:
 def full_name(task: object, target: Target) -> str:
     """The full task name of `task` (a name, a short name or an AddedTask)."""
     if isinstance(task, AddedTask):
+        if task.name is None and task.reminder_id is not None:
+            raise ValidationError(
+                f"the task of class {task.task_class!r} cannot be deleted by its handle: it "
+                "is a Pub/Sub message added in a transaction (a published message cannot be "
+                "deleted; its subscribers must skip it, by its tq_task_id attribute)"
+            )
         if task.name is None:
             raise ValidationError(
                 f"the task of class {task.task_class!r} cannot be deleted by its handle: its "

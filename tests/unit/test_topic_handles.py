@@ -114,5 +114,7 @@ def test_database_queue_transactional_message_is_known_by_its_task_id_attribute(
     finally:
         store.close()
     assert (m.name, m.existed) == (None, None)
+    with pytest.raises(tq.ValidationError, match="Pub/Sub message added in a transaction"):
+        d.delete_task(m)
     (t, _) = dbqueue.Admin(engine).list_tasks()
     assert tq.pubsub.parse_push_body(t.body).attributes["tq_task_id"] == m.reminder_id
