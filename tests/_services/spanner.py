@@ -25,7 +25,7 @@ import pytest
 
 PROJECT = "tq-test"
 INSTANCE = "tq-emulator"
-_START_TIMEOUT_S = 20.0
+_START_TIMEOUT_S = 60.0
 _SDK_ROOTS = (
     "/usr/lib/google-cloud-sdk",
     "/usr/share/google-cloud-sdk",

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import uvicorn
 
-START_TIMEOUT_S = 15.0
+START_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 15.0
 
 
