@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from tests._longmode import fuzz_settings
 from tq.txn import KEY_SPACE, merge_ranges, subtract_ranges
 
 ranges = st.lists(st.tuples(st.integers(0, 60), st.integers(0, 60)), max_size=6)
@@ -21,6 +22,7 @@ def _sorted_disjoint(rs: list[tuple[int, int]]) -> bool:
     return all(lo < hi for lo, hi in rs) and all(a[1] < b[0] for a, b in itertools.pairwise(rs))
 
 
+@fuzz_settings(ci=200, long=10_000)  # no per-example deadline: a loaded machine is slow
 @given(ranges)
 def test_merge_keeps_the_keys_in_sorted_disjoint_ranges(rs: list[tuple[int, int]]) -> None:
     out = merge_ranges(rs)
@@ -28,6 +30,7 @@ def test_merge_keeps_the_keys_in_sorted_disjoint_ranges(rs: list[tuple[int, int]
     assert _sorted_disjoint(out)
 
 
+@fuzz_settings(ci=200, long=10_000)
 @given(ranges, ranges)
 def test_subtract_leaves_exactly_the_keys_nobody_holds(
     wanted: list[tuple[int, int]], held: list[tuple[int, int]]
