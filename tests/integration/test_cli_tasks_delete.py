@@ -8,13 +8,17 @@ import hashlib
 from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
 import pytest
 import sqlalchemy as sa
 
 import tq
+import tq.txn
+import tq.txn.sql
 from tests._fake_cloudtasks import FakeCloudTasks, fake_cloud_tasks
 from tests.integration.test_cli_admin import run
 from tests.testpb import payloads_pb2 as pb
+from tests.unit._fakes import RecordingSubmitter, submit_error
 from tq.cli._databases import sql_engine
 from tq.cli._errors import FAILED, USAGE
 from tq.dbqueue import Admin, DbQueueSubmitter, State
@@ -127,3 +131,35 @@ def test_tasks_delete_on_cloud_tasks(fake: FakeCloudTasks) -> None:
     assert digest in result.stderr
     run("tasks", "delete", "emails", "a/b", *ct, code=USAGE)
     assert len(fake.deletes) == 2  # the malformed name never reached the service
+
+
+def test_tasks_delete_on_cloud_tasks_takes_back_a_pending_reminder(
+    fake: FakeCloudTasks, tmp_path: Path
+) -> None:
+    """Committed, its submit failed: the reminder waits for a sweep, which must not create it."""
+    db = str(tmp_path / "outbox.db")
+    run("db", "init", "--db", db)
+    engine = sql_engine(db)
+    store = tq.txn.sql.SQLStore(engine, register=False)
+    d = tq.Dispatcher(
+        cloud_project="proj", cloud_region="us-central1", default_target_host="app.example.com",
+        submitter=RecordingSubmitter(*[submit_error(grpc.StatusCode.UNAVAILABLE)] * 50),
+    )  # fmt: skip
+    d.register_task_class(
+        tq.TaskClass(id="greet", prototype=pb.Greet, kind=tq.Kind.TRANSACTIONAL, queue="emails")
+    )
+    with tq.txn.sql.transaction(engine, store=store) as conn:
+        conn.execute(sa.text("SELECT 1"))
+        (added,) = d.add_task(tq.Task(payload=pb.Greet(name="a")))
+    assert store.count_reminders() == (1, 0)  # the happy path failed: left to the sweeper
+    ct = ["--backend", "cloudtasks", "--cloud-project", "proj", "--cloud-region", "us-central1",
+          "--cloudtasks-endpoint", fake.endpoint]  # fmt: skip
+
+    result = run("tasks", "delete", "emails", added.task_id or "", *ct, "--db", db)
+
+    assert "deleted 1 tasks" in result.stderr  # its reminder was; Cloud Tasks had no such task
+    assert fake.deletes == [added.name]
+    assert store.count_reminders() == (0, 0)  # no sweep can create it now
+    assert tq.txn.stores() == []  # registered only while deleting
+    store.close()
+    engine.dispose()

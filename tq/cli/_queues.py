@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import functools
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import click
 
 import tq
+import tq.txn
 from tq._errors import ValidationError
 from tq._task import deduplicated_task_id
 from tq.admin import DbQueueAdmin, QueueAdmin
@@ -208,8 +210,9 @@ def clean(
 
 @tasks.command("delete")
 @settings_options(
-    "database_url", "backend", "cloud_project", "cloud_region", "cloudtasks_endpoint", "namespace"
-)
+    "database_url", "spanner_database", "backend", "cloud_project", "cloud_region",
+    "cloudtasks_endpoint", "namespace",
+)  # fmt: skip
 @click.argument("queue")
 @click.argument("names", nargs=-1)
 @click.option("--task-class", help="With --dedup-key: the class the tasks were added with.")
@@ -228,8 +231,10 @@ def delete(
 
     Name them by task ID (NAMES, as `tq tasks list` shows them), or by
     --task-class and --dedup-key (the deduplication keys they were added
-    with, under --namespace). Exit 1 if any was not found, 2 for a
-    malformed name.
+    with, under --namespace). On Cloud Tasks, with the outbox's --db or
+    --spanner, a task whose reminder is still pending there (committed, not
+    yet submitted) has its reminder deleted too, so no sweep creates it.
+    Exit 1 if any was not found, 2 for a malformed name.
     """
     if bool(task_class) != bool(dedup_keys):
         raise fail("--task-class and --dedup-key go together", USAGE)
@@ -257,14 +262,22 @@ def delete(
 def _deleting_dispatcher(cfg: Config) -> Iterator[tq.Dispatcher]:
     """A dispatcher whose submitter is the backend's (tq.Dispatcher.delete_task does the work).
 
-    The database queue keeps no project or location: names there get placeholders.
+    The database queue keeps no project or location: names there get
+    placeholders. On Cloud Tasks the outbox stores on --db / --spanner, if
+    given, are registered while it deletes (pending reminders are taken back).
     """
     submitter: Any
+    close: Callable[[], None]
     if _wiring.backend_of(cfg) == "cloudtasks":
         if not cfg.cloud_project or not cfg.cloud_region:
             raise fail("Cloud Tasks needs --cloud-project and --cloud-region", CONFIG)
         submitter = tq.CloudTasksSubmitter(endpoint=cfg.cloudtasks_endpoint)
-        project, region, close = cfg.cloud_project, cfg.cloud_region, submitter.close
+        project, region = cfg.cloud_project, cfg.cloud_region
+        outbox = cfg.database_url or cfg.spanner_database
+        stores = _databases.outbox_stores(cfg)[0] if outbox else []
+        for store in stores:
+            tq.txn.register_store(store)
+        close = functools.partial(_close_cloud_tasks, submitter, stores)
     else:
         from tq.dbqueue import DbQueueSubmitter
 
@@ -280,6 +293,13 @@ def _deleting_dispatcher(cfg: Config) -> Iterator[tq.Dispatcher]:
         )  # fmt: skip
     finally:
         close()
+
+
+def _close_cloud_tasks(submitter: tq.CloudTasksSubmitter, stores: list[Any]) -> None:
+    for store in stores:
+        tq.txn.unregister_store(store.name)
+    _databases.close_stores(stores)
+    submitter.close()
 
 
 @tasks.command("run")
