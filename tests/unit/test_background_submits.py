@@ -83,7 +83,7 @@ def test_commit_returns_before_the_submit_which_runs_in_a_background_thread(
     d = dispatcher(sub)
     with tq.BackgroundSubmits() as bg:
         commit_one(engine, store, d, "a")  # returns although the submit is blocked
-        assert sub.entered.wait(10)
+        assert sub.entered.wait(60)
         assert sub.submitted == []
         assert len(reminder_ids(store)) == 1  # committed, not deleted yet
         sub.gate.set()
@@ -128,7 +128,7 @@ def test_a_full_queue_runs_the_happy_path_inline(
     before = _metrics.value("tq_background_full", fallback="inline")
     with tq.BackgroundSubmits(max_queued=1, concurrency=1) as bg:
         commit_one(engine, store, d_slow, "taken by the thread")
-        assert gated.entered.wait(10)
+        assert gated.entered.wait(60)
         commit_one(engine, store, d_slow, "waits in the queue")
         commit_one(engine, store, d_fast, "queue full: inline")
         assert len(fast.submitted) == 1  # submitted before the commit's helper returned
@@ -148,7 +148,7 @@ def test_a_full_queue_can_leave_the_reminders_to_the_sweeper(
     d = dispatcher(gated)
     with tq.BackgroundSubmits(max_queued=1, concurrency=1, when_full="sweeper") as bg:
         commit_one(engine, store, d, "taken by the thread")
-        assert gated.entered.wait(10)
+        assert gated.entered.wait(60)
         commit_one(engine, store, d, "waits in the queue")
         commit_one(engine, store, d, "left to the sweeper")
         assert bg.stats.left == 1
@@ -183,7 +183,7 @@ def test_a_reminder_gone_stale_in_the_queue_is_left_to_the_sweeper(
     d = dispatcher(gated)
     with tq.clock.use_clock(clock), tq.BackgroundSubmits(concurrency=1) as bg:
         commit_one(engine, store, d, "taken by the thread")
-        assert gated.entered.wait(10)
+        assert gated.entered.wait(60)
         commit_one(engine, store, d, "stale by the time it is taken")
         clock.advance(dt.timedelta(minutes=1))
         gated.gate.set()
@@ -237,7 +237,7 @@ def test_stop_gives_up_after_its_timeout_and_leaves_the_rest_to_the_sweeper(
     d = dispatcher(sub)
     bg = tq.BackgroundSubmits(concurrency=1).start()
     commit_one(engine, store, d, "blocked")
-    assert sub.entered.wait(10)
+    assert sub.entered.wait(60)
     assert bg.stop(timeout_s=0.05) is False
     assert len(reminder_ids(store)) == 1
     sub.gate.set()  # lets the thread finish and exit

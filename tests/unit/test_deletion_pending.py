@@ -66,7 +66,7 @@ def test_a_task_deleted_while_its_background_submit_waits_is_never_submitted(
     with tq.BackgroundSubmits(concurrency=1) as bg:
         with tq.txn.sql.transaction(engine, store=store):
             d.add_task(tq.Task(payload=pb.Greet(name="first")))
-        assert sub.entered.wait(10)  # the only thread is busy with "first"
+        assert sub.entered.wait(60)  # the only thread is busy with "first"
         with tq.txn.sql.transaction(engine, store=store):
             (doomed,) = d.add_task(tq.Task(payload=pb.Greet(name="doomed")))
         assert doomed.reminder_id is not None

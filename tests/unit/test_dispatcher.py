@@ -389,7 +389,7 @@ async def test_use_submitter_in_one_task_does_not_leak_into_another(
             await release.wait()
 
     t = asyncio.create_task(with_other())
-    await asyncio.wait_for(inside.wait(), timeout=10)
+    await asyncio.wait_for(inside.wait(), timeout=60)
     await disp.add_task_async(tq.Task(payload=pb.Greet()))
     release.set()
     await t

@@ -192,7 +192,7 @@ def test_a_sweep_called_while_one_runs_returns_without_sweeping(clock: FakeClock
 
     def hold(sub: tq.Submission) -> None:
         entered.set()
-        release.wait(10)
+        release.wait(60)
         return
 
     cloud = sw.Cloud(hold)
@@ -201,7 +201,7 @@ def test_a_sweep_called_while_one_runs_returns_without_sweeping(clock: FakeClock
     first = threading.Thread(target=disp.sweep)
     first.start()
     try:
-        assert entered.wait(10)
+        assert entered.wait(60)
         skipped = _metrics.value("tq_sweeps_skipped")
         disp.sweep()  # returns at once: the first sweep is still running
         asyncio.run(disp.sweep_async())
@@ -209,7 +209,7 @@ def test_a_sweep_called_while_one_runs_returns_without_sweeping(clock: FakeClock
         assert cloud.created == {}
     finally:
         release.set()
-        first.join(10)
+        first.join(60)
     assert len(cloud.created) == 5
 
 

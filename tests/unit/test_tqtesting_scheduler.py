@@ -201,7 +201,7 @@ async def test_without_auto_advance_the_run_waits_for_the_clock(
     assert len(sched.tasks().pending()) == 1
 
     clock.advance(60 * S)
-    await asyncio.wait_for(run, timeout=10)
+    await asyncio.wait_for(run, timeout=60)
     assert ran.is_set()
     assert len(sched.tasks().finished()) == 1
 
@@ -495,7 +495,7 @@ def test_parallel_runs_due_tasks_at_once(disp: tq.Dispatcher, sched: Scheduler) 
         nonlocal barrier
         barrier = barrier or asyncio.Barrier(3)
         # Would time out if the three did not run together.
-        await asyncio.wait_for(barrier.wait(), timeout=10)
+        await asyncio.wait_for(barrier.wait(), timeout=60)
         executing_seen.append(len(sched.tasks().executing()))
 
     register(disp, "greet", pb.Greet, handler=handler)
@@ -520,7 +520,7 @@ async def test_wait_when_drained_picks_up_tasks_added_later(
     t = threading.Thread(target=ctx.run, args=(disp.add_task, task))
     t.start()
     t.join()
-    await asyncio.wait_for(run, timeout=10)
+    await asyncio.wait_for(run, timeout=60)
     assert got == ["late"]
 
 
@@ -536,7 +536,7 @@ async def test_cancelled_run_leaves_the_running_task_pending(
     register(disp, "greet", pb.Greet, handler=handler)
     await disp.add_task_async(tq.Task(payload=pb.Greet()))
     run = asyncio.create_task(sched.run_async())
-    await asyncio.wait_for(started.wait(), timeout=10)
+    await asyncio.wait_for(started.wait(), timeout=60)
     assert len(sched.tasks().executing()) == 1
     run.cancel()
     with pytest.raises(asyncio.CancelledError):
@@ -610,7 +610,7 @@ async def test_cancelled_run_is_cancelled_even_if_the_handler_swallows_it(
     register(disp, "greet", pb.Greet, handler=handler)
     await disp.add_task_async(tq.Task(payload=pb.Greet()), tq.Task(payload=pb.Greet()))
     run = asyncio.create_task(sched.run_async())
-    await asyncio.wait_for(started.wait(), timeout=10)
+    await asyncio.wait_for(started.wait(), timeout=60)
     run.cancel()
     with pytest.raises(asyncio.CancelledError):
         await run
