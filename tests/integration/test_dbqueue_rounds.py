@@ -128,3 +128,20 @@ async def test_a_worker_whose_engine_url_cannot_connect_goes_through_the_engine(
         engine.dispose()
     assert sorted(p.task.rsplit("/", 1)[-1] for p in app.pushes) == ["a", "b"]
     assert "cannot connect to PostgreSQL from the engine's URL alone" in caplog.text
+
+
+@pytest.mark.postgres
+def test_a_worker_stepped_from_two_event_loops_delivers_in_each(postgres_db_url: str) -> None:
+    engine = sa.create_engine(postgres_db_url)
+    dbqueue.create_schema(engine)
+    sub = dbqueue.DbQueueSubmitter(engine)
+    app = RecordingApp()
+    worker = dbqueue.Worker(engine, app=app, listen=False)
+    try:
+        for n in ("first", "second"):
+            sub.submit(submission(name=n))
+            assert asyncio.run(worker.run_once()) == 1  # a new event loop each time
+    finally:
+        asyncio.run(worker.aclose())
+        engine.dispose()
+    assert [p.task.rsplit("/", 1)[-1] for p in app.pushes] == ["first", "second"]

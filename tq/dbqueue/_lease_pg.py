@@ -160,9 +160,17 @@ class Session:
         self.engine = engine
         self.usable = True
         self._conn: Any = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._lock = asyncio.Lock()
 
     async def _connection(self) -> Any:
+        loop = asyncio.get_running_loop()
+        if self._conn is not None and self._loop is not loop:
+            # Made in another event loop (a worker stepped from several): unusable here.
+            with contextlib.suppress(Exception):
+                self._conn.pgconn.finish()
+            self._conn = None
+        self._loop = loop
         if self._conn is None or self._conn.closed:
             import psycopg
 
@@ -186,6 +194,8 @@ class Session:
 
     @contextlib.asynccontextmanager
     async def _using(self) -> AsyncIterator[Any]:
+        if self._loop is not asyncio.get_running_loop():
+            self._lock = asyncio.Lock()  # a lock is bound to the loop it first waited in
         async with self._lock:
             conn = await self._connection()
             try:
