@@ -23,19 +23,6 @@ ORDERS = ("oldest", "newest", "overdue")
 """How `Admin.page_tasks` sorts: by ID either way, or by ETA (most overdue first)."""
 
 
-def _filters(
-    queue: str | None, state: State | str | None, task_class: str | None
-) -> list[sa.ColumnElement[bool]]:
-    out: list[sa.ColumnElement[bool]] = []
-    if queue is not None:
-        out.append(tasks.c.queue == queue)
-    if state is not None:
-        out.append(tasks.c.state == State(state).value)
-    if task_class is not None:
-        out.append(tasks.c.task_class == task_class)
-    return out
-
-
 class Admin:
     """Operations on a database queue (blocking; each runs its own transaction).
 
@@ -58,7 +45,7 @@ class Admin:
     ) -> int:
         """How many tasks match the filters."""
         stmt = sa.select(sa.func.count()).select_from(tasks)
-        stmt = stmt.where(*_filters(queue, state, task_class))
+        stmt = stmt.where(*_cleaner.filters(queue, state, task_class))
         with self.engine.connect() as conn:
             return int(conn.execute(stmt).scalar_one())
 
@@ -74,7 +61,7 @@ class Admin:
         """Up to `limit` matching tasks with ID > `after_id`, by ID (page with the last ID)."""
         stmt = (
             sa.select(tasks)
-            .where(tasks.c.id > after_id, *_filters(queue, state, task_class))
+            .where(tasks.c.id > after_id, *_cleaner.filters(queue, state, task_class))
             .order_by(tasks.c.id)
             .limit(limit)
         )
@@ -99,7 +86,7 @@ class Admin:
         """
         if order not in ORDERS:
             raise ValueError(f"order {order!r}: use one of {', '.join(ORDERS)}")
-        where = _filters(queue, state, task_class)
+        where = _cleaner.filters(queue, state, task_class)
         key: tuple[Any, ...]
         if order == "overdue":
             key = (tasks.c.eta_us, tasks.c.id)
