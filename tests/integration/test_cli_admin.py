@@ -7,7 +7,6 @@ script sees; the data they act on is made through tq's own code paths.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,27 +15,18 @@ from typing import Any
 import grpc
 import pytest
 import sqlalchemy as sa
-from click.testing import CliRunner, Result
+from click.testing import CliRunner
 
 import tq
 import tq.txn.sql
 import tqtesting
+from tests._cli import rows, run
 from tests.testpb import payloads_pb2 as pb
 from tq import dbqueue
 from tq.cli._databases import sql_engine
 from tq.cli._errors import CONFIG, FAILED
 from tq.cli._main import cli
 from tq.dbqueue import DbQueueSubmitter
-
-
-def run(*args: str, code: int = 0) -> Result:
-    result = CliRunner().invoke(cli, list(args), catch_exceptions=False)
-    assert result.exit_code == code, f"tq {' '.join(args)}: {result.output}"
-    return result
-
-
-def rows(*args: str) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in run(*args, "--json").stdout.splitlines()]
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

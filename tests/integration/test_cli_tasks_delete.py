@@ -15,8 +15,8 @@ import sqlalchemy as sa
 import tq
 import tq.txn
 import tq.txn.sql
+from tests._cli import run
 from tests._fake_cloudtasks import FakeCloudTasks, fake_cloud_tasks
-from tests.integration.test_cli_admin import run
 from tests.testpb import payloads_pb2 as pb
 from tests.unit._fakes import RecordingSubmitter, submit_error
 from tq.cli._databases import sql_engine

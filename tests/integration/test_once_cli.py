@@ -3,29 +3,21 @@
 from __future__ import annotations
 
 import datetime as dt
-import json
 import secrets
 from pathlib import Path
 from typing import Any
 
 import pytest
-from click.testing import CliRunner
 
 import tq
 import tq.txn.spanner
 import tq.txn.sql
 import tqtesting
+from tests._cli import rows
 from tq.cli._databases import sql_engine
 from tq.cli._errors import CONFIG
-from tq.cli._main import cli
 
 LONG_AGO = dt.datetime(2001, 1, 1, tzinfo=dt.UTC)
-
-
-def _rows(*args: str, code: int = 0) -> list[dict[str, Any]]:
-    result = CliRunner().invoke(cli, [*args, "--json"], catch_exceptions=False)
-    assert result.exit_code == code, result.output
-    return [json.loads(line) for line in result.stdout.splitlines()]
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
@@ -37,7 +29,7 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 
 def test_markers_count_and_expire_on_sql(db_url: str) -> None:
-    _rows("db", "init", "--db", db_url, "--only", "outbox")
+    rows("db", "init", "--db", db_url, "--only", "outbox")
     engine = sql_engine(db_url)
     try:
         with tq.clock.use_clock(tqtesting.FakeClock(LONG_AGO)):
@@ -48,15 +40,15 @@ def test_markers_count_and_expire_on_sql(db_url: str) -> None:
             tq.txn.sql.mark_done(conn, "q/live")
     finally:
         engine.dispose()
-    assert _rows("markers", "count", "--db", db_url) == [{"store": "sql", "live": 1, "expired": 5}]
+    assert rows("markers", "count", "--db", db_url) == [{"store": "sql", "live": 1, "expired": 5}]
     expire = ("markers", "expire", "--db", db_url, "--marker-batch-size", "2")
-    assert _rows(*expire, "--max-batches", "1") == [{"store": "sql", "deleted": 2}]
-    assert _rows(*expire) == [{"store": "sql", "deleted": 3}]
-    assert _rows("markers", "count", "--db", db_url) == [{"store": "sql", "live": 1, "expired": 0}]
+    assert rows(*expire, "--max-batches", "1") == [{"store": "sql", "deleted": 2}]
+    assert rows(*expire) == [{"store": "sql", "deleted": 3}]
+    assert rows("markers", "count", "--db", db_url) == [{"store": "sql", "live": 1, "expired": 0}]
 
 
 def test_markers_without_a_database_is_a_configuration_error() -> None:
-    _rows("markers", "count", code=CONFIG)
+    rows("markers", "count", code=CONFIG)
 
 
 @pytest.mark.spanner
@@ -77,11 +69,11 @@ def test_markers_count_and_expire_on_spanner(spanner_emulator: Any) -> None:
                 store.run_in_transaction(mark, f"q/old-{secrets.token_hex(2)}-{i}", dt.timedelta(1))
         store.run_in_transaction(mark, "q/live", tq.txn.DEFAULT_MARKER_RETENTION)
         count = ("markers", "count", "--spanner", path)
-        assert _rows(*count) == [{"store": "cli-spanner", "live": 1, "expired": 3}]
-        assert _rows("markers", "expire", "--spanner", path) == [
+        assert rows(*count) == [{"store": "cli-spanner", "live": 1, "expired": 3}]
+        assert rows("markers", "expire", "--spanner", path) == [
             {"store": "cli-spanner", "deleted": 3}
         ]
-        assert _rows(*count) == [{"store": "cli-spanner", "live": 1, "expired": 0}]
+        assert rows(*count) == [{"store": "cli-spanner", "live": 1, "expired": 0}]
     finally:
         tq.txn.unregister_store(store.name)
         spanner_emulator.drop_database(db)
