@@ -88,13 +88,8 @@ class MemoryStore:
 
         `deadline` caps the reminders' fresh_until (as a request deadline would).
         """
-        txn = self._begin(deadline)
-        try:
-            with ambient(txn):
-                yield txn
-        finally:
-            txn.closed = True
-        self._commit(txn)
+        with self._committed(deadline) as txn:
+            yield txn
         if txn.pending:
             _outbox.after_commit(self, txn.pending)
 
@@ -103,6 +98,14 @@ class MemoryStore:
         self, *, deadline: dt.datetime | None = None
     ) -> AsyncIterator[MemoryTransaction]:
         """Like `transaction`, for `async with`; the happy path runs async."""
+        with self._committed(deadline) as txn:
+            yield txn
+        if txn.pending:
+            await _outbox.after_commit_async(self, txn.pending)
+
+    @contextlib.contextmanager
+    def _committed(self, deadline: dt.datetime | None) -> Iterator[MemoryTransaction]:
+        """A transaction ambient in the block, committed after a normal exit (both twins')."""
         txn = self._begin(deadline)
         try:
             with ambient(txn):
@@ -110,8 +113,6 @@ class MemoryStore:
         finally:
             txn.closed = True
         self._commit(txn)
-        if txn.pending:
-            await _outbox.after_commit_async(self, txn.pending)
 
     def _begin(self, deadline: dt.datetime | None) -> MemoryTransaction:
         if current_transaction() is not None:
