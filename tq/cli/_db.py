@@ -8,7 +8,7 @@ import click
 
 from tq.cli import _databases, _output
 from tq.cli._errors import CONFIG, fail
-from tq.cli._options import Config, settings_options
+from tq.cli._options import Config, json_lines, settings_options
 
 PARTS = ("outbox", "dbqueue")
 
@@ -91,13 +91,12 @@ _only = click.option(
     multiple=True,
     help="Only these parts (repeatable); default: both on SQL, the outbox on Spanner.",
 )
-_json = click.option("--json", "as_json", is_flag=True, help="Print JSON lines.")
 
 
 @db.command("init")
 @settings_options("database_url", "spanner_database")
 @_only
-@_json
+@json_lines
 def init(only: tuple[str, ...], as_json: bool, **kwargs: Any) -> None:
     """Create the tables that are missing (idempotent, safe to run concurrently)."""
     _run(Config.take(kwargs), only, "ready", as_json)
@@ -106,7 +105,7 @@ def init(only: tuple[str, ...], as_json: bool, **kwargs: Any) -> None:
 @db.command("migrate")
 @settings_options("database_url", "spanner_database")
 @_only
-@_json
+@json_lines
 def migrate(only: tuple[str, ...], as_json: bool, **kwargs: Any) -> None:
     """Upgrade the tables to this tq's schema versions (creating missing ones).
 

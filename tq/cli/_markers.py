@@ -9,31 +9,18 @@ from typing import Any
 import click
 
 from tq.admin import MarkerAdmin
-from tq.cli import _databases, _output, _wiring
+from tq.cli import _output, _wiring
 from tq.cli._errors import CONFIG, fail
-from tq.cli._options import Config, settings_options
-
-_json = click.option("--json", "as_json", is_flag=True, help="Print JSON lines.")
-_store_opts = settings_options("database_url", "spanner_database", "dispatcher")
-_app = click.option(
-    "--app", "app_spec", metavar="MODULE:ATTR", envvar="TQ_APP", show_envvar=True,
-    help="Import this app first, and act on the stores it registers.",
-)  # fmt: skip
+from tq.cli._options import Config, app_option, json_lines, outbox_store_options, settings_options
 
 
 @contextlib.contextmanager
 def _admin(cfg: Config, app_spec: str | None) -> Iterator[MarkerAdmin]:
-    if app_spec:
-        _wiring.load_app(app_spec, cfg)
-    stores, owned = _databases.outbox_stores(cfg, registered=bool(app_spec))
-    try:
+    with _wiring.app_outbox_stores(cfg, app_spec) as stores:
         admin = MarkerAdmin(stores)
         if not admin.stores:
             raise fail("none of the stores keeps done markers (SQL and Spanner stores do)", CONFIG)
         yield admin
-    finally:
-        if owned:
-            _databases.close_stores(stores)
 
 
 @click.group("markers")
@@ -42,9 +29,9 @@ def markers() -> None:
 
 
 @markers.command("count")
-@_store_opts
-@_app
-@_json
+@outbox_store_options
+@app_option
+@json_lines
 def count(app_spec: str | None, as_json: bool, **kwargs: Any) -> None:
     """Count live and expired markers in each store (reads the whole table)."""
     with _admin(Config.take(kwargs), app_spec) as admin:
@@ -53,10 +40,10 @@ def count(app_spec: str | None, as_json: bool, **kwargs: Any) -> None:
 
 
 @markers.command("expire")
-@_store_opts
+@outbox_store_options
 @settings_options("marker_batch_size")
-@_app
-@_json
+@app_option
+@json_lines
 @click.option(
     "--max-batches",
     type=click.IntRange(min=1),

@@ -62,6 +62,21 @@ def settings_options(*groups_or_keys: str) -> Callable[[F], F]:
     return decorate
 
 
+json_lines = click.option("--json", "as_json", is_flag=True, help="Print JSON lines.")
+"""`--json`: print JSON lines instead of a table."""
+
+app_option = click.option(
+    "--app", "app_spec", metavar="MODULE:ATTR", envvar="TQ_APP", show_envvar=True,
+    help="Import this app first, and act on the stores it registers.",
+)  # fmt: skip
+"""`--app`: the app whose registered outbox stores a command acts on."""
+
+
+def outbox_store_options(f: F) -> F:
+    """The settings that name the outbox stores a command acts on (`--db`, `--spanner`)."""
+    return settings_options("database_url", "spanner_database", "dispatcher")(f)
+
+
 class Config:
     """The settings a command received (flags, environment, defaults), by key.
 

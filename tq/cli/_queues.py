@@ -23,12 +23,11 @@ from tq.cli._backends import (
     refusals_as_config_errors,
 )
 from tq.cli._errors import CONFIG, FAILED, USAGE, fail
-from tq.cli._options import Config, settings_options
+from tq.cli._options import Config, json_lines, settings_options
 
 _backend_opts = settings_options(
     "database_url", "backend", "cloud_project", "cloud_region", "cloudtasks_endpoint"
 )
-_json = click.option("--json", "as_json", is_flag=True, help="Print JSON lines.")
 
 
 @contextlib.contextmanager
@@ -48,7 +47,7 @@ def queues() -> None:
 
 @queues.command("list")
 @_backend_opts
-@_json
+@json_lines
 def list_queues(as_json: bool, **kwargs: Any) -> None:
     """List queues with their state, rate and retry limit."""
     with _backend(kwargs) as b:
@@ -58,7 +57,7 @@ def list_queues(as_json: bool, **kwargs: Any) -> None:
 
 @queues.command("stats")
 @_backend_opts
-@_json
+@json_lines
 @click.argument("queue", required=False)
 def stats(queue: str | None, as_json: bool, **kwargs: Any) -> None:
     """Tasks waiting, oldest ETA, in flight, done and failed, per queue.
@@ -135,7 +134,7 @@ def tasks() -> None:
 
 @tasks.command("list")
 @_backend_opts
-@_json
+@json_lines
 @click.option("--queue", help="Only this queue.")
 @click.option("--state", help="Only this state (database queue: pending, leased, done, failed, "
               "deleted; Cloud Tasks: pending).")  # fmt: skip
@@ -161,7 +160,7 @@ def list_tasks(
 
 @tasks.command("clean")
 @_backend_opts
-@_json
+@json_lines
 @click.option("--queue", help="Only this queue.")
 @click.option("--state", help="Only this state: pending, leased, done, failed, deleted.")
 @click.option("--task-class", help="Only tasks of this class ID.")

@@ -12,26 +12,13 @@ from tq.admin import OutboxAdmin
 from tq.admin._outbox import Chosen
 from tq.cli import _databases, _output, _wiring
 from tq.cli._errors import FAILED, fail
-from tq.cli._options import Config, settings_options
-
-_json = click.option("--json", "as_json", is_flag=True, help="Print JSON lines.")
-_store_opts = settings_options("database_url", "spanner_database", "dispatcher")
-_app = click.option(
-    "--app", "app_spec", metavar="MODULE:ATTR", envvar="TQ_APP", show_envvar=True,
-    help="Import this app first, and act on the stores it registers.",
-)  # fmt: skip
+from tq.cli._options import Config, app_option, json_lines, outbox_store_options, settings_options
 
 
 @contextlib.contextmanager
 def _stores(cfg: Config, app_spec: str | None) -> Iterator[OutboxAdmin]:
-    if app_spec:
-        _wiring.load_app(app_spec, cfg)
-    stores, owned = _databases.outbox_stores(cfg, registered=bool(app_spec))
-    try:
+    with _wiring.app_outbox_stores(cfg, app_spec) as stores:
         yield OutboxAdmin(stores)
-    finally:
-        if owned:
-            _databases.close_stores(stores)
 
 
 # Reminders.
@@ -43,9 +30,9 @@ def reminders() -> None:
 
 
 @reminders.command("count")
-@_store_opts
-@_app
-@_json
+@outbox_store_options
+@app_option
+@json_lines
 def count(app_spec: str | None, as_json: bool, **kwargs: Any) -> None:
     """Count reminders (pending and parked) in each store."""
     with _stores(Config.take(kwargs), app_spec) as outbox:
@@ -54,9 +41,9 @@ def count(app_spec: str | None, as_json: bool, **kwargs: Any) -> None:
 
 
 @reminders.command("list")
-@_store_opts
-@_app
-@_json
+@outbox_store_options
+@app_option
+@json_lines
 @click.option("--limit", type=click.IntRange(min=1), default=100, show_default=True,
               help="Most reminders listed per store.")  # fmt: skip
 @click.option("--stale", is_flag=True, help="Only reminders past fresh_until (the sweeper's).")
@@ -79,9 +66,9 @@ def parked() -> None:
 
 
 @parked.command("list")
-@_store_opts
-@_app
-@_json
+@outbox_store_options
+@app_option
+@json_lines
 @click.option("--limit", type=click.IntRange(min=1), default=100, show_default=True)
 def list_parked(app_spec: str | None, as_json: bool, limit: int, **kwargs: Any) -> None:
     """List parked reminders with why they were parked."""
@@ -109,7 +96,7 @@ def _confirm(all_: bool, yes: bool, what: str) -> None:
 @parked.command("replay")
 @settings_options("database_url", "spanner_database", "dispatcher", "backend", "cloud_project",
                   "cloud_region", "cloudtasks_endpoint")  # fmt: skip
-@_app
+@app_option
 @click.argument("ids", nargs=-1)
 @click.option("--all", "all_", is_flag=True, help="Every parked reminder.")
 @click.option(
@@ -160,8 +147,8 @@ def _close(submitter: Any) -> None:
 
 
 @parked.command("drop")
-@_store_opts
-@_app
+@outbox_store_options
+@app_option
 @click.argument("ids", nargs=-1)
 @click.option("--all", "all_", is_flag=True, help="Every parked reminder.")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation with --all.")

@@ -7,13 +7,16 @@ stores are reached through `tq.cli._databases`.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 import sys
 import types
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import tq
+from tq.cli import _databases
 from tq.cli._databases import normalize_url
 from tq.cli._errors import CONFIG, UNAVAILABLE, code_of, fail
 from tq.cli._options import Config
@@ -79,6 +82,20 @@ def find_dispatcher(cfg: Config, module: types.ModuleType | None = None) -> tq.D
     if not isinstance(disp, tq.Dispatcher):
         raise fail(f"--dispatcher {cfg.dispatcher!r} is not a tq.Dispatcher", CONFIG)
     return disp
+
+
+@contextlib.contextmanager
+def app_outbox_stores(cfg: Config, app_spec: str | None) -> Iterator[list[ReminderStore]]:
+    """The outbox stores a command acts on: the app's (`app_spec`, imported first) if it
+    registered any, else stores on `--db` / `--spanner`, closed after the block."""
+    if app_spec:
+        load_app(app_spec, cfg)
+    stores, owned = _databases.outbox_stores(cfg, registered=bool(app_spec))
+    try:
+        yield stores
+    finally:
+        if owned:
+            _databases.close_stores(stores)
 
 
 _DISPATCHER_KEYS = {
