@@ -24,7 +24,8 @@ from tq._request import Target, queue_path
 from tq._submitter import Submitter, TaskDeleter
 from tq._task import deduplicated_task_id
 from tq._taskclass import SHORT_QUEUE_RE, Kind, TaskClass
-from tq.txn._store import id_to_int, int_to_id, stores
+from tq.txn._keyspace import id_to_int, int_to_id
+from tq.txn._store import stores
 
 log = logging.getLogger("tq")
 _REMINDER_ID_RE = re.compile(r"^[0-9a-f]{32}\Z")

@@ -11,7 +11,7 @@ from tests.conformance.harness import StoreHarness
 from tests.conformance.support import all_keys, seed
 from tq._reminder import parked_extra
 from tq.txn import KEY_SPACE, key_bound
-from tq.txn._store import int_to_id
+from tq.txn._keyspace import int_to_id
 
 TOP = KEY_SPACE - 1
 IDS = sorted(int_to_id(k) for k in (0, 1, 2**64, 2**127 - 1, 2**127, 2**127 + 5, TOP - 1, TOP))

@@ -16,7 +16,7 @@ from typing import Any
 
 from tq import clock
 from tq.txn import ReminderStore
-from tq.txn._store import id_to_int, int_to_id, key_bound
+from tq.txn._keyspace import id_to_int, int_to_id, key_bound
 
 PAGE = 500  # reminders read from a store per call
 

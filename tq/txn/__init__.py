@@ -17,6 +17,7 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
+from tq.txn._keyspace import KEY_SPACE, key_bound, merge_ranges, subtract_ranges
 from tq.txn._markers import (
     DEFAULT_MARKER_RETENTION,
     MAX_MARKER_RETENTION,
@@ -25,7 +26,6 @@ from tq.txn._markers import (
     marker_key,
 )
 from tq.txn._store import (
-    KEY_SPACE,
     Lease,
     PendingTask,
     ReminderKey,
@@ -38,14 +38,11 @@ from tq.txn._store import (
     find_transaction,
     get_store,
     hidden_here,
-    key_bound,
-    merge_ranges,
     new_transaction_scope,
     outside_transaction,
     register_finder,
     register_store,
     stores,
-    subtract_ranges,
     transaction_stamp,
     unregister_finder,
     unregister_store,

@@ -21,6 +21,7 @@ from google.cloud.spanner_v1 import KeyRange, KeySet
 from tq._errors import ConfigError
 from tq._outbox import after_commit
 from tq._reminder import Reminder
+from tq.txn._keyspace import subtract_ranges
 from tq.txn._spanner_retry import DEFAULT, Backoff
 from tq.txn._spanner_schema import (
     LEASES,
@@ -36,7 +37,6 @@ from tq.txn._store import (
     ambient,
     register_store,
     stores,
-    subtract_ranges,
 )
 
 T = TypeVar("T")

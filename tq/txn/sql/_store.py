@@ -29,16 +29,8 @@ from sqlalchemy.engine import CursorResult, make_url
 from tq._errors import ConfigError
 from tq._reminder import Reminder, reminder_row
 from tq._request import MAX_TASK_SIZE
-from tq.txn._store import (
-    Lease,
-    ReminderKey,
-    merge_ranges,
-    register_store,
-    reminder_key,
-    stores,
-    subtract_ranges,
-    unregister_store,
-)
+from tq.txn._keyspace import merge_ranges, subtract_ranges
+from tq.txn._store import Lease, ReminderKey, register_store, reminder_key, stores, unregister_store
 from tq.txn.sql import _schema
 from tq.txn.sql._schema import leases, reminders
 
