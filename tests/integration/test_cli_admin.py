@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import datetime as dt
 import secrets
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,29 +19,18 @@ from click.testing import CliRunner
 import tq
 import tq.txn.sql
 import tqtesting
-from tests._cli import rows, run
+from tests._cli import (
+    db_url_fixture,  # noqa: F401
+    engine_fixture,  # noqa: F401
+    rows,
+    run,
+)
 from tests.testpb import payloads_pb2 as pb
 from tq import dbqueue
 from tq.cli._databases import sql_engine
 from tq.cli._errors import CONFIG, FAILED
 from tq.cli._main import cli
 from tq.dbqueue import DbQueueSubmitter
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return str(tmp_path / "tq.db")
-    url: str = request.getfixturevalue("postgres_db_url")
-    return url
-
-
-@pytest.fixture
-def engine(db_url: str) -> Iterator[sa.Engine]:
-    run("db", "init", "--db", db_url)
-    e = sql_engine(db_url)
-    yield e
-    e.dispose()
 
 
 def _dispatcher(submitter: tq.Submitter, kind: tq.Kind) -> tq.Dispatcher:

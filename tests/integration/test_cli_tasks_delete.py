@@ -15,29 +15,17 @@ import sqlalchemy as sa
 import tq
 import tq.txn
 import tq.txn.sql
-from tests._cli import run
+from tests._cli import (
+    db_url_fixture,  # noqa: F401
+    engine_fixture,  # noqa: F401
+    run,
+)
 from tests._fake_cloudtasks import FakeCloudTasks, fake_cloud_tasks
 from tests.testpb import payloads_pb2 as pb
 from tests.unit._fakes import RecordingSubmitter, submit_error
 from tq.cli._databases import sql_engine
 from tq.cli._errors import FAILED, USAGE
 from tq.dbqueue import Admin, DbQueueSubmitter, State
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return str(tmp_path / "tq.db")
-    url: str = request.getfixturevalue("postgres_db_url")
-    return url
-
-
-@pytest.fixture
-def engine(db_url: str) -> Iterator[sa.Engine]:
-    run("db", "init", "--db", db_url)
-    e = sql_engine(db_url)
-    yield e
-    e.dispose()
 
 
 def _dispatcher(submitter: tq.Submitter, namespace: str = "") -> tq.Dispatcher:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import secrets
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,19 +12,11 @@ import tq
 import tq.txn.spanner
 import tq.txn.sql
 import tqtesting
-from tests._cli import rows
+from tests._cli import db_url_fixture, rows  # noqa: F401
 from tq.cli._databases import sql_engine
 from tq.cli._errors import CONFIG
 
 LONG_AGO = dt.datetime(2001, 1, 1, tzinfo=dt.UTC)
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return str(tmp_path / "tq.db")
-    url: str = request.getfixturevalue("postgres_db_url")
-    return url
 
 
 def test_markers_count_and_expire_on_sql(db_url: str) -> None:
