@@ -15,7 +15,6 @@ import sqlite3
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -27,20 +26,13 @@ import tq
 import tq.txn.sql
 import tqtesting
 from tests import _once
+from tests._sqlapp import db_url_fixture  # noqa: F401
 from tests.conformance.harness_sql import make_engine
 from tests.testpb import payloads_pb2 as pb
 from tq._execution import ExecutionInfo, executing
 from tq.txn.sql import SQLStore
 
 DAY = dt.timedelta(days=1)
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path}/app.db"
-    url: str = request.getfixturevalue("postgres_db_url")
-    return url
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import threading
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,70 +18,25 @@ from sqlalchemy.orm import Session, sessionmaker
 
 import tq
 import tq.txn.sql
+from tests._sqlapp import (
+    Boom,
+    async_engine_fixture,  # noqa: F401
+    db_url_fixture,  # noqa: F401
+    disp_fixture,  # noqa: F401
+    engine_fixture,  # noqa: F401
+    greet,
+    insert,
+    names,
+    rows,
+    store_fixture,  # noqa: F401
+    sub_fixture,  # noqa: F401
+)
 from tests.conformance.harness_sql import make_engine
 from tests.conformance.support import RecordingSubmitter, make_dispatcher
-from tests.testpb import payloads_pb2 as pb
 from tq._submitter import Submission
 from tq.txn.sql import SQLStore
 
 REPO = Path(__file__).resolve().parents[2]
-ROWS = "CREATE TABLE IF NOT EXISTS rows (key TEXT PRIMARY KEY)"
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path}/app.db"
-    url: str = request.getfixturevalue("postgres_db_url")
-    return url
-
-
-@pytest.fixture
-def engine(db_url: str) -> Iterator[Engine]:
-    eng = make_engine(db_url)
-    with eng.begin() as conn:
-        conn.execute(text(ROWS))
-    yield eng
-    eng.dispose()
-
-
-@pytest.fixture
-def store(engine: Engine) -> Iterator[SQLStore]:
-    s = SQLStore(engine, name="sql-test")
-    s.create_schema()
-    yield s
-    s.close()
-
-
-@pytest.fixture
-def sub() -> RecordingSubmitter:
-    return RecordingSubmitter()
-
-
-@pytest.fixture
-def disp(sub: RecordingSubmitter) -> tq.Dispatcher:
-    return make_dispatcher(sub)
-
-
-def _rows(engine: Engine) -> set[str]:
-    with engine.connect() as conn:
-        return {r[0] for r in conn.execute(text("SELECT key FROM rows"))}
-
-
-def _insert(conn: Session | object, key: str) -> None:
-    conn.execute(text("INSERT INTO rows (key) VALUES (:k)"), {"k": key})  # type: ignore[attr-defined]
-
-
-def _task(name: str) -> tq.Task:
-    return tq.Task(payload=pb.Greet(name=name))
-
-
-def _names(sub: RecordingSubmitter) -> list[str]:
-    return [s.payload.name for s in sub.submitted]  # type: ignore[union-attr]
-
-
-class Boom(Exception):
-    pass
 
 
 # Sync Session.
@@ -93,28 +47,28 @@ def test_session_commit_submits_after_commit(
 ) -> None:
     with tq.txn.sql.transaction(sessionmaker(engine)) as session:
         assert isinstance(session, Session)
-        _insert(session, "a")
-        disp.add_task(_task("a"), _task("b"))
-    assert sorted(_names(sub)) == ["a", "b"]
+        insert(session, "a")
+        disp.add_task(greet("a"), greet("b"))
+    assert sorted(names(sub)) == ["a", "b"]
     assert store.count_reminders() == (0, 0)
-    assert _rows(engine) == {"a"}
+    assert rows(engine) == {"a"}
 
 
 def test_rolled_back_savepoint_drops_its_tasks_only(
     engine: Engine, store: SQLStore, disp: tq.Dispatcher, sub: RecordingSubmitter
 ) -> None:
     with tq.txn.sql.transaction(sessionmaker(engine)) as session:
-        disp.add_task(_task("outer"))
+        disp.add_task(greet("outer"))
         try:
             with session.begin_nested():
-                disp.add_task(_task("inner-rolled-back"))
+                disp.add_task(greet("inner-rolled-back"))
                 raise Boom
         except Boom:
             pass
         with session.begin_nested():
-            disp.add_task(_task("inner-kept"))
-        disp.add_task(_task("last"))
-    assert sorted(_names(sub)) == ["inner-kept", "last", "outer"]
+            disp.add_task(greet("inner-kept"))
+        disp.add_task(greet("last"))
+    assert sorted(names(sub)) == ["inner-kept", "last", "outer"]
     assert store.count_reminders() == (0, 0)
 
 
@@ -123,16 +77,16 @@ def test_commit_inside_the_block_submits_what_it_committed(
 ) -> None:
     def run() -> None:
         with tq.txn.sql.transaction(sessionmaker(engine)) as session:
-            disp.add_task(_task("first"))
+            disp.add_task(greet("first"))
             session.commit()
-            disp.add_task(_task("second"))
+            disp.add_task(greet("second"))
             raise Boom
 
     with pytest.raises(Boom):
         run()
     # The block failed: nothing goes out from the happy path, and what the
     # first commit wrote waits for the sweeper.
-    assert _names(sub) == []
+    assert names(sub) == []
     assert store.count_reminders() == (1, 0)
 
 
@@ -143,7 +97,7 @@ def test_deadline_caps_fresh_until(
     deadline = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=20)
     with tq.txn.sql.transaction(sessionmaker(engine), deadline=deadline):
         assert tq.txn.current_transaction().deadline == deadline  # type: ignore[union-attr]
-        disp.add_task(_task("a"))
+        disp.add_task(greet("a"))
     [key] = store.fetch_reminder_keys("", "g", 10)
     assert abs(key.fresh_until - deadline) < dt.timedelta(milliseconds=1)
 
@@ -154,7 +108,7 @@ def test_reminders_read_back_in_utc_whatever_the_session_zone(
     sub.fail_with = grpc.StatusCode.UNAVAILABLE  # left for the sweeper
     deadline = (dt.datetime.now(dt.UTC) + dt.timedelta(seconds=20)).replace(microsecond=123456)
     with tq.txn.sql.transaction(sessionmaker(engine), deadline=deadline):
-        disp.add_task(_task("a"))
+        disp.add_task(greet("a"))
     reader, zoned = store, make_engine(db_url)
     if store.dialect == "postgresql":
 
@@ -188,7 +142,7 @@ def test_happy_path_errors_never_reach_the_caller(
             raise RuntimeError("submitter bug")
 
     with tq.use_submitter(Broken()), tq.txn.sql.transaction(sessionmaker(engine)):
-        disp.add_task(_task("a"))
+        disp.add_task(greet("a"))
     assert store.count_reminders() == (1, 0)  # kept for the sweeper
 
 
@@ -199,20 +153,20 @@ def test_core_connection_commit_and_rollback(
     engine: Engine, store: SQLStore, disp: tq.Dispatcher, sub: RecordingSubmitter
 ) -> None:
     with tq.txn.sql.transaction(engine) as conn:
-        _insert(conn, "a")
-        disp.add_task(_task("a"))
+        insert(conn, "a")
+        disp.add_task(greet("a"))
 
     def run() -> None:
         with tq.txn.sql.transaction(engine) as conn:
-            _insert(conn, "b")
-            disp.add_task(_task("b"))
+            insert(conn, "b")
+            disp.add_task(greet("b"))
             raise Boom
 
     with pytest.raises(Boom):
         run()
-    assert _names(sub) == ["a"]
+    assert names(sub) == ["a"]
     assert store.count_reminders() == (0, 0)
-    assert _rows(engine) == {"a"}
+    assert rows(engine) == {"a"}
 
 
 @pytest.mark.parametrize("paramstyle", ["named", "qmark", "numeric"])
@@ -225,12 +179,12 @@ def test_reminders_go_in_with_any_driver_parameter_style(
     store.create_schema()
     try:
         with tq.txn.sql.transaction(eng) as conn:
-            disp.add_task(_task("core"))
+            disp.add_task(greet("core"))
             assert store.count_reminders() == (0, 0)  # not committed yet
             assert conn.exec_driver_sql("SELECT count(*) FROM tq_reminders").scalar() == 1
         with tq.txn.sql.transaction(sessionmaker(eng)):
-            disp.add_task(_task("session"), _task("batch"))
-        assert sorted(_names(sub)) == ["batch", "core", "session"]
+            disp.add_task(greet("session"), greet("batch"))
+        assert sorted(names(sub)) == ["batch", "core", "session"]
         assert store.count_reminders() == (0, 0)
     finally:
         store.close()
@@ -244,8 +198,8 @@ def test_core_helper_leaves_the_engine_without_listeners(
     # application's engine, tq's or not.
     with tq.txn.sql.transaction(engine) as conn:
         conn.execute(text("INSERT INTO rows (key) VALUES ('a')"))
-        disp.add_task(_task("a"))
-    assert _names(sub) == ["a"]
+        disp.add_task(greet("a"))
+    assert names(sub) == ["a"]
     assert not engine._has_events
     assert not engine.pool.dispatch.checkin
 
@@ -255,12 +209,12 @@ def test_core_reminder_of_a_released_savepoint_is_submitted_once_read_back(
 ) -> None:
     with tq.txn.sql.transaction(engine) as conn:
         with conn.begin_nested():
-            disp.add_task(_task("released"))
+            disp.add_task(greet("released"))
         nested = conn.begin_nested()
-        disp.add_task(_task("rolled-back"))
+        disp.add_task(greet("rolled-back"))
         nested.rollback()
-        disp.add_task(_task("outer"))
-    assert sorted(_names(sub)) == ["outer", "released"]
+        disp.add_task(greet("outer"))
+    assert sorted(names(sub)) == ["outer", "released"]
     assert store.count_reminders() == (0, 0)
 
 
@@ -268,13 +222,13 @@ def test_core_savepoint_rollback_drops_its_tasks(
     engine: Engine, store: SQLStore, disp: tq.Dispatcher, sub: RecordingSubmitter
 ) -> None:
     with tq.txn.sql.transaction(engine) as conn:
-        disp.add_task(_task("outer"))
+        disp.add_task(greet("outer"))
         nested = conn.begin_nested()
-        disp.add_task(_task("inner"))
+        disp.add_task(greet("inner"))
         nested.rollback()
         with conn.begin_nested():
-            disp.add_task(_task("kept"))
-    assert sorted(_names(sub)) == ["kept", "outer"]
+            disp.add_task(greet("kept"))
+    assert sorted(names(sub)) == ["kept", "outer"]
     assert store.count_reminders() == (0, 0)
 
 
@@ -282,12 +236,12 @@ def test_core_failed_statement_submits_nothing(
     engine: Engine, store: SQLStore, disp: tq.Dispatcher, sub: RecordingSubmitter
 ) -> None:
     with tq.txn.sql.transaction(engine) as conn:
-        _insert(conn, "taken")
+        insert(conn, "taken")
 
     def run() -> None:
         with tq.txn.sql.transaction(engine) as conn:
-            disp.add_task(_task("x"))
-            _insert(conn, "taken")
+            disp.add_task(greet("x"))
+            insert(conn, "taken")
 
     with pytest.raises(IntegrityError):
         run()
@@ -303,25 +257,25 @@ def test_failed_reminder_insert_raises_sqlalchemys_error_and_submits_nothing(
     disp = make_dispatcher(sub, ids=lambda n: b"\x07" * n)  # type: ignore[arg-type]
     past = tq.clock.now() - dt.timedelta(seconds=1)
     with tq.txn.sql.transaction(engine, deadline=past) as conn:  # stale: no happy path
-        _insert(conn, "kept")
-        disp.add_task(_task("kept"))
+        insert(conn, "kept")
+        disp.add_task(greet("kept"))
 
     def core() -> None:
         with tq.txn.sql.transaction(engine) as conn:
-            _insert(conn, "core")
-            disp.add_task(_task("core"))
+            insert(conn, "core")
+            disp.add_task(greet("core"))
 
     def session() -> None:
         with tq.txn.sql.transaction(sessionmaker(engine)) as s:
-            _insert(s, "session")
-            disp.add_task(_task("session"))
+            insert(s, "session")
+            disp.add_task(greet("session"))
 
     for run in (core, session):
         with pytest.raises(IntegrityError):
             run()
     assert sub.attempts == 0
     assert store.count_reminders() == (1, 0)
-    assert _rows(engine) == {"kept"}
+    assert rows(engine) == {"kept"}
 
 
 def test_reminder_insert_is_seen_by_cursor_listeners(
@@ -336,15 +290,15 @@ def test_reminder_insert_is_seen_by_cursor_listeners(
     event.listen(engine, "before_cursor_execute", watch)
     try:
         with tq.txn.sql.transaction(engine) as conn:
-            _insert(conn, "a")
-            disp.add_task(_task("core"))
+            insert(conn, "a")
+            disp.add_task(greet("core"))
         with tq.txn.sql.transaction(sessionmaker(engine)) as session:
-            _insert(session, "b")
-            disp.add_task(_task("session"))
+            insert(session, "b")
+            disp.add_task(greet("session"))
     finally:
         event.remove(engine, "before_cursor_execute", watch)
     assert sum("INSERT INTO tq_reminders" in s for s in seen) == 2
-    assert sorted(_names(sub)) == ["core", "session"]
+    assert sorted(names(sub)) == ["core", "session"]
 
 
 # bind() with a sync Session.
@@ -355,19 +309,19 @@ def test_bind_follows_the_sessions_own_commits(
 ) -> None:
     with Session(engine) as session:
         with tq.txn.sql.bind(session) as bound:
-            disp.add_task(_task("committed"))
+            disp.add_task(greet("committed"))
             session.commit()
-            assert _names(sub) == ["committed"]  # submitted from the commit
-            disp.add_task(_task("rolled-back"))
+            assert names(sub) == ["committed"]  # submitted from the commit
+            disp.add_task(greet("rolled-back"))
             session.rollback()
-            disp.add_task(_task("committed-after-block"))
+            disp.add_task(greet("committed-after-block"))
         # A task waits for the session's commit: its transaction is still told.
         assert tq.txn.current_transaction() is bound
         session.commit()
         assert tq.txn.current_transaction() is None
         with tq.txn.sql.bind(session):  # the session is free to bind again
             pass
-    assert _names(sub) == ["committed", "committed-after-block"]
+    assert names(sub) == ["committed", "committed-after-block"]
     assert store.count_reminders() == (0, 0)
 
 
@@ -388,10 +342,10 @@ def test_store_found_by_url_from_another_engine(
     try:
         with tq.txn.sql.transaction(sessionmaker(other)):
             assert tq.txn.current_transaction().store is store  # type: ignore[union-attr]
-            disp.add_task(_task("a"))
+            disp.add_task(greet("a"))
     finally:
         other.dispose()
-    assert _names(sub) == ["a"]
+    assert names(sub) == ["a"]
 
 
 def test_unknown_database_is_a_clear_error(tmp_path: Path, store: SQLStore) -> None:
@@ -406,17 +360,6 @@ def test_unknown_database_is_a_clear_error(tmp_path: Path, store: SQLStore) -> N
 # AsyncSession (aiosqlite, psycopg async).
 
 
-def _async_url(db_url: str) -> str:
-    return db_url.replace("sqlite:///", "sqlite+aiosqlite:///", 1)
-
-
-@pytest.fixture
-async def async_engine(db_url: str, engine: Engine) -> AsyncIterator[AsyncEngine]:
-    eng = create_async_engine(_async_url(db_url))
-    yield eng
-    await eng.dispose()
-
-
 async def test_async_session_commit_and_rollback(
     async_engine: AsyncEngine,
     engine: Engine,
@@ -427,19 +370,19 @@ async def test_async_session_commit_and_rollback(
     factory = async_sessionmaker(async_engine)
     async with tq.txn.sql.transaction_async(factory) as session:
         await session.execute(text("INSERT INTO rows (key) VALUES ('a')"))
-        await disp.add_task_async(_task("a"))
+        await disp.add_task_async(greet("a"))
 
     async def run() -> None:
         async with tq.txn.sql.transaction_async(factory) as session:
             await session.execute(text("INSERT INTO rows (key) VALUES ('b')"))
-            await disp.add_task_async(_task("b"))
+            await disp.add_task_async(greet("b"))
             raise Boom
 
     with pytest.raises(Boom):
         await run()
-    assert _names(sub) == ["a"]
+    assert names(sub) == ["a"]
     assert store.count_reminders() == (0, 0)
-    assert _rows(engine) == {"a"}
+    assert rows(engine) == {"a"}
 
 
 async def test_async_session_savepoint_and_failed_flush(
@@ -447,20 +390,20 @@ async def test_async_session_savepoint_and_failed_flush(
 ) -> None:
     factory = async_sessionmaker(async_engine)
     async with tq.txn.sql.transaction_async(factory) as session:
-        disp.add_task(_task("outer"))
+        disp.add_task(greet("outer"))
         nested = await session.begin_nested()
-        disp.add_task(_task("inner"))
+        disp.add_task(greet("inner"))
         await nested.rollback()
 
     async def run() -> None:
         async with tq.txn.sql.transaction_async(factory) as session:
-            disp.add_task(_task("doomed"))
+            disp.add_task(greet("doomed"))
             await session.execute(text("INSERT INTO rows (key) VALUES ('x')"))
             await session.execute(text("INSERT INTO rows (key) VALUES ('x')"))
 
     with pytest.raises(IntegrityError):
         await run()
-    assert _names(sub) == ["outer"]
+    assert names(sub) == ["outer"]
     assert store.count_reminders() == (0, 0)
 
 
@@ -470,13 +413,13 @@ async def test_bind_async_session_submits_within_the_awaited_commit(
     factory = async_sessionmaker(async_engine)
     async with factory() as session:
         with tq.txn.sql.bind(session):
-            await disp.add_task_async(_task("a"))
+            await disp.add_task_async(greet("a"))
             await session.commit()
-            assert _names(sub) == ["a"]  # no task left to drain
-            await disp.add_task_async(_task("never"))
+            assert names(sub) == ["a"]  # no task left to drain
+            await disp.add_task_async(greet("never"))
             await session.rollback()
     await tq.txn.sql.drain()
-    assert _names(sub) == ["a"]
+    assert names(sub) == ["a"]
     assert store.count_reminders() == (0, 0)
 
 
@@ -510,8 +453,8 @@ def test_create_schema_is_idempotent_and_records_the_version(
     assert store.create_schema() == tq.txn.sql.SCHEMA_VERSION
     assert tq.txn.sql.create_schema(engine) == tq.txn.sql.SCHEMA_VERSION
     with engine.connect() as conn:
-        rows = conn.execute(text("SELECT component, version FROM tq_schema_version")).all()
-    assert [tuple(r) for r in rows] == [("outbox", tq.txn.sql.SCHEMA_VERSION)]
+        found = conn.execute(text("SELECT component, version FROM tq_schema_version")).all()
+    assert [tuple(r) for r in found] == [("outbox", tq.txn.sql.SCHEMA_VERSION)]
 
 
 def test_concurrent_create_schema_succeeds(db_url: str) -> None:
@@ -615,7 +558,7 @@ async def test_async_helpers_wait_without_blocking_the_loop(
 
     async def through_transaction_async() -> None:
         async with tq.txn.sql.transaction_async(factory):
-            await disp.add_task_async(_task("helper"))
+            await disp.add_task_async(greet("helper"))
 
     # transaction_async awaits its happy path: the block is not over while the
     # submit is held, and the loop runs this test meanwhile.
@@ -629,7 +572,7 @@ async def test_async_helpers_wait_without_blocking_the_loop(
     async def through_bind() -> None:
         async with factory() as session:
             with tq.txn.sql.bind(session):
-                await disp.add_task_async(_task("bound"))
+                await disp.add_task_async(greet("bound"))
                 await session.commit()
 
     binding = asyncio.create_task(through_bind())
@@ -653,13 +596,13 @@ def test_in_memory_sqlite_works_with_every_helper(
     try:
         store.create_schema()
         with tq.txn.sql.transaction(sessionmaker(eng)):
-            disp.add_task(_task("session"))
+            disp.add_task(greet("session"))
         with tq.txn.sql.transaction(eng):
-            disp.add_task(_task("core"))
+            disp.add_task(greet("core"))
         with Session(eng) as session, tq.txn.sql.bind(session):
-            disp.add_task(_task("bound"))
+            disp.add_task(greet("bound"))
             session.commit()
-        assert _names(sub) == ["session", "core", "bound"]
+        assert names(sub) == ["session", "core", "bound"]
         assert store.count_reminders() == (0, 0)
     finally:
         store.close()
@@ -670,12 +613,12 @@ def test_core_commit_inside_the_block_submits_what_it_committed(
     engine: Engine, store: SQLStore, disp: tq.Dispatcher, sub: RecordingSubmitter
 ) -> None:
     with tq.txn.sql.transaction(engine) as conn:
-        disp.add_task(_task("early"))
+        disp.add_task(greet("early"))
         conn.commit()
-        disp.add_task(_task("rolled-back"))
+        disp.add_task(greet("rolled-back"))
         conn.rollback()
-        disp.add_task(_task("late"))
-    assert sorted(_names(sub)) == ["early", "late"]
+        disp.add_task(greet("late"))
+    assert sorted(names(sub)) == ["early", "late"]
     assert store.count_reminders() == (0, 0)
 
 
@@ -683,8 +626,8 @@ def test_core_commit_inside_the_block_is_read_back_before_submitting(
     engine: Engine, store: SQLStore, disp: tq.Dispatcher, sub: RecordingSubmitter
 ) -> None:
     with tq.txn.sql.transaction(engine) as conn:
-        disp.add_task(_task("doomed"))
+        disp.add_task(greet("doomed"))
         conn.execute(text("DELETE FROM tq_reminders"))  # as if the commit lost it
         conn.commit()
-        disp.add_task(_task("late"))
-    assert _names(sub) == ["late"]
+        disp.add_task(greet("late"))
+    assert names(sub) == ["late"]

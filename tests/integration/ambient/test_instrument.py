@@ -21,8 +21,8 @@ from sqlalchemy.orm import Session, scoped_session, sessionmaker
 
 import tq
 import tq.txn.sql
+from tests._sqlapp import Boom, Row, count, greet, insert, names, rows
 from tests.conformance.support import RecordingSubmitter
-from tests.integration.ambient.conftest import Boom, Row, count, greet, insert, names, rows
 from tq.txn.sql import SQLStore, SQLTransaction
 
 

@@ -16,8 +16,8 @@ from sqlalchemy.orm import Session, scoped_session, sessionmaker
 
 import tq
 import tq.txn.sql
+from tests._sqlapp import Row, count, greet, insert, names, rows
 from tests.conformance.support import RecordingSubmitter
-from tests.integration.ambient.conftest import Row, count, greet, insert, names, rows
 from tests.testpb import payloads_pb2 as pb
 from tq.txn.sql import SQLStore
 
