@@ -14,7 +14,7 @@ import tq.txn.sql
 from tests.conformance.harness_sql import make_engine
 from tests.conformance.support import GREET, RecordingSubmitter, make_dispatcher
 from tests.testpb import payloads_pb2 as pb
-from tests.unit._otel import Telemetry, captured
+from tests.unit._otel import Telemetry, otel_fixture  # noqa: F401 (otel_fixture)
 from tq.txn.sql import SQLStore
 
 
@@ -31,12 +31,6 @@ def store(engine: Engine) -> Iterator[SQLStore]:
     s.create_schema()
     yield s
     s.close()
-
-
-@pytest.fixture
-def otel() -> Iterator[Telemetry]:
-    with captured() as t:
-        yield t
 
 
 def test_committed_reminders_are_counted_and_submitted_in_a_post_commit_span(

@@ -6,6 +6,7 @@ import contextlib
 from collections.abc import Iterator, Mapping
 from typing import Any
 
+import pytest
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
@@ -93,3 +94,10 @@ def captured() -> Iterator[Telemetry]:
     finally:
         tq.telemetry.configure()
         t.close()
+
+
+@pytest.fixture(name="otel")
+def otel_fixture() -> Iterator[Telemetry]:
+    """`captured()` for a test (import it marked noqa F401; pytest knows it as `otel`)."""
+    with captured() as t:
+        yield t

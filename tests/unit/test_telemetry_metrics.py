@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterator
 
 import grpc
 import pytest
@@ -13,18 +12,12 @@ import tqtesting
 from sweeper import InProcSweeper
 from tests.testpb import payloads_pb2 as pb
 from tests.unit._fakes import RecordingSubmitter, submit_error
-from tests.unit._otel import Telemetry, captured
+from tests.unit._otel import Telemetry, otel_fixture  # noqa: F401 (otel_fixture)
 from tq import _envelope, _metrics
 from tq._push import handle_push
 from tqtesting import FakeClock, MemoryStore, RetryConfig
 
 S = dt.timedelta(seconds=1)
-
-
-@pytest.fixture
-def otel() -> Iterator[Telemetry]:
-    with captured() as t:
-        yield t
 
 
 def dispatcher(**kw: object) -> tq.Dispatcher:

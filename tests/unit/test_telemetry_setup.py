@@ -7,7 +7,6 @@ import pathlib
 import re
 import subprocess
 import sys
-from collections.abc import Iterator
 
 import httpx
 import pytest
@@ -17,7 +16,7 @@ import tq
 import tq.telemetry
 from tests._dbqueue import make_engine, submission
 from tests.testpb import payloads_pb2 as pb
-from tests.unit._otel import Telemetry, captured
+from tests.unit._otel import Telemetry, otel_fixture  # noqa: F401 (otel_fixture)
 from tq import _envelope, _metrics
 from tq._push import handle_push
 from tq.dbqueue import DbQueueSubmitter, _gauges
@@ -25,12 +24,6 @@ from tqtesting import FakeClock
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 _S = dt.timedelta(seconds=1)
-
-
-@pytest.fixture
-def otel() -> Iterator[Telemetry]:
-    with captured() as t:
-        yield t
 
 
 async def test_prometheus_app_serves_tq_metrics_with_units_in_their_names() -> None:
