@@ -8,7 +8,7 @@ import threading
 import time
 import weakref
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 from google.api_core import exceptions as gexc
@@ -20,6 +20,8 @@ from tq._submitter import Submission, time_left
 # An emulator runs next to the tests or the dev server: never send its
 # traffic through a proxy named in the environment.
 _EMULATOR_CHANNEL_OPTIONS = [("grpc.enable_http_proxy", 0)]
+
+T = TypeVar("T")
 
 
 def code_of(err: BaseException) -> grpc.StatusCode:
@@ -194,17 +196,12 @@ class CloudTasksSubmitter:
     def submit(self, submission: Submission) -> str | None:
         """Creates the task, blocking; returns its name. Raises `tq.SubmitError`."""
         client = self.client
-        attempt = 0
-        while True:  # the last attempt returns or raises
-            try:
-                created = client.create_task(request=submission.request, timeout=self._timeout())
-                return _created_name(submission, created)
-            except (gexc.GoogleAPICallError, grpc.RpcError) as err:
-                final = self._final(err, submission.task_class, attempt)
-                if final is not None:
-                    raise final from err
-            self._sleep(self.pause_before(attempt))
-            attempt += 1
+
+        def create(rpc_timeout: float) -> str | None:
+            created = client.create_task(request=submission.request, timeout=rpc_timeout)
+            return _created_name(submission, created)
+
+        return self._with_retries(create, submission.task_class)
 
     async def submit_async(self, submission: Submission) -> str | None:
         """Creates the task without blocking the event loop; returns its name.
@@ -212,19 +209,12 @@ class CloudTasksSubmitter:
         Raises `tq.SubmitError`.
         """
         client = self.async_client
-        attempt = 0
-        while True:  # the last attempt returns or raises
-            try:
-                created = await client.create_task(
-                    request=submission.request, timeout=self._timeout()
-                )
-                return _created_name(submission, created)
-            except (gexc.GoogleAPICallError, grpc.RpcError) as err:
-                final = self._final(err, submission.task_class, attempt)
-                if final is not None:
-                    raise final from err
-            await self._sleep_async(self.pause_before(attempt))
-            attempt += 1
+
+        async def create(rpc_timeout: float) -> str | None:
+            created = await client.create_task(request=submission.request, timeout=rpc_timeout)
+            return _created_name(submission, created)
+
+        return await self._with_retries_async(create, submission.task_class)
 
     def delete_task(self, name: str) -> bool:
         """Deletes the task `name` (Cloud Tasks' DeleteTask), blocking.
@@ -236,32 +226,59 @@ class CloudTasksSubmitter:
         answer False. Other codes raise `tq.SubmitError`.
         """
         client = self.client
-        attempt = 0
-        while True:  # the last attempt returns or raises
+
+        def delete(rpc_timeout: float) -> bool:
             try:
-                client.delete_task(name=name, timeout=self._timeout())
-                return True
+                client.delete_task(name=name, timeout=rpc_timeout)
             except (gexc.GoogleAPICallError, grpc.RpcError) as err:
                 if code_of(err) == grpc.StatusCode.NOT_FOUND:
                     return False
-                final = self._final(err, None, attempt)
+                raise
+            return True
+
+        return self._with_retries(delete, None)
+
+    async def delete_task_async(self, name: str) -> bool:
+        """`delete_task` without blocking the event loop."""
+        client = self.async_client
+
+        async def delete(rpc_timeout: float) -> bool:
+            try:
+                await client.delete_task(name=name, timeout=rpc_timeout)
+            except (gexc.GoogleAPICallError, grpc.RpcError) as err:
+                if code_of(err) == grpc.StatusCode.NOT_FOUND:
+                    return False
+                raise
+            return True
+
+        return await self._with_retries_async(delete, None)
+
+    def _with_retries(self, call: Callable[[float], T], task_class: str | None) -> T:
+        """`call(rpc_timeout)`, tried again after transient failures (see `_final`).
+
+        `task_class`: of the submission whose retries are counted; None for a deletion.
+        """
+        attempt = 0
+        while True:  # the last attempt returns or raises
+            try:
+                return call(self._timeout())
+            except (gexc.GoogleAPICallError, grpc.RpcError) as err:
+                final = self._final(err, task_class, attempt)
                 if final is not None:
                     raise final from err
             self._sleep(self.pause_before(attempt))
             attempt += 1
 
-    async def delete_task_async(self, name: str) -> bool:
-        """`delete_task` without blocking the event loop."""
-        client = self.async_client
+    async def _with_retries_async(
+        self, call: Callable[[float], Awaitable[T]], task_class: str | None
+    ) -> T:
+        """`_with_retries` for a coroutine function, sleeping without blocking the loop."""
         attempt = 0
         while True:  # the last attempt returns or raises
             try:
-                await client.delete_task(name=name, timeout=self._timeout())
-                return True
+                return await call(self._timeout())
             except (gexc.GoogleAPICallError, grpc.RpcError) as err:
-                if code_of(err) == grpc.StatusCode.NOT_FOUND:
-                    return False
-                final = self._final(err, None, attempt)
+                final = self._final(err, task_class, attempt)
                 if final is not None:
                     raise final from err
             await self._sleep_async(self.pause_before(attempt))
