@@ -127,7 +127,10 @@ async def test_dbqueue_redelivery_after_a_worker_killed_past_the_commit_runs_not
     clock = FakeClock(pay.lease_expires)
     with tq.clock.use_clock(clock):
         async with dbqueue.Worker(service.engine, app=service.app) as worker:
-            for _ in range(20):  # the lease expires, the task is retried after its backoff
+            # The lease expires, the task is retried after its backoff; a receipt
+            # the dead worker had leased too (a moment after the pay task, however
+            # long that moment was on a loaded machine) expires later.
+            for _ in range(600):  # ends as soon as both are done
                 clock.advance(1)
                 await worker.run_once()
                 if admin.count_tasks(state=dbqueue.State.DONE) == 2:
