@@ -17,7 +17,8 @@ from tq._add_rules import refuse_untold as _refuse_untold
 from tq._errors import ConfigError, PayloadTooLarge, SubmitError, TaskAlreadyAdded, ValidationError
 from tq._handles import AddedTask, added_task
 from tq._registry import TaskClassRegistry
-from tq._reminder import encode_payload, fresh_until, reminder_row
+from tq._reminder import encode_payload, fresh_until, reminder_row, request_payload
+from tq._request import MAX_TASK_SIZE, epoch_parts
 from tq._submitter import Submission, Submitter, current_submitter, new_submission
 from tq._task import Task, deduplicated_task_id
 from tq._taskclass import TaskClass
@@ -176,6 +177,10 @@ class AddPath(TaskClassRegistry):
         else:
             txn = found
         now = clock.now()
+        # The ETA header and a reminder's creation time, worked out once.
+        now_parts: tuple[int, int] | None = epoch_parts(now)
+        if now_parts[0] < 0:  # type: ignore[index]
+            now_parts = None
         submitter = self.submitter()
         queues_ok = False  # the submitter was found to take queue classes' tasks
         # In a transaction every task becomes a reminder (_check_kind refuses
@@ -220,7 +225,16 @@ class AddPath(TaskClassRegistry):
             else:
                 task_id = None
             tpl = self._template(cls)
-            req = tpl.build(task, now=now, task_id=task_id, extra_headers=trace_headers)
+            # A reminder's request is serialized here: its size is checked on
+            # those bytes (and its task's only when they are over the limit).
+            stored = txn is not None and not direct and type(tpl) is _request.Template
+            if stored:
+                req = tpl.build(
+                    task, now=now, task_id=task_id, extra_headers=trace_headers,
+                    now_parts=now_parts, check_size=False,
+                )  # type: ignore[call-arg]  # fmt: skip
+            else:
+                req = tpl.build(task, now=now, task_id=task_id, extra_headers=trace_headers)
             name = tpl.task_name(task, task_id)
             sub = new_submission(
                 req, cls.id, now, task.payload, task_id if txn is not None else None
@@ -232,7 +246,17 @@ class AddPath(TaskClassRegistry):
                 pending.append(PendingTask(rem, sub, submitter))
                 added.append(added_task(name, cls.id, task_id, None))
             else:
-                payload = encode_payload(sub)
+                if stored:
+                    raw = req.SerializeToString()
+                    if len(raw) > MAX_TASK_SIZE:
+                        tpl.check_size(req)  # type: ignore[union-attr]
+                    payload = (
+                        encode_payload(sub)
+                        if now_parts is None
+                        else request_payload(cls.id, raw, now_parts)
+                    )
+                else:
+                    payload = encode_payload(sub)
                 if len(payload) > limit:
                     raise PayloadTooLarge(
                         f"task of class {cls.id!r} is {len(payload)} bytes as a reminder, "

@@ -164,8 +164,15 @@ class Template:
         now: dt.datetime,
         task_id: str | None,
         extra_headers: dict[str, str] | None = None,
+        now_parts: tuple[int, int] | None = None,
+        check_size: bool = True,
     ) -> Message:
-        """Like the module's `build`, for a task of this template's class."""
+        """Like the module's `build`, for a task of this template's class.
+
+        `now_parts`: `epoch_parts(now)` when the caller has them (seconds >= 0).
+        `check_size=False` leaves the size check to the caller (`check_size`),
+        who serializes the request anyway.
+        """
         cls = self.cls
         eta = task.resolve_eta(now)
         custom = cls.custom(task.payload) if cls.custom is not None else None
@@ -197,7 +204,10 @@ class Template:
             t.name = self._name_prefix + task_id
         headers = h.headers
         if eta is None:
-            headers[EXPECTED_ETA_HEADER] = eta_header(now)
+            if now_parts is None:
+                headers[EXPECTED_ETA_HEADER] = eta_header(now)
+            else:
+                headers[EXPECTED_ETA_HEADER] = f"{now_parts[0]}.{now_parts[1]:06d}"
         else:
             ts = t.schedule_time
             ts.seconds, micros = epoch_parts(eta)
@@ -209,13 +219,22 @@ class Template:
             headers[TAG_HEADER] = task.tag
         if extra_headers:
             _set_headers(headers, extra_headers)
-        size = t.ByteSize()
+        if check_size:
+            self.check_size(req)
+        return req  # type: ignore[no-any-return]
+
+    def check_size(self, req: Message) -> None:
+        """Raises PayloadTooLarge for a request whose task is over Cloud Tasks' limit.
+
+        A caller holding the serialized request need not call it unless that
+        is over the limit (the task is part of it).
+        """
+        size = req.task.ByteSize()  # type: ignore[attr-defined]
         if size > MAX_TASK_SIZE:
             raise PayloadTooLarge(
-                f"task of class {cls.id!r} is {size} bytes, over Cloud Tasks' limit of "
+                f"task of class {self.cls.id!r} is {size} bytes, over Cloud Tasks' limit of "
                 f"{MAX_TASK_SIZE} bytes; store the data elsewhere and pass a reference"
             )
-        return req  # type: ignore[no-any-return]
 
     def _parent_of(self, queue: str) -> str:
         """The full name of a task's own queue (`Task.queue`), worked out once per queue."""

@@ -14,7 +14,7 @@ import pytest
 import tq
 from tests.testpb import payloads_pb2 as pb
 from tests.unit._fakes import FakeStore, RecordingSubmitter, in_txn, submit_error
-from tq._reminder import HAPPY_PATH_WINDOW
+from tq._reminder import HAPPY_PATH_WINDOW, Reminder
 from tqtesting import FakeClock
 
 QUEUE = "projects/proj/locations/us-central1/queues/default"
@@ -509,6 +509,25 @@ def test_reminder_over_the_store_limit_is_refused_before_anything_is_saved(
         assert txn.saved == []
         disp.add_task(tq.Task(payload=pb.Greet(name="small")))
         assert len(txn.saved) == 1
+
+
+def test_reminder_over_cloud_tasks_limit_is_refused_whatever_the_store_takes(
+    disp: tq.Dispatcher,
+) -> None:
+    # The 1 MB limit is Cloud Tasks' on the task (not the request around it).
+    disp.register_task_class(cls("blob", pb.Blob, kind=tq.Kind.TRANSACTIONAL))
+    with in_txn(FakeStore(max_payload_size=4 << 20)) as txn:
+        with pytest.raises(tq.PayloadTooLarge, match="1048576"):
+            disp.add_task(tq.Task(payload=pb.Blob(data=b"x" * (800 * 1024))))
+        assert txn.saved == []
+        # A task just under the limit, in a request just over it, goes in.
+        data = b"x" * (1024 * 1024 * 3 // 4 - 228)
+        disp.add_task(tq.Task(payload=pb.Blob(data=data)))
+        (saved,) = txn.saved
+    req = saved.submission.request
+    assert req.task.ByteSize() <= 1024 * 1024 < req.ByteSize()
+    assert Reminder(saved.reminder.id, saved.reminder.fresh_until,
+                    saved.reminder.payload).submission().request == req  # fmt: skip
 
 
 async def test_add_task_async_in_a_transaction_saves_reminders(

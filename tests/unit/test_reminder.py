@@ -15,7 +15,9 @@ from tq._reminder import (
     encode_payload,
     fresh_until,
     parked_extra,
+    request_payload,
 )
+from tq._request import epoch_parts
 from tq._task import Task
 from tq._taskclass import Kind, TaskClass
 
@@ -42,6 +44,31 @@ def test_payload_round_trips_the_request_class_and_creation_time() -> None:
         None,
     )
     assert back.task_name.endswith("/tasks/" + "ab" * 16)
+
+
+def test_payload_assembled_from_request_bytes_is_the_encoded_one() -> None:
+    # What add_task stores in a transaction must read back as the sweeper
+    # and older rows expect: the same bytes as the ReminderPayload message's.
+    s = submission()
+    raw = s.request.SerializeToString()
+    big = _request.CreateTaskRequest.FromString(raw)
+    big.task.http_request.body = b"x" * 100_000
+    for created in (
+        NOW,
+        dt.datetime(1970, 1, 1, tzinfo=dt.UTC),
+        dt.datetime(1970, 1, 1, 0, 0, 0, 1, tzinfo=dt.UTC),
+        dt.datetime(2026, 12, 3, 17, 0, 5, 999_999, tzinfo=dt.UTC),
+        dt.datetime(9999, 12, 31, 23, 59, 59, 999_999, tzinfo=dt.UTC),
+    ):
+        for cls_id, req in (("greet", raw), ("c" * 200, big.SerializeToString()), ("x", b"")):
+            sub = tq.Submission(
+                request=_request.CreateTaskRequest.FromString(req), task_class=cls_id,
+                created=created,
+            )  # fmt: skip
+            assert request_payload(cls_id, req, epoch_parts(created)) == encode_payload(sub)
+    back = Reminder(id="ab" * 16, fresh_until=NOW, payload=request_payload(
+        "greet", raw, epoch_parts(NOW))).submission()  # fmt: skip
+    assert (back.request, back.task_class, back.created) == (s.request, "greet", NOW)
 
 
 def test_fresh_until_is_a_minute_capped_by_the_deadline() -> None:
