@@ -313,7 +313,8 @@ def test_ctrl_c_in_a_one_shot_command_is_130(db: str) -> None:
     )  # fmt: skip
     try:
         err = _Stderr(proc)
-        err.wait_for("[y/N]")  # waiting for an answer
+        err.wait_for("[y/N]")
+        _wait_until_reading_stdin(proc)  # waiting for an answer, as a person sees it
         proc.send_signal(signal.SIGINT)
         assert proc.wait(60) == 130
         assert err.rest().splitlines()[-1:] == ["tq: error: interrupted"]
@@ -322,6 +323,31 @@ def test_ctrl_c_in_a_one_shot_command_is_130(db: str) -> None:
 
 
 # Helpers.
+
+
+_READ_SYSCALL = {"x86_64": 0, "aarch64": 63}.get(os.uname().machine)
+
+
+def _wait_until_reading_stdin(proc: subprocess.Popen[str], timeout_s: float = 60) -> None:
+    """Returns once the process's main thread is blocked reading its stdin (Linux).
+
+    A signal sent between the prompt's write and the read() that follows it
+    would only be seen once the read returns: a person never presses Ctrl-C
+    in that microsecond, a test that signals as soon as it sees the prompt can.
+    """
+    path = Path(f"/proc/{proc.pid}/syscall")
+    if _READ_SYSCALL is None or not path.exists():
+        return
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            fields = path.read_text().split()
+        except OSError:  # it exited: its exit code tells why
+            return
+        if fields[:2] == [str(_READ_SYSCALL), "0x0"]:
+            return
+        time.sleep(0.01)  # poll interval, bounded by the deadline
+    raise AssertionError("tq never waited on its stdin")
 
 
 @pytest.fixture
