@@ -111,41 +111,18 @@ def encode_payload(submission: Submission) -> bytes:
     return p.SerializeToString()
 
 
-_BYTE = [bytes((i,)) for i in range(0x80)]
-_class_fields: dict[str, bytes] = {}  # task class ID -> its `task_class` field, encoded
-
-
-def _varint(n: int) -> bytes:
-    if n < 0x80:
-        return _BYTE[n]
-    out = bytearray()
-    while n > 0x7F:
-        out.append(n & 0x7F | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
 def request_payload(task_class: str, request: bytes, created: tuple[int, int]) -> bytes:
-    """`encode_payload`'s bytes for a serialized CreateTaskRequest, assembled directly.
+    """`encode_payload`'s bytes for a CreateTaskRequest serialized already.
 
-    `created` is the creation time as `epoch_parts` gives it (seconds at or
-    after the epoch). The same bytes as ReminderPayload(task_class,
-    created, create_task_request).SerializeToString(), without building the
-    message and serializing the request a second time (add_task in a
-    transaction does this once per task).
+    `created` is the creation time as `epoch_parts` gives it. add_task in a
+    transaction serializes the request once (to check its size) and hands
+    the bytes here, rather than having them serialized a second time.
     """
-    head = _class_fields.get(task_class)
-    if head is None:
-        name = task_class.encode()
-        head = b"\x0a" + _varint(len(name)) + name
-        if len(_class_fields) < 4096:
-            _class_fields[task_class] = head
-    seconds, micros = created
-    ts = (b"\x08" + _varint(seconds) if seconds else b"") + (
-        b"\x10" + _varint(micros * 1000) if micros else b""
-    )
-    return head + b"\x12" + _BYTE[len(ts)] + ts + b"\x1a" + _varint(len(request)) + request
+    p = reminder_pb2.ReminderPayload(task_class=task_class, create_task_request=request)
+    ts = p.created
+    ts.seconds, micros = created
+    ts.nanos = micros * 1000
+    return p.SerializeToString()
 
 
 def parked_extra(code: str, reason: str, now: dt.datetime) -> bytes:
