@@ -282,7 +282,13 @@ def test_a_port_in_use_is_4(
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = str(taken.getsockname()[1])
-        got = tq_main(capsys, "serve", APP, "--db", db, "--with-workers", "--port", port)
+        registered = {store.name for store in tq.txn.stores()}
+        try:
+            got = tq_main(capsys, "serve", APP, "--db", db, "--with-workers", "--port", port)
+        finally:  # the app's store, registered in this process (a real one exits)
+            for store in tq.txn.stores():
+                if store.name not in registered:
+                    tq.txn.unregister_store(store.name)
     assert_error(got, 4, f"cannot listen on 127.0.0.1:{port}")
 
 
