@@ -1,4 +1,4 @@
-"""9. Django: enqueue inside atomic() vs one extra row by hand and vs django-tasks-db.
+"""13. Django: enqueue inside atomic() vs one extra row by hand and vs django-tasks-db.
 
 Every variant runs the same Django transaction (`transaction.atomic()`,
 one `Order` saved with the ORM), one after another on one connection, and
@@ -196,7 +196,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=1000)
     a = ap.parse_args()
     n, rounds = (20, 1) if a.tiny else (a.n, a.rounds)
-    table = c.Table("9. Django: enqueue in atomic() vs a row by hand and vs django-tasks-db")
+    table = c.Table("13. Django: enqueue in atomic() vs a row by hand and vs django-tasks-db")
     missing = [m for m in ("django", "django_tasks_db") if importlib.util.find_spec(m) is None]
     if missing:
         table.notes.append(
