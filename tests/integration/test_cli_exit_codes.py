@@ -314,7 +314,7 @@ def test_a_sweep_whose_submits_failed_for_now_is_4(
 @row(130)
 def test_ctrl_c_in_a_one_shot_command_is_130(db: str) -> None:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tq.cli", "queues", "purge", "default", "--db", db],
+        [sys.executable, "-c", _AS_AT_A_TERMINAL, "queues", "purge", "default", "--db", db],
         cwd=ROOT, stderr=subprocess.PIPE, stdin=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
@@ -322,7 +322,11 @@ def test_ctrl_c_in_a_one_shot_command_is_130(db: str) -> None:
         err.wait_for("[y/N]")
         _wait_until_reading_stdin(proc)  # waiting for an answer, as a person sees it
         proc.send_signal(signal.SIGINT)
-        assert proc.wait(60) == 130
+        try:
+            code = proc.wait(60)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"Ctrl-C ignored: {_signal_state(proc.pid)}") from None
+        assert code == 130
         assert err.rest().splitlines()[-1:] == ["tq: error: interrupted"]
     finally:
         _stop(proc)
@@ -332,6 +336,28 @@ def test_ctrl_c_in_a_one_shot_command_is_130(db: str) -> None:
 
 
 _READ_SYSCALL = {"x86_64": 0, "aarch64": 63}.get(os.uname().machine)
+
+
+# `python -m tq.cli` with SIGINT as a terminal gives it: a process inherits an
+# ignored or blocked SIGINT from whatever started it (a shell's background job,
+# a test runner's thread), and then no Ctrl-C could reach it.
+_AS_AT_A_TERMINAL = (
+    "import runpy, signal, sys; "
+    "signal.signal(signal.SIGINT, signal.default_int_handler); "
+    "signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGINT]); "
+    "sys.argv[0] = 'tq'; runpy.run_module('tq.cli', run_name='__main__', alter_sys=True)"
+)
+
+
+def _signal_state(pid: int) -> str:
+    """The process's signal masks and its main thread's system call, for a failure's message."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text().splitlines()
+        syscall = Path(f"/proc/{pid}/syscall").read_text().strip()
+    except OSError as e:
+        return f"no /proc entry ({e})"
+    masks = [line for line in status if line.startswith(("SigPnd", "ShdPnd", "SigBlk", "SigIgn"))]
+    return f"{'; '.join(masks)}; syscall {syscall}"
 
 
 def _wait_until_reading_stdin(proc: subprocess.Popen[str], timeout_s: float = 60) -> None:
