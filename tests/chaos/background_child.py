@@ -9,7 +9,8 @@ of 5 that otherwise wait an hour), and commits N transactions one after
 another: a business row `bg-<i>` and a TRANSACTIONAL Greet task named the
 same. Its Cloud Tasks takes the first 12 tasks (each name written to LOG
 once created), then hangs on every submit. Once all N have committed and
-the queue is full it prints `full <stats>` and waits to be killed.
+both its threads hang (the queue then stays as it is) it prints `full
+<stats>` and waits to be killed.
 """
 
 from __future__ import annotations
@@ -35,11 +36,13 @@ class Hanging:
         self._log = open(log_path, "a", buffering=1)  # noqa: SIM115 (lives as long as the process)
         self._lock = threading.Lock()
         self._taken = 0
+        self.hung = 0
 
     def submit(self, sub: tq.Submission) -> None:
         with self._lock:
             self._taken += 1
             hang = self._taken > TAKEN
+            self.hung += hang
         if hang:
             threading.Event().wait()
         assert isinstance(sub.payload, pb.Greet)
@@ -53,7 +56,8 @@ def main() -> None:
     factory, arg, log_path, n = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
     module, _, function = factory.partition(":")
     harness: StoreHarness = getattr(importlib.import_module(module), function)(arg)
-    disp = sw.dispatcher(submitter=Hanging(log_path))
+    hanging = Hanging(log_path)
+    disp = sw.dispatcher(submitter=hanging)
     bg = tq.BackgroundSubmits(
         max_queued=MAX_QUEUED, concurrency=2, when_full="sweeper",
         delete_batch=5, delete_delay_s=3600,
@@ -67,7 +71,8 @@ def main() -> None:
 
         harness.run_in_transaction(body)
     deadline = time.monotonic() + 60
-    while bg.stats.queued < MAX_QUEUED and time.monotonic() < deadline:
+    # Stable once both threads hang: nothing leaves the queue after that.
+    while (bg.stats.queued < 1 or hanging.hung < 2) and time.monotonic() < deadline:
         time.sleep(0.01)
     print("full", bg.stats, flush=True)
     threading.Event().wait()

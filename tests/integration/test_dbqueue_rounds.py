@@ -82,7 +82,7 @@ async def test_a_worker_goes_on_after_its_connections_were_killed(
     try:
         sub.submit(submission(name="before"))
         await worker.start()
-        await wait_for(lambda: len(app.pushes) == 1)
+        await wait_for(lambda: _state(writer, "before") is dbqueue.State.DONE, 60)
         with engine.connect() as conn:  # every other connection of this database
             conn.execute(
                 sa.text(
@@ -91,13 +91,7 @@ async def test_a_worker_goes_on_after_its_connections_were_killed(
                 )
             )
         sub.submit(submission(name="after"))
-        await wait_for(lambda: len(app.pushes) == 2)
-        await wait_for(
-            lambda: (
-                dbqueue.Admin(writer).get_task("q", "after").state  # type: ignore[union-attr]
-                is dbqueue.State.DONE
-            )
-        )
+        await wait_for(lambda: _state(writer, "after") is dbqueue.State.DONE, 60)
     finally:
         await worker.aclose()
         engine.dispose()
@@ -145,3 +139,9 @@ def test_a_worker_stepped_from_two_event_loops_delivers_in_each(postgres_db_url:
         asyncio.run(worker.aclose())
         engine.dispose()
     assert [p.task.rsplit("/", 1)[-1] for p in app.pushes] == ["first", "second"]
+
+
+def _state(engine: sa.Engine, name: str) -> dbqueue.State | None:
+    """The state of task `name` of queue q (None before it exists)."""
+    task = dbqueue.Admin(engine).get_task("q", name)
+    return None if task is None else task.state

@@ -395,14 +395,18 @@ class Worker:
 
     async def _record(self, batch: list[Result]) -> None:
         session = self._recorder
-        if session is not None and session.usable:
+        for attempt in (1, 2):
+            if session is None or not session.usable:
+                break  # it cannot connect at all: through the engine from now on
             try:
                 await session.record(batch)
                 return
             except Exception:
-                if session.usable:
+                # A connection the server cut (a restart, a terminated backend)
+                # is remade on the next use: once more, as an outcome is written
+                # only over the lease it names (a second write matches nothing).
+                if attempt == 2 and session.usable:
                     raise
-            # It cannot connect at all: through the engine from now on.
         await asyncio.to_thread(_lease.record, self.engine, batch)
 
     async def _drain(self) -> None:
