@@ -115,7 +115,7 @@ FINISH = f"""
 UPDATE {_T} t SET state = v->>0, finished_us = (v->>1)::bigint, lease_owner = NULL,
   lease_expires_us = NULL, last_status = (v->>2)::int, last_error = v->>3,
   executions = t.executions + (v->>4)::int
-FROM json_array_elements(%s::json) AS v
+FROM jsonb_array_elements(%s::jsonb) AS v
 WHERE t.id = (v->>5)::bigint AND t.state = '{_LEASED}' AND t.lease_owner = v->>6
   AND t.attempts = (v->>7)::int
 """

@@ -393,7 +393,7 @@ def _pg_json_insert(with_ext: bool) -> str:
     # The rows that went in come back, and their queues are notified (see NOTIFY_CHANNEL).
     return (
         f"WITH i AS (INSERT INTO {tasks.name} ({', '.join([*bound, *_NEW_TASK])}) "
-        f"SELECT {picks}, {consts} FROM json_array_elements(%s::json) AS r "
+        f"SELECT {picks}, {consts} FROM jsonb_array_elements(%s::jsonb) AS r "
         "ON CONFLICT (queue, name) DO NOTHING RETURNING queue, name), "
         f"n AS (SELECT count(pg_notify('{NOTIFY_CHANNEL}', q)) FROM "
         "(SELECT DISTINCT queue AS q FROM i) d) "
