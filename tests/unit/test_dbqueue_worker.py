@@ -356,3 +356,58 @@ def test_an_in_process_push_carries_the_headers_of_a_network_push(
         ]
         assert push_raw_headers(t, token) == network
         assert push_raw_headers(t, token) == network  # the task's own part, remembered
+
+
+def _leased(name: str, deadline_s: float | None) -> Any:
+    from tq.dbqueue._lease import Leased
+
+    return Leased(
+        id=1, queue="q", name=name, task_class="c", url="http://app/x", method="POST",
+        headers={}, body=b"{}", oidc_email=None, oidc_audience=None, app_engine=False,
+        dispatch_deadline_s=deadline_s, eta_us=1, attempts=1, executions=0, last_status=None,
+        last_error=None, first_attempt_us=1, lease_owner="w", lease_expires_us=2, priority=0,
+        rank_us=None, tag=None, config=dbqueue.QueueConfig("q"),
+    )  # fmt: skip
+
+
+async def test_each_push_ends_at_its_own_deadline_while_others_go_on() -> None:
+    from tq.dbqueue._delivery import Pusher
+
+    release = asyncio.Event()
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        name = dict(scope["headers"])[b"x-cloudtasks-taskname"]
+        if name != b"quick":
+            await release.wait()  # hangs until released
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    pusher = Pusher(app=app)
+    ended: list[str] = []
+
+    async def push(name: str, deadline_s: float) -> Any:
+        attempt = await pusher.push(_leased(name, deadline_s), deadline_s)
+        ended.append(name)
+        return attempt
+
+    # The longest deadline first: the shorter one started after it must still end first.
+    long = asyncio.create_task(push("long", 0.4))
+    await asyncio.sleep(0)
+    short = asyncio.create_task(push("short", 0.1))
+    quick = asyncio.create_task(push("quick", 0.1))
+    kept = asyncio.create_task(push("kept", 60))  # answers once released, well before 60 s
+    got_long, got_short, got_quick = await asyncio.gather(long, short, quick)
+    assert ended == ["quick", "short", "long"]
+    assert got_quick.status == 200
+    for got, s in ((got_short, "0.1"), (got_long, "0.4")):
+        assert (got.status, got.error) == (None, f"DEADLINE_EXCEEDED: no response within {s} s")
+    release.set()
+    assert (await kept).status == 200
+    # A push cancelled from outside (a worker stopping) is cancelled, not timed out.
+    hung = asyncio.create_task(push("hung", 60))
+    release.clear()
+    await asyncio.sleep(0.01)
+    hung.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await hung
+    assert (pusher._deadlines._due, pusher._deadlines._expired) == ({}, set())  # nothing kept
