@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import tq.txn
-from sweeper import _process
+from sweeper import _pages, _process
 from sweeper._options import (
     LEASE_DURATION,
     SUBMIT_BATCH_SIZE,
@@ -216,6 +216,27 @@ class InProcSweeper:
         workers: _process.SyncWorkers,
         stats: SweepStats,
     ) -> list[_Scan]:
+        reader = _pages.pages_of(item.store)
+        if reader is not None:
+            try:
+                parts, stale = _pages.sweep_pages(
+                    item.store,
+                    reader,
+                    item.part,
+                    item.level,
+                    item.section,
+                    submitter,
+                    workers,
+                    stats,
+                )
+            except _pages.ReadFailed:
+                _scan_failed(item, stats)
+                return []
+            except Exception:
+                stats.add(scans=1)
+                _process_failed(item)
+                return []
+            return _follow_ups(item, parts, stats, stale)
         try:
             result = scan(item.store, item.part, item.level, self.options.scan_params())
         except Exception:
@@ -273,6 +294,27 @@ class InProcSweeper:
         limits: _process.AsyncLimits,
         stats: SweepStats,
     ) -> list[_Scan]:
+        reader = _pages.pages_of(item.store)
+        if reader is not None:
+            try:
+                parts, stale = await _pages.sweep_pages_async(
+                    item.store,
+                    reader,
+                    item.part,
+                    item.level,
+                    item.section,
+                    submitter,
+                    limits,
+                    stats,
+                )
+            except _pages.ReadFailed:
+                _scan_failed(item, stats)
+                return []
+            except Exception:
+                stats.add(scans=1)
+                _process_failed(item)
+                return []
+            return _follow_ups(item, parts, stats, stale)
         try:
             result = await scan_async(
                 item.store, item.part, item.level, self.options.scan_params(), limits.threads

@@ -80,6 +80,13 @@ def _to_submit(
     store: ReminderStore, ids: list[str], reminders: list[Reminder], stats: SweepStats
 ) -> list[Submission]:
     # Read back now, a reminder may have been unparked with a new fresh_until.
+    subs = decode(store, reminders, stats)
+    stats.add(gone=len(ids) - len(reminders))
+    return subs
+
+
+def decode(store: ReminderStore, reminders: list[Reminder], stats: SweepStats) -> list[Submission]:
+    """The Submissions of the stale, unparked `reminders`; unreadable ones are parked."""
     now = clock.now()
     subs = []
     staleness = _metrics.instrument("tq_reminders_staleness")
@@ -99,7 +106,6 @@ def _to_submit(
             if a is None:
                 a = attrs[sub.task_class] = {"task_class": sub.task_class}
             staleness.record((now - fresh_until).total_seconds(), a)
-    stats.add(gone=len(ids) - len(reminders))
     return subs
 
 
@@ -179,7 +185,7 @@ def process(
     with _lease(store, result, section, opts, stats) as (keys, lease):
         for ids in _chunks(keys, opts.submit_batch_size):
             if lease is not None and clock.now() >= lease.expires_at:
-                _lease_ran_out(store, section)
+                lease_ran_out(store, section)
                 return
             with workers.batches:
                 _submit_batch(store, ids, submitter, workers, stats)
@@ -192,7 +198,17 @@ def _submit_batch(
     workers: SyncWorkers,
     stats: SweepStats,
 ) -> None:
-    subs = _fetch_to_submit(store, ids, stats)
+    submit_batch(store, _fetch_to_submit(store, ids, stats), submitter, workers, stats)
+
+
+def submit_batch(
+    store: ReminderStore,
+    subs: list[Submission],
+    submitter: Submitter,
+    workers: SyncWorkers,
+    stats: SweepStats,
+) -> None:
+    """Submits a batch read already, then deletes what was submitted (blocking)."""
     parts = _slices(subs, workers.opts.submit_concurrency)
     outs = [_outbox.Submitted() for _ in parts]
     futures: list[concurrent.futures.Future[float]] = []
@@ -244,14 +260,14 @@ def _lease(
         stats.add(not_leased=len(keys) - len(mine))
         yield mine, lease
     finally:
-        _release(store, section, lease)
+        release_quietly(store, section, lease)
 
 
 def _ranges(covered: Partition) -> list[tuple[int, int]]:
     return [(covered.low, covered.high)] if covered else []
 
 
-def _release(store: ReminderStore, section: str, lease: Lease) -> None:
+def release_quietly(store: ReminderStore, section: str, lease: Lease) -> None:
     try:
         store.release_lease(section, lease.lease_id)
     except Exception:
@@ -259,7 +275,7 @@ def _release(store: ReminderStore, section: str, lease: Lease) -> None:
         log.exception("tq sweep: could not release lease %s of %s", lease.lease_id, section)
 
 
-def _lease_ran_out(store: ReminderStore, section: str) -> None:
+def lease_ran_out(store: ReminderStore, section: str) -> None:
     _metrics.add("tq_sweep_lease_expired", store=store.name)
     log.warning("tq sweep: lease on %s ran out; the next sweep submits the rest", section)
 
@@ -290,20 +306,31 @@ async def process_async(
     async with _lease_async(store, result, section, limits, stats) as (keys, lease):
         for ids in _chunks(keys, opts.submit_batch_size):
             if lease is not None and clock.now() >= lease.expires_at:
-                _lease_ran_out(store, section)
+                lease_ran_out(store, section)
                 return
             async with limits.batches:
                 subs = await limits.threads.run(_fetch_to_submit, store, ids, stats)
-                parts = _slices(subs, opts.submit_concurrency)
-                outs = [_outbox.Submitted() for _ in parts]
-                try:
-                    settled = await _submit_slices(store, parts, outs, submitter, limits)
-                finally:
-                    # Also when cancelled midway: what was submitted is deleted.
-                    await limits.threads.run(_finish, store, outs, stats)
-                for r in settled:
-                    if isinstance(r, BaseException):
-                        raise r
+                await submit_batch_async(store, subs, submitter, limits, stats)
+
+
+async def submit_batch_async(
+    store: ReminderStore,
+    subs: list[Submission],
+    submitter: Submitter,
+    limits: AsyncLimits,
+    stats: SweepStats,
+) -> None:
+    """Like `submit_batch`, from async code."""
+    parts = _slices(subs, limits.opts.submit_concurrency)
+    outs = [_outbox.Submitted() for _ in parts]
+    try:
+        settled = await _submit_slices(store, parts, outs, submitter, limits)
+    finally:
+        # Also when cancelled midway: what was submitted is deleted.
+        await limits.threads.run(_finish, store, outs, stats)
+    for r in settled:
+        if isinstance(r, BaseException):
+            raise r
 
 
 async def _submit_slices(
@@ -367,4 +394,4 @@ async def _lease_async(
         stats.add(not_leased=len(keys) - len(mine))
         yield mine, lease
     finally:
-        await limits.threads.run(_release, store, section, lease)
+        await limits.threads.run(release_quietly, store, section, lease)

@@ -109,7 +109,7 @@ def plan(
     deeper = level < params.max_depth
     if keys is None:
         retry = part.split(params.secondary_scan_shards) if deeper else []
-        _note_cut(store_name, part, level, deeper, "timed out")
+        note_cut(store_name, part, level, deeper, "timed out")
         return ScanResult(part, level, Partition(part.low, part.low), [], retry, True)
     if len(keys) > params.tasks_per_scan:
         raise ValueError(
@@ -127,11 +127,11 @@ def plan(
             last, len(keys), params.tasks_per_scan, params.secondary_scan_shards
         )
     else:
-        _note_cut(store_name, part, level, deeper, f"has over {len(keys)} reminders")
+        note_cut(store_name, part, level, deeper, f"has over {len(keys)} reminders")
     return ScanResult(part, level, covered, stale, follow, True)
 
 
-def _note_cut(store: str, part: Partition, level: int, deeper: bool, why: str) -> None:
+def note_cut(store: str, part: Partition, level: int, deeper: bool, why: str) -> None:
     if deeper:
         log.info("tq sweep: %s range %s (level %d) %s; splitting the rest", store, part, level, why)
         return
@@ -145,45 +145,54 @@ def _note_cut(store: str, part: Partition, level: int, deeper: bool, why: str) -
     )
 
 
-class _Read:
-    """What a scan's read returned (None: timed out), filled in by the scan."""
+class Read:
+    """What a scan read, filled in by the scan: `set` (keys, None: timed out) or `counted`."""
 
-    __slots__ = ("done", "keys")
+    __slots__ = ("done", "read_s", "stale", "timed_out", "total")
 
     def __init__(self) -> None:
         self.done = False
-        self.keys: list[ReminderKey] | None = None
+        self.timed_out = False
+        self.total = self.stale = 0
+        self.read_s: float | None = None  # the reads' own time, if not the whole block's
 
     def set(self, keys: list[ReminderKey] | None) -> None:
-        self.done, self.keys = True, keys
+        if keys is None:
+            self.done, self.timed_out = True, True
+            return
+        now = clock.now()
+        self.counted(len(keys), sum(1 for k in keys if k.fresh_until <= now))
+
+    def counted(self, total: int, stale: int, timed_out: bool = False) -> None:
+        """The scan read `total` reminders, `stale` of them stale (a timeout after some)."""
+        self.done, self.total, self.stale, self.timed_out = True, total, stale, timed_out
 
 
 @contextlib.contextmanager
-def _observed(store: str, part: Partition, level: int, limit: int) -> Iterator[_Read]:
+def observed(store: str, part: Partition, level: int, limit: int) -> Iterator[Read]:
     """A `tq.sweep.scan` span; the scan's count, duration and keys read as metrics."""
     c = clock.current()
     started = c.monotonic()
-    read = _Read()
+    read = Read()
     attrs = {"tq.store": store, "tq.sweep.range": str(part), "tq.sweep.level": level}
     result = "error"
     try:
         with _tracing.span("tq.sweep.scan", attrs) as span:
             yield read
-            keys = read.keys
             if not read.done:
                 return
-            if keys is None:
+            n, stale = read.total, read.stale
+            if n or not read.timed_out:
+                _metrics.add("tq_sweep_scanned", stale, store=store, staleness="stale")
+                _metrics.add("tq_sweep_scanned", n - stale, store=store, staleness="fresh")
+                _tracing.set_attributes(span, {"tq.sweep.keys": n, "tq.sweep.stale": stale})
+            if read.timed_out:
                 result = "timeout"
                 return
-            result = "truncated" if len(keys) >= limit else "ok"
-            now = clock.now()
-            stale = sum(1 for k in keys if k.fresh_until <= now)
-            _metrics.add("tq_sweep_scanned", stale, store=store, staleness="stale")
-            _metrics.add("tq_sweep_scanned", len(keys) - stale, store=store, staleness="fresh")
-            _tracing.set_attributes(span, {"tq.sweep.keys": len(keys), "tq.sweep.stale": stale})
+            result = "truncated" if n >= limit else "ok"
     finally:
         _metrics.add("tq_sweep_scans", store=store, result=result)
-        duration = c.monotonic() - started
+        duration = c.monotonic() - started if read.read_s is None else read.read_s
         _metrics.record("tq_sweep_scan_duration", duration, store=store, result=result)
 
 
@@ -191,7 +200,7 @@ def scan(store: ReminderStore, part: Partition, level: int, params: ScanParams) 
     """Scans one partition of `store` (blocking). Errors other than timeouts raise."""
     now = clock.now()
     low, high = part.query_bounds()
-    with _observed(store.name, part, level, params.tasks_per_scan) as read:
+    with observed(store.name, part, level, params.tasks_per_scan) as read:
         try:
             keys: list[ReminderKey] | None = store.fetch_reminder_keys(
                 low, high, params.tasks_per_scan
@@ -218,7 +227,7 @@ async def scan_async(
     now = clock.now()
     low, high = part.query_bounds()
     fetch, limit = store.fetch_reminder_keys, params.tasks_per_scan
-    with _observed(store.name, part, level, params.tasks_per_scan) as read:
+    with observed(store.name, part, level, params.tasks_per_scan) as read:
         try:
             keys: list[ReminderKey] | None = await asyncio.wait_for(
                 threads.run(fetch, low, high, limit)

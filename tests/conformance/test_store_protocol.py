@@ -7,6 +7,7 @@ import threading
 
 import pytest
 
+from sweeper._pages import pages_of
 from tests.conformance.harness import StoreHarness
 from tests.conformance.support import all_keys, seed
 from tq._reminder import parked_extra
@@ -189,3 +190,21 @@ def test_concurrent_takers_never_overlap(harness: StoreHarness) -> None:
         for lo, hi in lease.ranges:
             covered.extend(range(lo, hi))
     assert sorted(covered) == list(range(120))  # all of it, each key once
+
+
+def test_a_scan_of_whole_reminders_reads_what_keys_then_ids_read(seeded: StoreHarness) -> None:
+    reader = pages_of(seeded.store)
+    if reader is None:
+        pytest.skip(f"{seeded.store!r} has no scan_reminders (sweeps read keys, then IDs)")
+    store = seeded.store
+    store.park_reminder(IDS[3], parked_extra("NOT_FOUND", "queue gone", NOW))
+    cases = [(0, KEY_SPACE, 100), (1, 2**127 + 5, 100), (2**64, KEY_SPACE, 3), (TOP, KEY_SPACE, 9),
+             (2, 2**64, 10), (5, 5, 10), (0, KEY_SPACE, 0)]  # fmt: skip
+    for low, high, limit in cases:
+        lo, hi = key_bound(low), key_bound(high)
+        keys = store.fetch_reminder_keys(lo, hi, limit)
+        by_id = {r.id: r for r in store.fetch_reminders([k.id for k in keys])}
+        got = reader.scan_reminders(lo, hi, limit)
+        assert [r.id for r in got] == [k.id for k in keys], (low, high, limit)
+        assert got == [by_id[k.id] for k in keys]
+    assert IDS[3] not in {r.id for r in reader.scan_reminders(key_bound(0), key_bound(TOP), 100)}

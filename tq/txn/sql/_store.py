@@ -124,6 +124,12 @@ _KEYS = (
     .order_by(_by_id)
     .limit(bindparam("limit"))
 )
+_SCAN = (
+    select(reminders.c.id, reminders.c.fresh_until, reminders.c.payload, reminders.c.extra)
+    .where(~reminders.c.parked, _by_id >= bindparam("low"), _by_id < bindparam("high"))
+    .order_by(_by_id)
+    .limit(bindparam("limit"))
+)
 _PARKED = (
     select(reminders.c.id, reminders.c.fresh_until, reminders.c.payload, reminders.c.extra)
     .where(reminders.c.parked, _by_id > bindparam("after"))
@@ -287,6 +293,23 @@ class SQLStore:
         if t is None:
             return [reminder_key(i, f) for i, f in rows]
         return [reminder_key(i, t(f)) for i, f in rows]
+
+    def scan_reminders(self, low: str, high: str, limit: int) -> list[Reminder]:
+        """Up to `limit` unparked reminders with low <= ID < high, ascending, payloads included.
+
+        What `fetch_reminder_keys` and then `fetch_reminders` read, in one
+        statement: the sweeper reads a leased range page by page with it.
+        """
+        if limit <= 0 or low >= high:
+            return []
+        with self._engine.connect() as conn:
+            if self._dialect == "postgresql":
+                _pg_utc_session(conn)
+            rows = _driver_rows(conn.execute(_SCAN, {"low": low, "high": high, "limit": limit}))
+        t = self._times(rows, 1)
+        if t is None:
+            return [reminder_row(i, f, bytes(p), bytes(e)) for i, f, p, e in rows]
+        return [reminder_row(i, t(f), bytes(p), bytes(e)) for i, f, p, e in rows]
 
     def fetch_reminders(self, ids: Sequence[str]) -> list[Reminder]:
         out: list[Reminder] = []
