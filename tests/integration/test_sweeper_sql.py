@@ -191,3 +191,32 @@ def test_distributed_sweep_runs_each_committed_task_once(store: SQLStore, clock:
     sweeps = scheduler.tasks().of_class("tq-sweep")
     assert len(sweeps) > 8
     assert all(t.attempts == 1 and t.outcome == "ok" for t in sweeps)
+
+
+@pytest.mark.parametrize("cursors", ["Cursor", "ClientCursor"])
+def test_a_postgres_scan_reads_whole_reminders_and_leaves_the_connections_as_they_were(
+    postgres_db_url: str, clock: FakeClock, cursors: str
+) -> None:
+    import psycopg
+
+    factory = getattr(psycopg, cursors)
+    engine = create_engine(postgres_db_url, connect_args={"cursor_factory": factory})
+    store = SQLStore(engine, name="sweep-sql-scan", register=False)
+    try:
+        store.create_schema()
+        with engine.begin() as conn:
+            conn.execute(text("CREATE TABLE IF NOT EXISTS orders (id TEXT PRIMARY KEY)"))
+        disp = sw.dispatcher(submitter=sw.Cloud())
+        commit_orders(disp, store, [f"o{i}" for i in range(8)], stale=True)
+        everything = ("", tq.txn.key_bound(tq.txn.KEY_SPACE))
+        keys = store.fetch_reminder_keys(*everything, 100)
+        by_id = {r.id: r for r in store.fetch_reminders([k.id for k in keys])}
+        assert store.scan_reminders(*everything, 100) == [by_id[k.id] for k in keys]
+        with engine.connect() as conn:
+            dbapi = conn.connection.dbapi_connection
+            assert dbapi is not None
+            assert dbapi.cursor_factory is factory  # type: ignore[attr-defined]
+            assert conn.exec_driver_sql("SELECT '\\x01'::bytea").scalar_one() == b"\x01"
+    finally:
+        store.close()
+        engine.dispose()

@@ -24,7 +24,7 @@ from sqlalchemy import (
     select,
     text,
 )
-from sqlalchemy.engine import CursorResult, make_url
+from sqlalchemy.engine import make_url
 
 from tq._errors import ConfigError
 from tq._reminder import Reminder, reminder_row
@@ -32,6 +32,7 @@ from tq._request import MAX_TASK_SIZE
 from tq.txn._keyspace import merge_ranges, subtract_ranges
 from tq.txn._store import Lease, ReminderKey, register_store, reminder_key, stores, unregister_store
 from tq.txn.sql import _schema
+from tq.txn.sql._rows import driver_rows, pg_binary_rows, pg_times, pg_utc_session
 from tq.txn.sql._schema import leases, reminders
 
 if TYPE_CHECKING:
@@ -73,49 +74,6 @@ def _joined(ids: Sequence[str]) -> str | None:
     """The IDs joined by commas, or None if that would not split back into them."""
     s = ",".join(ids)
     return s if s and s.count(",") == len(ids) - 1 else None
-
-
-def _driver_rows(res: CursorResult[Any]) -> list[tuple[Any, ...]]:
-    """A statement's rows as the driver returns them (then closes `res`).
-
-    The sweeper reads thousands of rows per second through `fetch_reminders`
-    and `fetch_reminder_keys`: SQLAlchemy's Row objects and the Timestamp
-    type's per-value conversion cost more than the rest of the read, so
-    these take the driver's tuples and convert times themselves
-    (`SQLStore._times`). The statement still runs through SQLAlchemy
-    (compilation cache, parameters, events).
-    """
-    try:
-        return list(res.cursor.fetchall())
-    finally:
-        res.close()
-
-
-def _pg_utc_session(conn: Connection) -> None:
-    """Has the driver return this transaction's timestamptz values in `dt.UTC`.
-
-    psycopg returns them in the session's time zone: in any other than "UTC"
-    (even "Etc/UTC", a ZoneInfo) each value would need converting (~2 us),
-    or cost ~1 us in every comparison with tq's UTC times. SET LOCAL lasts
-    until the transaction ends: the connection goes back to the pool as it
-    came. Without effect outside a transaction (`_pg_times` converts then).
-    """
-    info = getattr(conn.connection.dbapi_connection, "info", None)
-    status = getattr(info, "parameter_status", None)
-    if status is not None and status("TimeZone") != "UTC":
-        conn.exec_driver_sql("SET LOCAL TIME ZONE 'UTC'")
-
-
-def _pg_utc(value: dt.datetime) -> dt.datetime:
-    return value.astimezone(dt.UTC)
-
-
-def _pg_times(rows: list[tuple[Any, ...]], col: int) -> Callable[[Any], dt.datetime] | None:
-    """How to turn column `col` of PostgreSQL rows into UTC times; None: as they are."""
-    utc = dt.UTC
-    if all(r[col].tzinfo is utc for r in rows):
-        return None
-    return _pg_utc
 
 
 _KEYS = (
@@ -287,8 +245,8 @@ class SQLStore:
             return []
         with self._engine.connect() as conn:
             if self._dialect == "postgresql":
-                _pg_utc_session(conn)
-            rows = _driver_rows(conn.execute(_KEYS, {"low": low, "high": high, "limit": limit}))
+                pg_utc_session(conn)
+            rows = driver_rows(conn.execute(_KEYS, {"low": low, "high": high, "limit": limit}))
         t = self._times(rows, 1)
         if t is None:
             return [reminder_key(i, f) for i, f in rows]
@@ -303,9 +261,13 @@ class SQLStore:
         if limit <= 0 or low >= high:
             return []
         with self._engine.connect() as conn:
+            params = {"low": low, "high": high, "limit": limit}
             if self._dialect == "postgresql":
-                _pg_utc_session(conn)
-            rows = _driver_rows(conn.execute(_SCAN, {"low": low, "high": high, "limit": limit}))
+                pg_utc_session(conn)
+                with pg_binary_rows(conn):
+                    rows = driver_rows(conn.execute(_SCAN, params))
+            else:
+                rows = driver_rows(conn.execute(_SCAN, params))
         t = self._times(rows, 1)
         if t is None:
             return [reminder_row(i, f, bytes(p), bytes(e)) for i, f, p, e in rows]
@@ -317,20 +279,20 @@ class SQLStore:
             return out
         with self._engine.connect() as conn:
             if self._dialect == "postgresql":
-                _pg_utc_session(conn)
+                pg_utc_session(conn)
                 joined = _joined(ids)
                 if joined is not None:
                     res = conn.execute(_PG_FETCH, {"ids": joined})
                 else:
                     res = conn.execute(_PG_FETCH_ARRAY, {"ids": list(ids)})
-                rows = _driver_rows(res)
-                t = _pg_times(rows, 1)
+                rows = driver_rows(res)
+                t = pg_times(rows, 1)
                 if t is None:
                     return [reminder_row(i, f, bytes(p), bytes(e)) for i, f, p, e in rows]
                 return [reminder_row(i, t(f), bytes(p), bytes(e)) for i, f, p, e in rows]
             t = _schema.from_micros
             for k in range(0, len(ids), _CHUNK):
-                rows = _driver_rows(conn.execute(_FETCH, {"ids": list(ids[k : k + _CHUNK])}))
+                rows = driver_rows(conn.execute(_FETCH, {"ids": list(ids[k : k + _CHUNK])}))
                 out.extend(reminder_row(i, t(f), bytes(p), bytes(e)) for i, f, p, e in rows)
         return out
 
@@ -338,7 +300,7 @@ class SQLStore:
         """How to turn column `col` of the driver's rows into UTC times; None: as they are."""
         if self._dialect in _schema.MICROS_DIALECTS:
             return _schema.from_micros
-        return _pg_times(rows, col)
+        return pg_times(rows, col)
 
     def park_reminder(self, reminder_id: str, extra: bytes) -> None:
         with self._engine.begin() as conn:
