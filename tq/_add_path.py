@@ -194,6 +194,8 @@ class AddPath(TaskClassRegistry):
             # The database queue writes its task row into the transaction
             # itself: no reminder is stored, so none is encoded.
             direct = writes_tasks_itself(txn, submitter)
+        debug = log.isEnabledFor(logging.DEBUG)
+        last_cls: TaskClass | None = None  # the tasks of a call are mostly of one class
         for task in tasks:
             if not isinstance(task, Task):
                 raise ValidationError(f"add_task takes tq.Task objects, got {task!r}")
@@ -224,7 +226,9 @@ class AddPath(TaskClassRegistry):
                 task_id = deduplicated_task_id(self.namespace, cls.id, task.deduplication_key)
             else:
                 task_id = None
-            tpl = self._template(cls)
+            if cls is not last_cls:
+                tpl = self._template(cls)
+                last_cls = cls
             # A reminder's request is serialized here: its size is checked on
             # those bytes (and its task's only when they are over the limit).
             stored = txn is not None and not direct and type(tpl) is _request.Template
@@ -233,6 +237,11 @@ class AddPath(TaskClassRegistry):
                     task, now=now, task_id=task_id, extra_headers=trace_headers,
                     now_parts=now_parts, check_size=False,
                 )  # type: ignore[call-arg]  # fmt: skip
+            elif type(tpl) is _request.Template:
+                req = tpl.build(
+                    task, now=now, task_id=task_id, extra_headers=trace_headers,
+                    now_parts=now_parts,
+                )  # fmt: skip
             else:
                 req = tpl.build(task, now=now, task_id=task_id, extra_headers=trace_headers)
             name = tpl.task_name(task, task_id)
@@ -265,7 +274,7 @@ class AddPath(TaskClassRegistry):
                 rem = reminder_row(task_id or "", until, payload, b"")
                 pending.append(PendingTask(rem, sub, submitter))
                 added.append(added_task(name, cls.id, task_id, None))
-            if not cls.quiet and log.isEnabledFor(logging.DEBUG):
+            if debug and not cls.quiet:
                 where = cls.topic or task.queue or cls.queue
                 fields = {"tq_class": cls.id, "tq_queue": where.rsplit("/", 1)[-1]}
                 if txn is not None and task_id:

@@ -293,11 +293,12 @@ class DbQueueSubmitter:
         savepoint or an earlier transaction that was rolled back.
         """
         if sure:
-            queues = {
-                _queue_id(s.request.parent)  # type: ignore[attr-defined]
+            parents = {
+                s.request.parent  # type: ignore[attr-defined]
                 for s in sure
                 if not is_publish(s.request)
             }
+            queues = {_queue_id(p) for p in parents}
             with self._lock:
                 self._known_queues.update(queues)
         if sure or unsure:

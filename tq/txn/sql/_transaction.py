@@ -290,10 +290,11 @@ class SQLTransaction:
         self.written = 0
         # Tasks written straight into the transaction exist already: no happy
         # path, only a word to their submitters.
-        direct = [p for p in done if _writes_in_transaction(p)]
+        writes = _WritesItself()
+        direct = [p for p in done if writes(p.submitter)]
         if direct or unsure:
             _report_direct(direct, unsure)
-            done = [p for p in done if not _writes_in_transaction(p)]
+            done = [p for p in done if not writes(p.submitter)]
         # The happy path runs after the transaction ended: the helper runs it
         # ("collect"); for the others, `finish()` does, once the connection is
         # given back (a Session's after_transaction_end, a Core commit).
@@ -332,6 +333,21 @@ def _writes_itself(submitter: Submitter) -> bool:
     return callable(getattr(submitter, "write_in_transaction", None))
 
 
+class _WritesItself:
+    """`_writes_itself`, asked once per submitter over a batch of tasks."""
+
+    __slots__ = ("_known",)
+
+    def __init__(self) -> None:
+        self._known: dict[int, bool] = {}
+
+    def __call__(self, submitter: Submitter) -> bool:
+        known = self._known.get(id(submitter))
+        if known is None:
+            known = self._known[id(submitter)] = _writes_itself(submitter)
+        return known
+
+
 def _hears_of_commits(submitter: Submitter) -> bool:
     """Whether the submitter takes its commits from the helper (see `WritesInTransaction`)."""
     return callable(getattr(submitter, "insert_in_transaction", None)) and callable(
@@ -343,8 +359,9 @@ def _write_all(conn: Connection, pending: Sequence[PendingTask]) -> None:
     """Writes tasks and reminders on `conn`: one call per submitter's batch, one for reminders."""
     direct: dict[int, list[PendingTask]] = {}
     reminders = []
+    writes = _WritesItself()
     for p in pending:
-        if _writes_in_transaction(p):
+        if writes(p.submitter):
             direct.setdefault(id(p.submitter), []).append(p)
         else:
             reminders.append(p)
@@ -371,11 +388,20 @@ def _write_task(conn: Connection, p: PendingTask) -> None:
 def _report_direct(sure: list[PendingTask], unsure: list[PendingTask]) -> None:
     """Tells each submitter which of its tasks the commit holds (`sure`) or may not."""
     by: dict[int, tuple[Any, list[Any], list[Any]]] = {}
-    for group, i in ((sure, 1), (unsure, 2)):
+    hears: dict[int, list[list[Any]] | None] = {}  # by submitter: a batch has one or a few
+    for group, i in ((sure, 0), (unsure, 1)):
         for p in group:
-            if _hears_of_commits(p.submitter):
-                entry = by.setdefault(id(p.submitter), (p.submitter, [], []))
-                entry[i].append(p.submission)
+            key = id(p.submitter)
+            if key in hears:
+                lists = hears[key]
+            else:
+                lists = None
+                if _hears_of_commits(p.submitter):
+                    entry = by[key] = (p.submitter, [], [])
+                    lists = [entry[1], entry[2]]
+                hears[key] = lists
+            if lists is not None:
+                lists[i].append(p.submission)
     for submitter, s, u in by.values():
         try:
             submitter.transaction_committed(s, u)
