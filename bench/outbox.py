@@ -32,14 +32,26 @@ plain `engine.begin()` / Session transaction; and the same on Spanner
 (from `Database.run_in_transaction`'s return). Goal: background p99 at
 most 0.1 ms over the plain commit's.
 
+`--count N --variant V` runs N SQLite transactions of one variant (as the
+race does: chunks of CHUNK, the background variant's settled at the end of
+each) and nothing else; `--instructions` runs the Core and ORM variants
+that way under valgrind (cachegrind, no cache simulation) with N = 200 and
+N = 1,200 and prints the difference per transaction, the background
+thread's work included (valgrind runs one thread at a time).
+
 Usage: python -m bench.outbox [--n 1000] [--rounds 3] [--only sqlite,postgres,spanner]
+       python -m bench.outbox --instructions
 PostgreSQL: $TQ_BENCH_PG_URL, else a throwaway local cluster (fsync off).
 """
 
 from __future__ import annotations
 
 import os
+import re
+import shutil
 import statistics
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -360,12 +372,84 @@ def _p(d: str, name: str) -> Any:
     return Path(d, name)
 
 
+COUNTED = ("baseline", "tq", "tq + background")
+
+
+def _count(variant: str, n: int) -> None:
+    """Runs n SQLite transactions of one variant, untimed (for instruction counts)."""
+    with tempfile.TemporaryDirectory() as d:
+        engine = sql_engine(f"sqlite:///{d}/bench.db")
+        fns, _ = sql_variants(engine)
+        bg = c.Background()
+        try:
+            around, settle = arounds(fns, bg)
+            fn, then = fns[variant], settle.get(variant)
+            chunks = [range(-20, 0)]  # warm: caches, compiled statements, threads
+            chunks += [range(i, min(i + CHUNK, n)) for i in range(0, n, CHUNK)]
+            for chunk in chunks:
+                with around[variant]():
+                    for i in chunk:
+                        fn(i)
+                    if then is not None:
+                        then()
+        finally:
+            bg.close()
+            engine.dispose()
+
+
+def _instructions(variant: str, n: int) -> int:
+    cmd = [
+        "valgrind", "--tool=cachegrind", "--cache-sim=no", "--cachegrind-out-file=/dev/null",
+        sys.executable, "-m", "bench.outbox", "--count", str(n), "--variant", variant,
+    ]  # fmt: skip
+    # One hash seed for every count: dict layouts (and so the instructions
+    # spent on them) vary with it from process to process.
+    env = {**os.environ, "PYTHONHASHSEED": "0"}
+    out = subprocess.run(cmd, cwd=c.ROOT, env=env, capture_output=True, text=True, check=True)
+    m = re.search(r"I\s+refs:\s+([\d,]+)", out.stderr)
+    if m is None:
+        raise RuntimeError(f"no instruction count in valgrind's output:\n{out.stderr[-2000:]}")
+    return int(m.group(1).replace(",", ""))
+
+
+def count_instructions(table: c.Table, low: int = 200, high: int = 1200) -> None:
+    """Instructions per SQLite transaction (background thread included), as rows of `table`."""
+    per: dict[str, float] = {}
+    for stack in ("core", "orm"):
+        for v in COUNTED:
+            name = f"{stack} {v}"
+            per[name] = (_instructions(name, high) - _instructions(name, low)) / (high - low)
+        for v in COUNTED[1:]:
+            table.add(c.Row(f"SQLite, {stack}: {v} vs baseline, instructions per transaction",
+                            per[f"{stack} {v}"], per[f"{stack} baseline"], unit=""))  # fmt: skip
+    table.notes.append(
+        f"Instructions: valgrind --tool=cachegrind --cache-sim=no, (I refs at N = {high} "
+        f"- I refs at N = {low}) / {high - low}, one process per count (PYTHONHASHSEED=0), "
+        "every thread's. Here the ratio is tq's count over the baseline's: lower is better "
+        "(1.11x is what 0.9x of the baseline's speed allows, 1.25x what 0.8x allows)."
+    )
+
+
 def main() -> None:
     ap = c.args(__doc__)
     ap.add_argument("--n", type=int, default=1000, help="SQL transactions per variant and round")
     ap.add_argument("--spanner-n", type=int, default=300)
     ap.add_argument("--only", default="sqlite,postgres,spanner")
+    ap.add_argument("--count", type=int, default=0, help="N transactions of one SQLite variant")
+    ap.add_argument("--variant", default="core tq + background",
+                    choices=[f"{s} {v}" for s in ("core", "orm") for v in COUNTED])  # fmt: skip
+    ap.add_argument("--instructions", action="store_true", help="count instructions (valgrind)")
     a = ap.parse_args()
+    if a.count:
+        _count(a.variant, a.count)
+        return
+    if a.instructions:
+        if shutil.which("valgrind") is None:
+            raise SystemExit("--instructions needs valgrind (apt-get install valgrind)")
+        table = c.Table("1. Transaction + add_task vs a hand-written INSERT, in instructions")
+        count_instructions(table)
+        table.print()
+        return
     n, sn, rounds = (20, 5, 1) if a.tiny else (a.n, a.spanner_n, a.rounds)
     only = set(a.only.split(","))
     table = c.Table("1. Transaction + add_task vs the same transaction + one hand-written INSERT")

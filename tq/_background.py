@@ -61,7 +61,10 @@ log = logging.getLogger("tq.outbox")
 
 WhenFull = Literal["inline", "sweeper"]
 _TAKE = 256  # the most transactions one thread takes from the queue at once
-LINGER_S = 0.002  # how long a woken thread lets more commits join the first
+LINGER_S = 0.002  # how long a thread woken by a commit lets more commits join it
+# How long a thread that found work lets commits gather before it looks again
+# (commits keep coming: at least one per BUSY_LINGER_S).
+BUSY_LINGER_S = 0.01
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -124,6 +127,7 @@ class BackgroundSubmits:
         self.stop_timeout_s = stop_timeout_s
         self._lock = threading.Lock()
         self._settled = threading.Condition(self._lock)  # _unfinished reached 0
+        self._hurry = threading.Event()  # set while someone drains: no lingering
         self._reset()
 
     def _reset(self) -> None:
@@ -285,23 +289,28 @@ class BackgroundSubmits:
 
     def _work(self) -> None:
         took_idle = True  # _spawn counted this thread idle before starting it
+        busy = False  # it found work last time: look again after a linger
         while True:
             if not took_idle:
                 with self._lock:
                     self._idle += 1
             took_idle = False
-            item = self._queue.get()
-            if item is None:
-                with self._lock:
-                    self._idle -= 1
-                    self._threads.remove(threading.current_thread())
-                return
-            items = [item]
-            n = len(item.pending)
-            if self._queue.qsize() < _TAKE:
-                # Let a few more commits join this one: a thread woken per commit
-                # would cost the process more than the submit itself.
-                time.sleep(LINGER_S)
+            items: list[_Item] = []
+            if not busy:
+                item = self._queue.get()  # idle: the next commit wakes this thread
+                if item is None:
+                    with self._lock:
+                        self._idle -= 1
+                        self._threads.remove(threading.current_thread())
+                    return
+                items.append(item)
+            if self._queue.qsize() < _TAKE and not self._hurry.is_set():
+                # Let more commits join: every wakeup of this thread costs its
+                # own CPU and the caller's (the GIL handed over and back), more
+                # than a submit. While busy, it looks again after a linger
+                # instead of being woken by the next commit. Not while someone
+                # drains.
+                self._hurry.wait(BUSY_LINGER_S if busy else LINGER_S)
             # Take a fair share of what waits, so that slow submits spread
             # over the threads while a fast submitter keeps up alone.
             share = min(_TAKE, self._queue.qsize() // max(1, len(self._threads)))
@@ -314,7 +323,11 @@ class BackgroundSubmits:
                     self._queue.put(None)
                     break
                 items.append(more)
-                n += len(more.pending)
+            busy = bool(items)
+            if not busy:  # nothing came: still idle, and blocks for the next commit
+                took_idle = True
+                continue
+            n = sum(len(item.pending) for item in items)
             with self._lock:
                 self._idle -= 1
                 self._taken += len(items)
@@ -326,28 +339,34 @@ class BackgroundSubmits:
                 self._settle(n)
 
     def _process(self, items: list[_Item]) -> None:
-        groups: dict[tuple[str, int, int], _Group] = {}
-        stale = 0
+        # The batch's reminders by store and clock (one of each, as a rule):
+        # counted and judged fresh once per group, not once per transaction.
+        sources: dict[tuple[str, int], tuple[ReminderStore, clock.Clock, list[PendingTask]]] = {}
         for item in items:
-            now = item.clock.now()
-            fresh = _outbox.count_created(item.pending, now)
-            stale += len(item.pending) - len(fresh)
-            for p in fresh:
-                key = (item.store.name, id(p.submitter), id(item.clock))
-                g = groups.get(key)
-                if g is None:
-                    g = groups[key] = _Group(item.store, p.submitter, item.clock)
-                g.subs.append(p.submission)
+            key = (item.store.name, id(item.clock))
+            source = sources.get(key)
+            if source is None:
+                sources[key] = (item.store, item.clock, list(item.pending))
+            else:
+                source[2].extend(item.pending)
+        groups: list[_Group] = []
+        stale = 0
+        for store, clk, pending in sources.values():
+            fresh = _outbox.count_created(pending, clk.now())
+            stale += len(pending) - len(fresh)
+            if fresh:
+                groups.extend(_by_submitter(store, clk, fresh))
         if stale:
             self._count("stale", stale)
             self._settle(stale)
-        for g in groups.values():
+        for g in groups:
             with clock.use_clock(g.clock):
                 out = _outbox.submit_reminders(g.store, g.subs, g.submitter, "happy")
             failed = len(g.subs) - len(out.done)
-            self._count("submitted", len(out.done))
+            with self._lock:
+                self._counts["submitted"] += len(out.done)
+                self._counts["failed"] += failed
             if failed:
-                self._count("failed", failed)
                 self._settle(failed)
             if out.done:
                 self._deletes.add(g.store, out.done)
@@ -368,6 +387,7 @@ class BackgroundSubmits:
         # holds is the parent's to submit: the child starts afresh.
         self._lock = threading.Lock()
         self._settled = threading.Condition(self._lock)
+        self._hurry = threading.Event()
         running = self._running
         self._reset()
         self._running = running
@@ -388,6 +408,20 @@ class _Group:
     submitter: Submitter
     clock: clock.Clock
     subs: list[Submission] = dataclasses.field(default_factory=list)
+
+
+def _by_submitter(store: ReminderStore, clk: clock.Clock, fresh: list[PendingTask]) -> list[_Group]:
+    """The submissions of `fresh` grouped by their submitter (one, as a rule)."""
+    first = fresh[0].submitter
+    if all(p.submitter is first for p in fresh):
+        return [_Group(store, first, clk, [p.submission for p in fresh])]
+    groups: dict[int, _Group] = {}
+    for p in fresh:
+        g = groups.get(id(p.submitter))
+        if g is None:
+            g = groups[id(p.submitter)] = _Group(store, p.submitter, clk)
+        g.subs.append(p.submission)
+    return list(groups.values())
 
 
 class _Deletes:
@@ -417,6 +451,10 @@ class _Deletes:
     def hurry(self, on: bool) -> None:
         with self.cond:
             self.hurried += 1 if on else -1
+            if self.hurried:
+                self.owner._hurry.set()
+            else:
+                self.owner._hurry.clear()
             self.cond.notify()
 
     def add(self, store: ReminderStore, ids: list[str]) -> None:

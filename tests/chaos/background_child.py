@@ -8,9 +8,11 @@ tests/conformance/harness.py), starts `tq.BackgroundSubmits` (a queue of
 of 5 that otherwise wait an hour), and commits N transactions one after
 another: a business row `bg-<i>` and a TRANSACTIONAL Greet task named the
 same. Its Cloud Tasks takes the first 12 tasks (each name written to LOG
-once created), then hangs on every submit. Once all N have committed and
-both its threads hang (the queue then stays as it is) it prints `full
-<stats>` and waits to be killed.
+once created), then hangs on every submit. Until both threads hang, each
+commit waits for the threads to take what is queued (so that none is left
+to the sweeper before they hang); the commits after that fill the queue
+and overflow it. Once all N have committed (the queue then stays as it
+is) it prints `full <stats>` and waits to be killed.
 """
 
 from __future__ import annotations
@@ -62,6 +64,7 @@ def main() -> None:
         max_queued=MAX_QUEUED, concurrency=2, when_full="sweeper",
         delete_batch=5, delete_delay_s=3600,
     ).start()  # fmt: skip
+    deadline = time.monotonic() + 60
     for i in range(n):
         name = f"bg-{i}"
 
@@ -70,7 +73,10 @@ def main() -> None:
             disp.add_task(tq.Task(payload=pb.Greet(name=name)))
 
         harness.run_in_transaction(body)
-    deadline = time.monotonic() + 60
+        # Until both threads hang, they take what waits (a thread lingers a
+        # few ms before it takes): the queue is full only after that.
+        while hanging.hung < 2 and bg.stats.queued and time.monotonic() < deadline:
+            time.sleep(0.001)
     # Stable once both threads hang: nothing leaves the queue after that.
     while (bg.stats.queued < 1 or hanging.hung < 2) and time.monotonic() < deadline:
         time.sleep(0.01)
