@@ -270,14 +270,14 @@ def _submit_quick(
     mono = _monotonic()
     done = out.done
     submit = submitter.submit
-    bounded = submit_deadline(BUDGET_S)  # entered anew for each submit
+    bounded = _Rearmed()
     counted: list[Submission] = []  # done at the first attempt: counted at the end
     try:
         for sub in subs:
             started = mono()
+            bounded.arm()
             try:
-                with bounded:
-                    submit(sub)
+                submit(sub)
             except SubmitError as e:
                 if not e.already_exists:
                     if not _quick_failed(store, sub, submitter, path, out, tally, e, started):
@@ -295,7 +295,41 @@ def _submit_quick(
             ok.append(sub)
             done.append(sub.reminder_id or "")
     finally:
+        bounded.disarm()
         observed.done_all(counted, "OK")
+
+
+# How stale the deadline of a quick submit may be: one `submit_deadline` is
+# entered anew only once this much has passed since the last, so each submit
+# gets its BUDGET_S less at most this (a sweep makes thousands a second).
+REARM_S = 0.01
+
+
+class _Rearmed:
+    """`submit_deadline(BUDGET_S)` for a run of submits, entered anew every REARM_S."""
+
+    __slots__ = ("_armed", "_bound")
+
+    def __init__(self) -> None:
+        self._bound = submit_deadline(BUDGET_S)
+        self._armed: float | None = None
+
+    def arm(self) -> None:
+        """Before each submit: a deadline at most REARM_S older than BUDGET_S from now."""
+        now = time.monotonic()
+        armed = self._armed
+        if armed is not None:
+            if now - armed <= REARM_S:
+                return
+            self._bound.__exit__(None, None, None)
+            self._armed = None
+        self._bound.__enter__()
+        self._armed = now
+
+    def disarm(self) -> None:
+        if self._armed is not None:
+            self._armed = None
+            self._bound.__exit__(None, None, None)
 
 
 def _monotonic() -> Callable[[], float]:
@@ -336,7 +370,7 @@ async def submit_reminders_async(
     tally: _observe.Tally = {}
     quick = _observe.QuickSubmits(path, tally) if _tracing.tracer() is None else None
     mono = _monotonic()
-    bounded = submit_deadline(BUDGET_S)  # entered anew for each submit
+    bounded = _Rearmed()
     counted: list[Submission] = []  # done at the first attempt: counted at the end
     try:
         for sub in subs:
@@ -346,9 +380,9 @@ async def submit_reminders_async(
                 else:
                     # As in `_submit_quick`: the first attempt without a span.
                     started = mono()
+                    bounded.arm()
                     try:
-                        with bounded:
-                            await submitter.submit_async(sub)
+                        await submitter.submit_async(sub)
                         if quick.histogram is None:
                             counted.append(sub)
                         else:
@@ -368,6 +402,7 @@ async def submit_reminders_async(
             ok.append(sub)
             out.done.append(sub.reminder_id or "")
     finally:
+        bounded.disarm()
         if quick is not None:
             quick.done_all(counted, "OK")
         _observe.count_submits(tally, path)

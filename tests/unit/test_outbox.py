@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
+import time
 
 import grpc
 import pytest
@@ -13,6 +15,7 @@ from tests.unit._fakes import FakeStore, RecordingSubmitter, in_txn, submit_erro
 from tq import _metrics, _outbox
 from tq._outbox import Outcome
 from tq._pb import reminder_pb2
+from tq._submitter import time_left
 from tq.txn import PendingTask
 from tqtesting import FakeClock
 
@@ -193,3 +196,37 @@ def test_submission_read_back_from_the_store_is_what_was_built(
     assert back.request == p.submission.request
     assert back.reminder_id == p.reminder.id
     assert back.payload is None  # decoded from the request when needed
+
+
+class TimeLeft:
+    """A submitter noting the submit deadline's time left at each call; each call takes 4 ms."""
+
+    def __init__(self, now: list[float]) -> None:
+        self.now = now
+        self.left: list[float | None] = []
+
+    def submit(self, submission: tq.Submission) -> None:
+        self.left.append(time_left())
+        self.now[0] += 0.004
+
+    async def submit_async(self, submission: tq.Submission) -> None:
+        self.submit(submission)
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_each_submit_of_a_batch_gets_the_whole_budget_but_a_few_ms(
+    clock: FakeClock, store: FakeStore, monkeypatch: pytest.MonkeyPatch, mode: str
+) -> None:
+    now = [1000.0]
+    monkeypatch.setattr(time, "monotonic", lambda: now[0])
+    subs = [p.submission for p in committed(store, RecordingSubmitter(), n=20)]
+    timed = TimeLeft(now)
+    if mode == "sync":
+        out = _outbox.submit_reminders(store, subs, timed)
+    else:
+        out = asyncio.run(_outbox.submit_reminders_async(store, subs, timed))
+    assert len(out.done) == 20
+    left = [x for x in timed.left if x is not None]
+    assert len(left) == 20
+    assert all(_outbox.BUDGET_S - _outbox.REARM_S <= x <= _outbox.BUDGET_S for x in left)
+    assert time_left() is None  # none outside the batch
