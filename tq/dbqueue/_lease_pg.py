@@ -9,17 +9,17 @@ hop to a thread and back, and no pool checkout):
 * `read_queues`: the queues and their next ETAs in one statement (no
   BEGIN / ROLLBACK around it); a queue's `QueueConfig` is kept while its
   configuration does not change.
-* `lease`: one flush of the connection (a pipeline): BEGIN, lock the queue's
-  row, then one statement that refills the bucket from the time elapsed,
-  counts the tasks in flight when the queue limits them, picks the due tasks
-  (`FOR UPDATE SKIP LOCKED`), leases them and spends their tokens, then
-  COMMIT. The statement runs after the lock is held, so its snapshot sees
-  every lease committed before (the in-flight count is exact). While a task
-  of another priority is due it leases nothing and says so; `_lease.lease`
-  then merges the priorities.
-* `record`: the usual outcome (done or failed, nothing kept) of a batch of
-  tasks in one UPDATE from a JSON array, atomic on its own; other outcomes
-  go through `_lease.record`.
+* `lease`: one statement that records the outcomes given (the usual ones,
+  done or failed with nothing kept: a busy worker's since its last round),
+  locks the queue's row, refills the bucket from the time elapsed, picks the
+  due tasks (`FOR UPDATE SKIP LOCKED`), leases them and spends their tokens.
+  A queue that limits the tasks in flight runs it after taking that lock in
+  a transaction of one flush (a pipeline: BEGIN, the lock, the statement,
+  COMMIT), so that its snapshot sees every lease committed before (the
+  in-flight count is exact). While a task of another priority is due it
+  leases nothing and says so; `_lease.lease` then merges the priorities.
+* `record`: the usual outcomes of a batch of tasks in one UPDATE from a JSON
+  array, atomic on its own; other outcomes go through `_lease.record`.
 
 A connection that fails is dropped (its transaction state is unknown) and
 the next operation connects again; the worker's error handling is the same
@@ -65,10 +65,35 @@ READ_QUEUES = (
     f"WHERE t.queue = q.name AND t.state = '{_PENDING}') FROM {_Q} q"
 )
 LOCK_QUEUE = f"SELECT 1 FROM {_Q} WHERE name = %(q)s FOR UPDATE"
-# Runs with the queue's row locked (LOCK_QUEUE, same transaction): `_lease.lease`
-# in one statement. Always one row back: the leased tasks, or one row of NULLs,
-# with the ETA of the queue's next pending task (after those leased) and
-# `blocked` (tasks of another priority are due: nothing was leased).
+# `_lease._finish_sql` for a batch: one statement (atomic on its own), the
+# outcomes as one JSON array of [state, now, status, error, responded, id,
+# owner, attempt] (one parameter, which the driver passes as it is), and their
+# IDs: the rows are found by primary key. The state is tested so that the lease
+# index cannot serve it (`IS TRUE`): that index holds an entry for every version
+# of a leased row until vacuum, thousands when a worker is busy.
+_FINISH = f"""
+UPDATE {_T} t SET state = v->>0, finished_us = (v->>1)::bigint, lease_owner = NULL,
+  lease_expires_us = NULL, last_status = (v->>2)::int, last_error = v->>3,
+  executions = t.executions + (v->>4)::int
+FROM jsonb_array_elements(%(v)s::jsonb) AS v
+WHERE t.id = ANY (%(ids)s::bigint[]) AND t.id = (v->>5)::bigint
+  AND (t.state = '{_LEASED}') IS TRUE AND t.lease_owner = v->>6 AND t.attempts = (v->>7)::int
+"""
+FINISH = _FINISH
+# `_lease.lease` in one statement, which also records the outcomes given
+# (`fin`, FINISH; none: an empty array), so that a busy worker writes the last
+# round's outcomes with the next lease; they are written before the queue's row
+# is locked (`q` waits for `fin`), so that no holder of that lock waits for a
+# task row (a deadlock with another worker's outcomes). It locks the queue's
+# row (`q`) before leasing: rounds of one queue take turns, and the tokens are those of the
+# row's last version. Its snapshot is the statement's, taken before that lock:
+# tasks another worker leased meanwhile are skipped (their rows are locked or
+# no longer pending), but the count of tasks in flight could miss them, so a
+# queue that limits them (`max_concurrent`) runs it after LOCK_QUEUE in a
+# transaction instead. Always one row back: the leased tasks, or one row of
+# NULLs, with the ETA of the queue's next pending task (after those leased),
+# `blocked` (tasks of another priority are due: nothing was leased), and the
+# outcomes recorded.
 # Written for the generic plan the driver's prepared statement gets, whose row
 # estimates know nothing of the backlog: `due` orders by `eta_us` alone, the
 # order of the due index (ties in that index's order, their insertion order in
@@ -76,15 +101,19 @@ LOCK_QUEUE = f"SELECT 1 FROM {_Q} WHERE name = %(q)s FOR UPDATE"
 # lease (0.8 ms a lease at 2,500 due); `u` takes its rows by primary key
 # (`= ANY (ARRAY(...))`), where a join with `due` could hash the whole table.
 LEASE = f"""
-WITH q AS (
+WITH fin AS ({_FINISH.strip()}
+  RETURNING t.queue
+), q AS (
   SELECT max_concurrent, CASE WHEN paused OR rate_per_s <= 0 THEN 0.0::float8 ELSE
     LEAST(bucket_size::float8, tokens + GREATEST(0, %(now)s - tokens_at_us)::float8
       / 1e6::float8 * rate_per_s) END AS tokens
-  FROM {_Q} WHERE name = %(q)s
+  FROM {_Q} WHERE name = %(q)s AND (SELECT count(*) FROM fin) >= 0
+  FOR UPDATE
 ), lim AS (
   SELECT tokens, GREATEST(0, LEAST(%(n)s, floor(tokens)::bigint, CASE
     WHEN max_concurrent > 0 THEN max_concurrent - (SELECT count(*) FROM {_T}
       WHERE queue = %(q)s AND state = '{_LEASED}')
+      + (SELECT count(*) FROM fin WHERE fin.queue = %(q)s)
     ELSE %(n)s END)) AS n
   FROM q
 ), blocked AS (
@@ -112,22 +141,10 @@ WITH q AS (
     tokens_at_us = %(now)s
   WHERE name = %(q)s AND EXISTS (SELECT 1 FROM u)
 )
-SELECT {_LEASED_NAMES}, nxt.eta, blocked.b FROM blocked CROSS JOIN nxt LEFT JOIN u ON true
+SELECT {_LEASED_NAMES}, nxt.eta, blocked.b, (SELECT count(*) FROM fin)
+FROM blocked CROSS JOIN nxt LEFT JOIN u ON true
 """
-# `_lease._finish_sql` for a batch: one statement (atomic on its own), the
-# outcomes as one JSON array of [state, now, status, error, responded, id,
-# owner, attempt] (one parameter, which the driver passes as it is), and their
-# IDs: the rows are found by primary key. The state is tested so that the lease
-# index cannot serve it (`IS TRUE`): that index holds an entry for every version
-# of a leased row until vacuum, thousands when a worker is busy.
-FINISH = f"""
-UPDATE {_T} t SET state = v->>0, finished_us = (v->>1)::bigint, lease_owner = NULL,
-  lease_expires_us = NULL, last_status = (v->>2)::int, last_error = v->>3,
-  executions = t.executions + (v->>4)::int
-FROM jsonb_array_elements(%(v)s::jsonb) AS v
-WHERE t.id = ANY (%(ids)s::bigint[]) AND t.id = (v->>5)::bigint AND (t.state = '{_LEASED}') IS TRUE
-  AND t.lease_owner = v->>6 AND t.attempts = (v->>7)::int
-"""
+_NO_OUTCOMES = {"v": "[]", "ids": []}
 _dumps = json.JSONEncoder(separators=(",", ":")).encode
 
 
@@ -241,34 +258,45 @@ class Session:
         now_us: int,
         default_deadline_s: float,
         grace_s: float,
+        outcomes: Sequence[Result] = (),
     ) -> tuple[list[Leased], int | None]:
         """`_lease.lease` of a worker (no tag, the lease as long as the deadline) in one
-        flush, and the ETA of the queue's next pending task after them (None: none);
-        with tasks of other priorities due, `_lease.lease` itself (in a thread), and
-        the ETA of the first task due (`now_us`: look again soon)."""
-        if want <= 0:
+        round trip, and the ETA of the queue's next pending task after them (None:
+        none); with tasks of other priorities due, `_lease.lease` itself (in a thread),
+        and the ETA of the first task due (`now_us`: look again soon).
+
+        `outcomes` (usual ones: see `usual`) are recorded by the same statement.
+        """
+        if want <= 0 and not outcomes:
             return [], None
         params = {
-            "q": config.name, "now": now_us, "n": want, "owner": owner,
+            "q": config.name, "now": now_us, "n": max(want, 0), "owner": owner,
             "deadline": default_deadline_s, "grace": grace_s,
+            **(_outcome_params(outcomes) if outcomes else _NO_OUTCOMES),
         }  # fmt: skip
         async with self._using() as conn:
-            async with conn.pipeline():
-                await conn.execute("BEGIN ISOLATION LEVEL READ COMMITTED")
-                await conn.execute(LOCK_QUEUE, params)
+            if config.max_concurrent <= 0:
                 cur = await conn.execute(LEASE, params)
-                await conn.execute("COMMIT")
+            else:
+                async with conn.pipeline():
+                    await conn.execute("BEGIN ISOLATION LEVEL READ COMMITTED")
+                    await conn.execute(LOCK_QUEUE, params)
+                    cur = await conn.execute(LEASE, params)
+                    await conn.execute("COMMIT")
             rows = await cur.fetchall()
-        next_eta = rows[0][-2]
-        if rows[0][0] is None:
-            if not rows[0][-1]:
+        first = rows[0]
+        if outcomes:
+            _check_kept(first[-1], len(outcomes))
+        next_eta = first[-3]
+        if first[0] is None:
+            if not first[-2] or want <= 0:
                 return [], next_eta
             merge = functools.partial(
                 _lease.lease, self.engine, config.name, want=want, owner=owner, now_us=now_us,
                 default_deadline_s=default_deadline_s, grace_s=grace_s,
             )  # fmt: skip
             return await asyncio.to_thread(merge), now_us
-        leased = [_lease.leased_of(r[:-2], config) for r in rows]
+        leased = [_lease.leased_of(r[:-3], config) for r in rows]
         if len(leased) > 1:
             leased.sort(key=_lease.rank)
         return leased, next_eta
@@ -276,28 +304,41 @@ class Session:
     async def record(self, results: Sequence[Result]) -> int:
         """`_lease.record`: the usual outcomes in one statement, the rest through it
         (in a thread)."""
-        usual: list[Result] = []
+        ours: list[Result] = []
         other: list[Result] = []
         for r in results:
-            (usual if r.data is None and r.state is not State.PENDING else other).append(r)
+            (ours if usual(r) else other).append(r)
         kept = 0
-        if usual:
-            rows = [
-                (r.state.value, r.now_us, r.status, r.error, 1 if r.responded else 0,
-                 r.task.id, r.task.lease_owner, r.task.attempts)
-                for r in usual
-            ]  # fmt: skip
-            params = {"v": _dumps(rows), "ids": [r.task.id for r in usual]}
+        if ours:
+            params = _outcome_params(ours)
             async with self._using() as conn:
                 cur = await conn.execute(FINISH, params)
                 kept = cur.rowcount
-            if kept < len(usual):
-                log.warning(
-                    "tq.dbqueue: %d of %d outcomes were not recorded: their leases were lost "
-                    "(expired and reclaimed, or the tasks deleted)",
-                    len(usual) - kept,
-                    len(usual),
-                )
+            _check_kept(kept, len(ours))
         if other:
             kept += await asyncio.to_thread(_lease.record, self.engine, other)
         return kept
+
+
+def usual(r: Result) -> bool:
+    """Whether FINISH (and so a lease) can record `r`: done or failed, nothing kept."""
+    return r.data is None and r.state is not State.PENDING
+
+
+def _outcome_params(results: Sequence[Result]) -> dict[str, Any]:
+    rows = [
+        (r.state.value, r.now_us, r.status, r.error, 1 if r.responded else 0,
+         r.task.id, r.task.lease_owner, r.task.attempts)
+        for r in results
+    ]  # fmt: skip
+    return {"v": _dumps(rows), "ids": [r.task.id for r in results]}
+
+
+def _check_kept(kept: int, given: int) -> None:
+    if kept < given:
+        log.warning(
+            "tq.dbqueue: %d of %d outcomes were not recorded: their leases were lost "
+            "(expired and reclaimed, or the tasks deleted)",
+            given - kept,
+            given,
+        )

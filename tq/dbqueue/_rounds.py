@@ -24,7 +24,7 @@ import sqlalchemy as sa
 
 from tq import clock
 from tq.dbqueue import _lease, _lease_pg
-from tq.dbqueue._lease import Leased
+from tq.dbqueue._lease import Leased, Result
 from tq.dbqueue._queuedb import QueueState
 from tq.dbqueue._schema import to_us
 
@@ -38,6 +38,7 @@ class Round:
     leased: list[Leased]
     full: bool  # some queue had more due tasks than this round took
     next_eta_us: int | None
+    carried: bool = False  # the outcomes given to the round were recorded
 
 
 class Rounds:
@@ -71,6 +72,7 @@ class Rounds:
         self.session = _lease_pg.Session(engine) if _lease_pg.usable(engine) else None
         self.notified: set[str] = set()
         self.woke = False
+        self.carried = False  # whether the last round's outcomes were recorded (even if it failed)
         self._known: dict[str, QueueState] = {}  # the queues as last read
         self._busy: list[QueueState] = []  # those a full lease left with more due tasks
         self._busy_until = 0.0  # the monotonic time after which they are read again
@@ -82,14 +84,24 @@ class Rounds:
         if self.session is not None:
             await self.session.aclose()
 
-    async def lease_round(self, free: int, reclaim: bool) -> Round:
-        """Leases up to `free` tasks; `reclaim` runs the upkeep first and reads every queue."""
+    @property
+    def carries_outcomes(self) -> bool:
+        """Whether `lease_round` can record outcomes (PostgreSQL's own connection)."""
+        return self.session is not None and self.session.usable
+
+    async def lease_round(self, free: int, reclaim: bool, outcomes: Sequence[Result] = ()) -> Round:
+        """Leases up to `free` tasks; `reclaim` runs the upkeep first and reads every queue.
+
+        `outcomes` (usual ones, `_lease_pg.usual`; only where `carries_outcomes`)
+        are recorded with the round's first lease; `Round.carried` says whether
+        they were (a round that leases nothing leaves them to the caller).
+        """
         woke, self.woke = self.woke, False
         targets = None if reclaim else self._targets(woke)
         session = self.session
         if session is not None and session.usable:
             try:
-                return await self._round_pg(session, free, reclaim, targets)
+                return await self._round_pg(session, free, reclaim, targets, outcomes)
             except Exception:
                 if session.usable:
                     raise
@@ -131,7 +143,12 @@ class Rounds:
             return rnd
 
     async def _round_pg(
-        self, session: _lease_pg.Session, free: int, reclaim: bool, targets: list[QueueState] | None
+        self,
+        session: _lease_pg.Session,
+        free: int,
+        reclaim: bool,
+        targets: list[QueueState] | None,
+        outcomes: Sequence[Result],
     ) -> Round:
         """A round on the worker's own connection (PostgreSQL: no thread hop)."""
         now_us = to_us(clock.now())
@@ -139,17 +156,20 @@ class Rounds:
             await asyncio.to_thread(self.upkeep, now_us)
         found = None if targets is not None else await session.read_queues(self.queues)
         plan = self._plan(free, now_us, targets, found)
+        carried = self.carried = not outcomes
         try:
             q, want = next(plan)
             while True:
                 got, after = await session.lease(
                     q.config, want=want, owner=self.owner, now_us=now_us,
                     default_deadline_s=self.default_deadline_s, grace_s=self.grace_s,
+                    outcomes=() if carried else outcomes,
                 )  # fmt: skip
+                carried = self.carried = True
                 q, want = plan.send((got, True, after))
         except StopIteration as stop:
             rnd: Round = stop.value
-            return rnd
+            return dataclasses.replace(rnd, carried=carried) if outcomes else rnd
 
     def _plan(
         self,

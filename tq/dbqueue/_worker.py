@@ -40,6 +40,7 @@ log = logging.getLogger("tq.dbqueue")
 DEFAULT_DISPATCH_DEADLINE = dt.timedelta(minutes=10)  # Cloud Tasks' default for HTTP tasks
 RECLAIM_INTERVAL_S = 1.0  # how often a running worker looks for expired leases
 MAX_ERROR_PAUSE_S = 5.0  # the longest pause after failed rounds (database down)
+FLUSH_DELAY_S = 0.01  # how long outcomes wait for a round to record them with its lease
 
 
 class Worker:
@@ -119,6 +120,7 @@ class Worker:
         self._inflight: set[asyncio.Task[None]] = set()
         self._slot_freed = asyncio.Event()
         self._results: list[Result] = []
+        self._results_since = 0.0  # time.monotonic() when the oldest of them came
         self._flushing: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
         self._runner: asyncio.Task[None] | None = None
@@ -310,13 +312,21 @@ class Worker:
         free = self._free()
         if free <= 0:
             return Round([], False, None)
+        outcomes = self._take_outcomes() if rounds.carries_outcomes else []
         # The periodic upkeep runs in the background once this round's pushes
         # have started, adding nothing to their latency; when asked for
         # (run_once), it runs first, in the round.
         upkeep = not reclaim and time.monotonic() >= self._next_reclaim
         if reclaim or upkeep:
             self._next_reclaim = time.monotonic() + RECLAIM_INTERVAL_S
-        rnd = await rounds.lease_round(free, reclaim)
+        try:
+            rnd = await rounds.lease_round(free, reclaim, outcomes)
+        except BaseException:
+            if outcomes and not rounds.carried:
+                self._give_back(outcomes)
+            raise
+        if outcomes and not rnd.carried:
+            self._give_back(outcomes)
         for t in rnd.leased:
             task = asyncio.create_task(self._deliver(t))
             self._inflight.add(task)
@@ -362,6 +372,8 @@ class Worker:
         deadline_s = t.dispatch_deadline_s or self.default_deadline_s
         attempt = await pusher.push(t, deadline_s)
         self.delivered += 1
+        if not self._results:
+            self._results_since = time.monotonic()
         self._results.append(self._result_of(t, attempt))
         if self._flushing is None or self._flushing.done():
             self._flushing = asyncio.create_task(self._flush())
@@ -384,8 +396,33 @@ class Worker:
             )  # fmt: skip
         return r
 
-    async def _flush(self) -> None:
+    def _take_outcomes(self) -> list[Result]:
+        """The outcomes waiting that a lease can record (`_lease_pg.usual`), taken."""
+        results = self._results
+        if not results:
+            return []
+        taken = [r for r in results if _lease_pg.usual(r)]
+        self._results = (
+            [] if len(taken) == len(results) else [r for r in results if not _lease_pg.usual(r)]
+        )
+        return taken
+
+    def _give_back(self, outcomes: list[Result]) -> None:
+        """Outcomes a round did not record: written at once (`_flush`)."""
+        self._results[:0] = outcomes
+        self._results_since = 0.0
+        if self._flushing is None or self._flushing.done():
+            self._flushing = asyncio.create_task(self._flush(delay=False))
+
+    async def _flush(self, delay: bool = True) -> None:
         while self._results:
+            # A running worker's next round records them with its lease (one
+            # statement for both); what waited FLUSH_DELAY_S (an idle worker's) is
+            # written here.
+            left = self._results_since + FLUSH_DELAY_S - time.monotonic()
+            if delay and left > 0 and self._runner is not None and not self._stop.is_set():
+                await asyncio.sleep(left)
+                continue
             batch, self._results = self._results, []
             try:
                 await self._record(batch)
