@@ -26,12 +26,13 @@ import logging
 import threading
 from collections.abc import AsyncIterator, Iterator, Sequence
 
+from sweeper._decode import decode
 from sweeper._options import SweepOptions, SweepStats
 from sweeper._partition import Partition, covers, merge
 from sweeper._scan import ScanResult
 from sweeper._threads import SweepThreads
 from tq import _metrics, _outbox, clock
-from tq._reminder import Reminder, parked_extra
+from tq._reminder import Reminder
 from tq._submitter import Submission, Submitter
 from tq.txn import Lease, ReminderKey, ReminderStore
 
@@ -60,52 +61,12 @@ def _chunks(keys: Sequence[ReminderKey], size: int) -> Iterator[list[str]]:
         yield [k.id for k in keys[i : i + size]]
 
 
-def _unreadable(store: ReminderStore, r: Reminder, err: Exception, stats: SweepStats) -> None:
-    """Parks a reminder whose payload cannot be decoded."""
-    log.error(
-        "tq sweep: reminder %s of store %s is unreadable, parking it: %s", r.id, store.name, err
-    )
-    try:
-        store.park_reminder(
-            r.id, parked_extra("DATA_LOSS", f"unreadable reminder: {err}", clock.now())
-        )
-        stats.add(parked=1)
-        _metrics.add("tq_reminders_parked", task_class="?", code="DATA_LOSS")
-    except Exception:
-        log.exception("tq sweep: could not park unreadable reminder %s", r.id)
-        stats.add(kept=1)
-
-
 def _to_submit(
     store: ReminderStore, ids: list[str], reminders: list[Reminder], stats: SweepStats
 ) -> list[Submission]:
     # Read back now, a reminder may have been unparked with a new fresh_until.
     subs = decode(store, reminders, stats)
     stats.add(gone=len(ids) - len(reminders))
-    return subs
-
-
-def decode(store: ReminderStore, reminders: list[Reminder], stats: SweepStats) -> list[Submission]:
-    """The Submissions of the stale, unparked `reminders`; unreadable ones are parked."""
-    now = clock.now()
-    subs = []
-    staleness = _metrics.instrument("tq_reminders_staleness")
-    attrs: dict[str, dict[str, str]] = {}  # per task class, built once per batch
-    for r in reminders:
-        fresh_until = r.fresh_until
-        if fresh_until > now or (r.extra and r.parked):
-            continue
-        try:
-            sub = r.submission()
-        except Exception as e:
-            _unreadable(store, r, e, stats)
-            continue
-        subs.append(sub)
-        if staleness is not None:
-            a = attrs.get(sub.task_class)
-            if a is None:
-                a = attrs[sub.task_class] = {"task_class": sub.task_class}
-            staleness.record((now - fresh_until).total_seconds(), a)
     return subs
 
 
@@ -119,7 +80,7 @@ def _slices(subs: list[Submission], concurrency: int) -> list[list[Submission]]:
     return [subs[i::k] for i in range(k)]
 
 
-def _finish(store: ReminderStore, results: list[_outbox.Submitted], stats: SweepStats) -> None:
+def finish(store: ReminderStore, results: list[_outbox.Submitted], stats: SweepStats) -> None:
     """Deletes a batch's submitted reminders in one call; counts the outcomes. Never raises."""
     done = [rid for r in results for rid in r.done]
     stats.add(
@@ -209,36 +170,55 @@ def submit_batch(
     stats: SweepStats,
 ) -> None:
     """Submits a batch read already, then deletes what was submitted (blocking)."""
+    outs: list[_outbox.Submitted] = []
+    try:
+        submit_slices(store, subs, submitter, workers, outs)
+    finally:
+        # After every submit of the batch returned: what succeeded is deleted
+        # even if a slice failed unexpectedly.
+        finish(store, outs, stats)
+
+
+def submit_slices(
+    store: ReminderStore,
+    subs: list[Submission],
+    submitter: Submitter,
+    workers: SyncWorkers,
+    outs: list[_outbox.Submitted],
+    group: int = 1,
+) -> bool:
+    """Submits `subs` in slices, their outcomes added to `outs`; True if all were quick.
+
+    This thread submits slices while the submits are quick (in-process),
+    `group` slices in the first go, then each time twice as many (a slice's
+    set-up and counting is then paid a few times per batch, not once per
+    slice); after a slow one (network calls) the rest go to the pool, to be
+    submitted concurrently. Returns once every submit has returned.
+    """
     parts = _slices(subs, workers.opts.submit_concurrency)
-    outs = [_outbox.Submitted() for _ in parts]
+    mine = [_outbox.Submitted() for _ in parts]
+    outs.extend(mine)
     futures: list[concurrent.futures.Future[float]] = []
     try:
-        # This thread submits slices while the submits are quick (in-process),
-        # each time twice as many slices in one go (a slice's set-up and
-        # counting is then paid a few times per batch, not once per slice);
-        # after a slow one (network calls) the rest go to the pool, to be
-        # submitted concurrently.
-        i, n = 0, 1
+        i, n = 0, group
         while i < len(parts):
-            group = parts[i] if n == 1 else [sub for part in parts[i : i + n] for sub in part]
-            took = workers.submit_slice(store, group, submitter, outs[i])
+            batch = parts[i] if n == 1 else [sub for part in parts[i : i + n] for sub in part]
+            took = workers.submit_slice(store, batch, submitter, mine[i])
             i += n
-            if took > QUICK_SUBMIT_S * len(group):
+            if took > QUICK_SUBMIT_S * len(batch):
                 break
             n *= 2
         futures = [
             workers.submits.submit(
                 contextvars.copy_context().run, workers.submit_slice, store, part, submitter, out
             )
-            for part, out in zip(parts[i:], outs[i:], strict=True)
+            for part, out in zip(parts[i:], mine[i:], strict=True)
         ]
         for f in futures:
             f.result()
     finally:
-        # After every submit of the batch returned: what succeeded is deleted
-        # even if a slice failed unexpectedly.
         concurrent.futures.wait(futures)
-        _finish(store, outs, stats)
+    return not futures
 
 
 @contextlib.contextmanager
@@ -321,45 +301,58 @@ async def submit_batch_async(
     stats: SweepStats,
 ) -> None:
     """Like `submit_batch`, from async code."""
-    parts = _slices(subs, limits.opts.submit_concurrency)
-    outs = [_outbox.Submitted() for _ in parts]
+    outs: list[_outbox.Submitted] = []
     try:
-        settled = await _submit_slices(store, parts, outs, submitter, limits)
+        _, settled = await submit_slices_async(store, subs, submitter, limits, outs)
     finally:
         # Also when cancelled midway: what was submitted is deleted.
-        await limits.threads.run(_finish, store, outs, stats)
+        await limits.threads.run(finish, store, outs, stats)
+    raise_first(settled)
+
+
+def raise_first(settled: list[object]) -> None:
+    """Raises the first exception of what concurrent slices returned."""
     for r in settled:
         if isinstance(r, BaseException):
             raise r
 
 
-async def _submit_slices(
+async def submit_slices_async(
     store: ReminderStore,
-    parts: list[list[Submission]],
-    outs: list[_outbox.Submitted],
+    subs: list[Submission],
     submitter: Submitter,
     limits: AsyncLimits,
-) -> list[object]:
-    """Submits a batch's slices: in this task while the submits are quick (as
-    `_submit_batch` does in its thread), the rest as concurrent tasks after
-    a slow one. Returns what the concurrent ones raised or returned."""
+    outs: list[_outbox.Submitted],
+    group: int = 1,
+) -> tuple[bool, list[object]]:
+    """Like `submit_slices`: in this task while the submits are quick, the
+    rest as concurrent tasks after a slow one. Returns whether all were
+    quick, and what the concurrent ones raised or returned."""
+    parts = _slices(subs, limits.opts.submit_concurrency)
+    mine = [_outbox.Submitted() for _ in parts]
+    outs.extend(mine)
     c = clock.current()
-    i, n = 0, 1
+    i, n = 0, group
     while i < len(parts):
-        group = parts[i] if n == 1 else [sub for part in parts[i : i + n] for sub in part]
+        batch = parts[i] if n == 1 else [sub for part in parts[i : i + n] for sub in part]
         started = c.monotonic()
-        await _submit_slice(store, group, submitter, limits, outs[i])
+        await _submit_slice(store, batch, submitter, limits, mine[i])
         i += n
-        if c.monotonic() - started > QUICK_SUBMIT_S * len(group):
+        if c.monotonic() - started > QUICK_SUBMIT_S * len(batch):
             break
         n *= 2
-    return await asyncio.gather(
-        *(
-            _submit_slice(store, part, submitter, limits, out)
-            for part, out in zip(parts[i:], outs[i:], strict=True)
-        ),
-        return_exceptions=True,
+    if i >= len(parts):
+        return True, []
+    settled: list[object] = list(
+        await asyncio.gather(
+            *(
+                _submit_slice(store, part, submitter, limits, out)
+                for part, out in zip(parts[i:], mine[i:], strict=True)
+            ),
+            return_exceptions=True,
+        )
     )
+    return False, settled
 
 
 async def _submit_slice(

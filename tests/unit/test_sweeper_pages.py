@@ -228,14 +228,56 @@ def test_a_failed_page_read_counts_a_failed_scan_and_the_next_sweep_goes_on(
     assert set(cloud.calls.values()) == {1}
 
 
-def test_an_unreadable_reminder_in_a_page_is_parked(clock: FakeClock) -> None:
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_an_unreadable_reminder_in_a_page_is_parked(clock: FakeClock, mode: str) -> None:
     store = PagedStore()
     stale_backlog(store, clock, 10)
     bad = store.reminders()[3]
     store.put_reminders([Reminder(bad.id, bad.fresh_until, b"\xff\xff garbage")])
-    stats = run(tiny_sweeper(store), sw.Cloud(), "sync")
+    stats = run(tiny_sweeper(store), sw.Cloud(), mode)
     assert (stats.submitted, stats.parked) == (9, 1)
     assert [r.id for r in store.list_parked(10)] == [bad.id]
+
+
+class CountedDeletes(PagedStore):
+    def __init__(self) -> None:
+        super().__init__()
+        self.deletes: list[int] = []
+
+    def delete_reminders(self, ids: object) -> None:
+        self.deletes.append(len(ids))  # type: ignore[arg-type]
+        super().delete_reminders(ids)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+@pytest.mark.parametrize("slow_after", [None, 0, 100])
+def test_a_page_is_submitted_in_chunks_and_deleted_in_one_call(
+    clock: FakeClock, mode: str, slow_after: int | None
+) -> None:
+    """Quick submits go a chunk at a time, slow ones (from the start, or after
+    some chunks) to concurrent slices; either way each reminder once, one
+    delete per page."""
+    store = CountedDeletes()
+    stale_backlog(store, clock, 300)
+    count = [0]
+    lock = threading.Lock()
+
+    def maybe_slow(sub: tq.Submission) -> None:
+        with lock:
+            count[0] += 1
+            if slow_after is not None and count[0] > slow_after:
+                clock.advance(dt.timedelta(milliseconds=50))  # a network call, as the clock sees it
+
+    cloud = sw.Cloud(maybe_slow)
+    sweeper = tiny_sweeper(
+        store, sweep_shards=1, tasks_per_scan=1000, submit_batch_size=300, submit_concurrency=8,
+        lease_duration=dt.timedelta(hours=1),
+    )  # fmt: skip
+    stats = run(sweeper, cloud, mode)
+    assert stats.submitted == 300
+    assert set(cloud.calls.values()) == {1}
+    assert store.deletes == [300]
+    assert store.count_reminders() == (0, 0)
 
 
 class Lockstep(PagedStore):
