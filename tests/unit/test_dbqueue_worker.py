@@ -411,3 +411,22 @@ async def test_each_push_ends_at_its_own_deadline_while_others_go_on() -> None:
     with pytest.raises(asyncio.CancelledError):
         await hung
     assert (pusher._deadlines._due, pusher._deadlines._expired) == ({}, set())  # nothing kept
+
+
+async def test_attempts_are_counted_by_queue_class_and_result(
+    engine: sa.Engine, submitter: Sub, app: RecordingApp, clock: FakeClock
+) -> None:
+    from tq import _metrics
+
+    def counted(result: str) -> int:
+        return _metrics.value("tq_dbqueue_attempts", queue="q", result=result)
+
+    before = {r: counted(r) for r in ("done", "retry")}
+    submitter.submit(submission(name="t1"))
+    app.default = 503
+    async with make_worker(engine, app) as w:
+        await w.run_once()
+        app.default = 200
+        clock.advance(3600)
+        await w.run_once()
+    assert {r: counted(r) - n for r, n in before.items()} == {"done": 1, "retry": 1}

@@ -383,7 +383,7 @@ class Worker:
         r = _lease.decide(t, a.ok, a.status, a.error, responded, a.retry_after_s)
         if a.body is not None:
             r = _with_body(r, a.body)
-        _count(t, {State.DONE: "done", State.FAILED: "failed"}.get(r.state, "retry"))
+        _count(t, _RESULT_LABEL.get(r.state, "retry"))
         if r.state is State.FAILED:
             log.error(
                 "tq.dbqueue: task %s/%s (class %s) failed for good after %d attempts: %s",
@@ -458,8 +458,21 @@ class Worker:
             await self._upkeeping
 
 
+_RESULT_LABEL = {State.DONE: "done", State.FAILED: "failed"}
+# (queue, task class, result) -> the labels of tq_dbqueue_attempts, made once.
+_labels: dict[tuple[str, str, str], _metrics.Labels] = {}
+
+
 def _count(t: Leased, result: str) -> None:
-    _metrics.add("tq_dbqueue_attempts", queue=t.queue, task_class=t.task_class, result=result)
+    key = (t.queue, t.task_class, result)
+    labels = _labels.get(key)
+    if labels is None:
+        if len(_labels) >= 4096:
+            _labels.clear()
+        labels = _labels[key] = _metrics.labels(
+            queue=t.queue, task_class=t.task_class, result=result
+        )
+    _metrics.add_labelled("tq_dbqueue_attempts", labels)
 
 
 async def run_workers(
