@@ -305,18 +305,18 @@ def submit_page(
     While the submits are quick, DECODE_CHUNK reminders at a time (after the
     first chunk, each in one go); after a slow one, the rest as one batch
     spread over the submit threads. One delete for the page, also when a
-    submit failed unexpectedly.
+    submit failed unexpectedly. Empties `reminders` as it decodes them (so
+    that they are freed as they go, not with the page).
     """
     outs: list[_outbox.Submitted] = []
     try:
-        i, group = 0, 1
-        while i < len(reminders):
-            chunk = reminders[i : i + DECODE_CHUNK]
-            i += len(chunk)
+        group = 1
+        while reminders:
+            chunk = _take(reminders, DECODE_CHUNK)
             if not submit_slices(
                 store, decode(store, chunk, stats), submitter, workers, outs, group
             ):
-                rest = decode(store, reminders[i:], stats)
+                rest = decode(store, _take(reminders, len(reminders)), stats)
                 submit_slices(store, rest, submitter, workers, outs)
                 return
             group = workers.opts.submit_concurrency
@@ -336,15 +336,14 @@ async def submit_page_async(
     outs: list[_outbox.Submitted] = []
     settled: list[object] = []
     try:
-        i, group = 0, 1
-        while i < len(reminders):
-            chunk = reminders[i : i + DECODE_CHUNK]
-            i += len(chunk)
+        group = 1
+        while reminders:
+            chunk = _take(reminders, DECODE_CHUNK)
             subs = await _decoded(store, chunk, limits, stats)
             quick, settled = await submit_slices_async(store, subs, submitter, limits, outs, group)
             if not quick:
                 raise_first(settled)
-                subs = await _decoded(store, reminders[i:], limits, stats)
+                subs = await _decoded(store, _take(reminders, len(reminders)), limits, stats)
                 _, settled = await submit_slices_async(store, subs, submitter, limits, outs)
                 break
             group = limits.opts.submit_concurrency
@@ -352,6 +351,13 @@ async def submit_page_async(
         # Also when cancelled midway: what was submitted is deleted.
         await limits.threads.run(finish, store, outs, stats)
     raise_first(settled)
+
+
+def _take(reminders: list[Reminder], n: int) -> list[Reminder]:
+    """The first `n` of `reminders`, removed from it."""
+    chunk = reminders[:n]
+    del reminders[:n]
+    return chunk
 
 
 async def _decoded(
