@@ -195,6 +195,12 @@ def submit_slices(
     slice); after a slow one (network calls) the rest go to the pool, to be
     submitted concurrently. Returns once every submit has returned.
     """
+    if not subs:
+        return True
+    if group >= min(workers.opts.submit_concurrency, len(subs)):
+        # All in one go: no slices to cut and join again.
+        outs.append(out := _outbox.Submitted())
+        return workers.submit_slice(store, subs, submitter, out) <= QUICK_SUBMIT_S * len(subs)
     parts = _slices(subs, workers.opts.submit_concurrency)
     mine = [_outbox.Submitted() for _ in parts]
     outs.extend(mine)
@@ -328,10 +334,17 @@ async def submit_slices_async(
     """Like `submit_slices`: in this task while the submits are quick, the
     rest as concurrent tasks after a slow one. Returns whether all were
     quick, and what the concurrent ones raised or returned."""
+    c = clock.current()
+    if not subs:
+        return True, []
+    if group >= min(limits.opts.submit_concurrency, len(subs)):
+        outs.append(out := _outbox.Submitted())
+        started = c.monotonic()
+        await _submit_slice(store, subs, submitter, limits, out)
+        return c.monotonic() - started <= QUICK_SUBMIT_S * len(subs), []
     parts = _slices(subs, limits.opts.submit_concurrency)
     mine = [_outbox.Submitted() for _ in parts]
     outs.extend(mine)
-    c = clock.current()
     i, n = 0, group
     while i < len(parts):
         batch = parts[i] if n == 1 else [sub for part in parts[i : i + n] for sub in part]
