@@ -7,6 +7,7 @@ import asyncio
 import dataclasses
 import logging
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from opentelemetry.trace import Span, SpanKind
 
@@ -19,7 +20,13 @@ from tq._handles import AddedTask, added_task
 from tq._registry import TaskClassRegistry
 from tq._reminder import encode_payload, fresh_until, reminder_row, request_payload
 from tq._request import MAX_TASK_SIZE, epoch_parts
-from tq._submitter import Submission, Submitter, current_submitter, new_submission
+from tq._submitter import (
+    Submission,
+    Submitter,
+    built_submission,
+    current_submitter,
+    new_submission,
+)
 from tq._task import Task, deduplicated_task_id
 from tq._taskclass import TaskClass
 from tq.txn._store import (
@@ -195,6 +202,8 @@ class AddPath(TaskClassRegistry):
             # itself: no reminder is stored, so none is encoded.
             direct = writes_tasks_itself(txn, submitter)
         debug = log.isEnabledFor(logging.DEBUG)
+        # A submitter that stores requests as rows takes what they were built from.
+        want_parts = trace_headers is None and getattr(submitter, "takes_parts", False) is True
         last_cls: TaskClass | None = None  # the tasks of a call are mostly of one class
         for task in tasks:
             if not isinstance(task, Task):
@@ -232,22 +241,31 @@ class AddPath(TaskClassRegistry):
             # A reminder's request is serialized here: its size is checked on
             # those bytes (and its task's only when they are over the limit).
             stored = txn is not None and not direct and type(tpl) is _request.Template
+            parts: list[Any] | None = None
             if stored:
                 req = tpl.build(
                     task, now=now, task_id=task_id, extra_headers=trace_headers,
                     now_parts=now_parts, check_size=False,
                 )  # type: ignore[call-arg]  # fmt: skip
             elif type(tpl) is _request.Template:
+                parts = [] if want_parts else None
                 req = tpl.build(
                     task, now=now, task_id=task_id, extra_headers=trace_headers,
-                    now_parts=now_parts,
+                    now_parts=now_parts, parts=parts,
                 )  # fmt: skip
             else:
                 req = tpl.build(task, now=now, task_id=task_id, extra_headers=trace_headers)
             name = tpl.task_name(task, task_id)
-            sub = new_submission(
-                req, cls.id, now, task.payload, task_id if txn is not None else None
-            )
+            sub: Submission
+            if parts:
+                sub = built_submission(
+                    req, cls.id, now, task.payload, task_id if txn is not None else None,
+                    (*parts, task.priority, task.tag),
+                )  # fmt: skip
+            else:
+                sub = new_submission(
+                    req, cls.id, now, task.payload, task_id if txn is not None else None
+                )
             if txn is None:
                 subs.append((sub, submitter, name))
             elif direct:

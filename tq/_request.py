@@ -145,6 +145,12 @@ class Template:
         self._base = base
         self._envelope = envelope
 
+    @property
+    def envelope(self) -> Message:
+        """The request every task of the class in the envelope starts as a copy of
+        (not to be changed): queue, URL, method, Content-Type, OIDC token, deadline."""
+        return self._envelope  # type: ignore[no-any-return]
+
     def task_name(self, task: Task, task_id: str | None) -> str | None:
         """The full name `build` gives the task with `task_id` (None without one)."""
         if not task_id:
@@ -166,12 +172,16 @@ class Template:
         extra_headers: dict[str, str] | None = None,
         now_parts: tuple[int, int] | None = None,
         check_size: bool = True,
+        parts: list[Any] | None = None,
     ) -> Message:
         """Like the module's `build`, for a task of this template's class.
 
         `now_parts`: `epoch_parts(now)` when the caller has them (seconds >= 0).
         `check_size=False` leaves the size check to the caller (`check_size`),
-        who serializes the request anyway.
+        who serializes the request anyway. `parts`: a list to which a request
+        in the envelope (no custom payload, no extra headers) appends its
+        `HttpParts` fields after the template (a submitter writing rows then
+        need not read them back from the request); left empty otherwise.
         """
         cls = self.cls
         eta = task.resolve_eta(now)
@@ -181,11 +191,13 @@ class Template:
             req.CopyFrom(self._envelope)
             t = req.task
             h = t.app_engine_http_request if self._app_engine else t.http_request
+            uri = self._uri
             if task.title:
-                self._set_uri(h, self._uri + "/" + _quote(task.title))
+                uri = uri + "/" + _quote(task.title)
+                self._set_uri(h, uri)
             elif not self._app_engine and not h.url:
-                self._set_uri(h, self._uri)  # too long: raises
-            h.body = _envelope.encode(cls.id, task.payload)
+                self._set_uri(h, uri)  # too long: raises
+            body = h.body = _envelope.encode(cls.id, task.payload)
         else:
             method, uri, body = _custom_request(cls, custom)
             req.CopyFrom(self._base)
@@ -205,14 +217,17 @@ class Template:
         headers = h.headers
         if eta is None:
             if now_parts is None:
-                headers[EXPECTED_ETA_HEADER] = eta_header(now)
+                eta_value = eta_header(now)
             else:
-                headers[EXPECTED_ETA_HEADER] = f"{now_parts[0]}.{now_parts[1]:06d}"
+                eta_value = f"{now_parts[0]}.{now_parts[1]:06d}"
+            eta_us = None
         else:
             ts = t.schedule_time
             ts.seconds, micros = epoch_parts(eta)
             ts.nanos = micros * 1000
-            headers[EXPECTED_ETA_HEADER] = eta_header(eta)
+            eta_value = eta_header(eta)
+            eta_us = ts.seconds * 1_000_000 + micros
+        headers[EXPECTED_ETA_HEADER] = eta_value
         if task.priority:
             headers[PRIORITY_HEADER] = str(task.priority)
         if task.tag:
@@ -221,6 +236,8 @@ class Template:
             _set_headers(headers, extra_headers)
         if check_size:
             self.check_size(req)
+        if parts is not None and custom is None and not extra_headers:
+            parts += (self, task_id, uri, body, eta_value, eta_us)
         return req  # type: ignore[no-any-return]
 
     def check_size(self, req: Message) -> None:

@@ -23,7 +23,7 @@ import dataclasses
 import datetime as dt
 import time
 from collections.abc import Iterator
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import grpc
 from google.protobuf.message import Message
@@ -88,6 +88,43 @@ def new_submission(
     _set_created(sub, created)
     _set_payload(sub, payload)
     _set_reminder_id(sub, reminder_id)
+    return sub
+
+
+class BuiltSubmission(Submission):
+    """A Submission `add_task` built from a request template, with what it was built from.
+
+    `parts` (see `tq._request.Template.build`): the template, the task ID
+    (None: unnamed), the URL, the body, the X-Tq-Expected-Eta value and the
+    ETA in epoch microseconds (None: due now), then the task's priority and
+    tag. A submitter that stores requests as rows (the database queue) takes
+    them rather than reading them back from `request`, which holds the same.
+    """
+
+    __slots__ = ("parts",)
+
+    parts: tuple[Any, ...]
+
+
+_set_parts = BuiltSubmission.__dict__["parts"].__set__
+
+
+def built_submission(
+    request: Message,
+    task_class: str,
+    created: dt.datetime,
+    payload: Message | None,
+    reminder_id: str | None,
+    parts: tuple[Any, ...],
+) -> BuiltSubmission:
+    """`new_submission` of a `BuiltSubmission`."""
+    sub: BuiltSubmission = _new(BuiltSubmission)
+    _set_request(sub, request)
+    _set_task_class(sub, task_class)
+    _set_created(sub, created)
+    _set_payload(sub, payload)
+    _set_reminder_id(sub, reminder_id)
+    _set_parts(sub, parts)
     return sub
 
 

@@ -24,6 +24,7 @@ from tq.dbqueue._schema import to_us
 from tq.dbqueue._taskrow import (
     _queue_id,
     already_exists,
+    built_row,
     insert_task,
     insert_tasks,
     one_statement,
@@ -115,8 +116,12 @@ class DbQueueSubmitter:
         self._lock = threading.Lock()
         self._hooked: weakref.WeakSet[sa.Engine] = weakref.WeakSet()
         self._pg = engine.dialect.name == "postgresql"
+        self._templates: dict[int, tuple[Any, tuple[Any, ...]]] = {}  # see built_row
         self._written = (_WRITTEN, id(self))
         self._committed_key = (_COMMITTED, id(self))
+
+    takes_parts = True
+    """Tasks from `add_task` come as `BuiltSubmission`s: rows from their parts."""
 
     takes_topics = True
     """Messages of topic classes fan out to the topic's subscriptions (see `Subscription`)."""
@@ -394,7 +399,21 @@ class DbQueueSubmitter:
         def generated_name() -> str:
             return random_bytes(16).hex()
 
+        known = self._templates
+
         def row(submission: Submission) -> dict[str, Any]:
+            parts = getattr(submission, "parts", None)
+            if parts is not None:
+                return built_row(
+                    submission.request,
+                    submission.task_class,
+                    parts,
+                    known,
+                    now_us=now_us,
+                    reserve_us=reserve_us,
+                    generated_name=generated_name,
+                    priority_step_us=step_us,
+                )
             return task_row(
                 submission.request,
                 submission.task_class,

@@ -28,6 +28,7 @@ from google.protobuf.message import Message
 from sqlalchemy.dialects import postgresql, sqlite
 
 from tq._errors import SubmitError
+from tq._request import EXPECTED_ETA_HEADER
 from tq._task import PRIORITY_HEADER, TAG_HEADER
 from tq._taskclass import FULL_QUEUE_RE
 from tq.dbqueue import _db
@@ -102,6 +103,69 @@ def task_row(
     if PRIORITY_HEADER in headers or TAG_HEADER in headers:
         _add_priority_and_tag(row, headers, priority_step_us)
     return row
+
+
+def built_row(
+    req: Message,
+    task_class: str,
+    parts: tuple[Any, ...],
+    known: dict[int, tuple[Any, tuple[Any, ...]]],
+    *,
+    now_us: int,
+    reserve_us: int,
+    generated_name: Callable[[], str],
+    priority_step_us: int = 1_000_000,
+) -> dict[str, Any]:
+    """`task_row` of a request built with `parts` (`tq.BuiltSubmission`), without reading
+    them back: the same values (the headers' JSON keys may come in another order).
+
+    The columns every task of a template shares come from `task_row` of the
+    template's envelope, once per template (`known`, by the template's id).
+    """
+    tpl, task_id, url, body, eta_value, eta_us, priority, tag = parts
+    entry = known.get(id(tpl))
+    if entry is None or entry[0] is not tpl:
+        if len(known) >= 256:
+            known.clear()
+        entry = known[id(tpl)] = (tpl, _template_columns(tpl.envelope))
+    method, headers_head, oidc_email, oidc_audience, app_engine, deadline = entry[1]
+    reserve: int | None = reserve_us
+    if task_id:
+        if not _TASK_ID_RE.match(task_id):
+            raise _invalid(f"task ID {task_id!r} must be 1 to 500 [A-Za-z0-9_-]")
+        name = task_id
+    else:
+        name, reserve = generated_name(), None
+    if eta_us is None:
+        eta_us = now_us
+    headers = headers_head + _quote(eta_value)
+    if priority:
+        headers += ',"' + PRIORITY_HEADER + '":"' + str(priority) + '"'
+    if tag:
+        headers += ',"' + TAG_HEADER + '":' + _quote(tag)
+    row = {
+        "queue": _queue_id(req.parent), "name": name,  # type: ignore[attr-defined]
+        "task_class": task_class, "url": url, "method": method, "headers": headers + "}",
+        "body": body, "oidc_email": oidc_email, "oidc_audience": oidc_audience,
+        "app_engine": app_engine, "dispatch_deadline_s": deadline, "eta_us": eta_us,
+        "created_us": now_us, "reserve_us": reserve,
+    }  # fmt: skip
+    if priority or tag:
+        row["priority"] = priority
+        row["rank_us"] = eta_us - priority * priority_step_us if priority else None
+        row["tag"] = tag or None
+    return row
+
+
+def _template_columns(envelope: Message) -> tuple[Any, ...]:
+    """What `built_row` takes from a template's envelope (through `task_row`)."""
+    row = task_row(envelope, "", now_us=0, reserve_us=0, generated_name=str)
+    head = row["headers"][:-1]  # the envelope's headers, then the ETA header's
+    head += ("," if len(head) > 1 else "") + _quote(EXPECTED_ETA_HEADER) + ":"
+    return (
+        row["method"], head, row["oidc_email"], row["oidc_audience"], row["app_engine"],
+        row["dispatch_deadline_s"],
+    )  # fmt: skip
 
 
 def _add_priority_and_tag(row: dict[str, Any], headers: Any, step_us: int) -> None:
