@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import os
 import threading
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 import grpc
@@ -144,8 +145,13 @@ class DbQueueSubmitter:
         row = self._row(submission)
         try:
             self._ensure_queue_committed(row["queue"])
-            with _db.write_txn(self.engine) as conn:
-                inserted = insert_task(conn, row)
+            if self._pg and row["reserve_us"] is None:
+                # A generated name is never reused: one statement, no transaction around it.
+                with self._autocommit() as conn:
+                    inserted = insert_task(conn, row)
+            else:
+                with _db.write_txn(self.engine) as conn:
+                    inserted = insert_task(conn, row)
         except sa.exc.SQLAlchemyError as e:
             raise SubmitError(grpc.StatusCode.UNAVAILABLE, f"database queue: {e}") from e
         if not inserted:
@@ -209,10 +215,8 @@ class DbQueueSubmitter:
                 self._ensure_queue_committed(queue)
             if not messages and self._pg and one_statement(rows):
                 # One statement is atomic: no BEGIN and COMMIT round trips around it.
-                with self.engine.connect() as conn:
-                    conn.execution_options(isolation_level="AUTOCOMMIT")
+                with self._autocommit() as conn:
                     went_in = insert_tasks(conn, rows, atomic=True)
-                    conn.commit()
             else:
                 with _db.write_txn(self.engine) as conn:
                     for m, message_id in messages:
@@ -308,6 +312,14 @@ class DbQueueSubmitter:
                 self._known_queues.update(queues)
         if sure or unsure:
             _wakeup.notify(self.wakeup_key)
+
+    @contextlib.contextmanager
+    def _autocommit(self) -> Iterator[sa.Connection]:
+        """A connection whose statements commit each on its own (PostgreSQL)."""
+        with self.engine.connect() as conn:
+            conn.execution_options(isolation_level="AUTOCOMMIT")
+            yield conn
+            conn.commit()
 
     # Queues.
 
