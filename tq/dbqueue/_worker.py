@@ -327,6 +327,7 @@ class Worker:
             raise
         if outcomes and not rnd.carried:
             self._give_back(outcomes)
+        self._flush_soon()  # outcomes no lease can record, or a failed flush's
         for t in rnd.leased:
             task = asyncio.create_task(self._deliver(t))
             self._inflight.add(task)
@@ -375,8 +376,7 @@ class Worker:
         if not self._results:
             self._results_since = time.monotonic()
         self._results.append(self._result_of(t, attempt))
-        if self._flushing is None or self._flushing.done():
-            self._flushing = asyncio.create_task(self._flush())
+        self._flush_soon()
 
     def _result_of(self, t: Leased, a: Attempt) -> Result:
         responded = a.status is not None and a.status < 500
@@ -407,26 +407,43 @@ class Worker:
         )
         return taken
 
-    def _give_back(self, outcomes: list[Result]) -> None:
-        """Outcomes a round did not record: written at once (`_flush`)."""
-        self._results[:0] = outcomes
-        self._results_since = 0.0
-        if self._flushing is None or self._flushing.done():
-            self._flushing = asyncio.create_task(self._flush(delay=False))
+    def _running(self) -> bool:
+        return self._runner is not None and not self._stop.is_set()
 
-    async def _flush(self, delay: bool = True) -> None:
+    def _give_back(self, outcomes: list[Result]) -> None:
+        """Outcomes a round did not record: a running worker's next round carries them
+        (after a failed round, once the database answers again); else written now."""
+        self._results[:0] = outcomes
+        if not self._running():
+            self._results_since = 0.0
+            self._flush_soon()
+
+    def _flush_soon(self) -> None:
+        if self._results and (self._flushing is None or self._flushing.done()):
+            self._flushing = asyncio.create_task(self._flush())
+
+    async def _flush(self) -> None:
         while self._results:
             # A running worker's next round records them with its lease (one
             # statement for both); what waited FLUSH_DELAY_S (an idle worker's) is
             # written here.
             left = self._results_since + FLUSH_DELAY_S - time.monotonic()
-            if delay and left > 0 and self._runner is not None and not self._stop.is_set():
+            if left > 0 and self._running():
                 await asyncio.sleep(left)
                 continue
             batch, self._results = self._results, []
             try:
                 await self._record(batch)
             except Exception:
+                if self._running() and self._rounds.carries_outcomes:
+                    # The database is away: the rounds retry with a backoff, and the
+                    # first that gets through records these with its lease.
+                    log.warning(
+                        "tq.dbqueue: could not record %d outcomes yet; they go with the "
+                        "next lease", len(batch), exc_info=True,
+                    )  # fmt: skip
+                    self._results[:0] = batch
+                    return
                 # The leases expire and the tasks are retried: at least once holds.
                 log.exception("tq.dbqueue: could not record %d outcomes", len(batch))
 
