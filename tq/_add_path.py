@@ -241,26 +241,29 @@ class AddPath(TaskClassRegistry):
             # A reminder's request is serialized here: its size is checked on
             # those bytes (and its task's only when they are over the limit).
             stored = txn is not None and not direct and type(tpl) is _request.Template
-            parts: list[Any] | None = None
+            parts: tuple[Any, ...] | None = None
             if stored:
                 req = tpl.build(
                     task, now=now, task_id=task_id, extra_headers=trace_headers,
                     now_parts=now_parts, check_size=False,
                 )  # type: ignore[call-arg]  # fmt: skip
             elif type(tpl) is _request.Template:
-                parts = [] if want_parts else None
-                req = tpl.build(
-                    task, now=now, task_id=task_id, extra_headers=trace_headers,
-                    now_parts=now_parts, parts=parts,
-                )  # fmt: skip
+                if want_parts and now_parts is not None:
+                    # Its request is built only if something reads it.
+                    parts = tpl.parts(task, now=now, task_id=task_id, now_parts=now_parts)
+                if parts is None:
+                    req = tpl.build(
+                        task, now=now, task_id=task_id, extra_headers=trace_headers,
+                        now_parts=now_parts,
+                    )  # fmt: skip
             else:
                 req = tpl.build(task, now=now, task_id=task_id, extra_headers=trace_headers)
             name = tpl.task_name(task, task_id)
             sub: Submission
-            if parts:
+            if parts is not None:
                 sub = built_submission(
-                    req, cls.id, now, task.payload, task_id if txn is not None else None,
-                    (*parts, task.priority, task.tag),
+                    cls.id, now, task.payload, task_id if txn is not None else None,
+                    (*parts, task.priority, task.tag), task, now_parts,  # type: ignore[arg-type]
                 )  # fmt: skip
             else:
                 sub = new_submission(

@@ -25,7 +25,7 @@ Tally = dict[tuple[str, str, str], int]
 
 def queue_of(sub: Submission) -> str:
     """The short queue ID a submission goes to (the topic ID for a message to publish)."""
-    return destination(sub.request).rsplit("/", 1)[-1]
+    return sub.destination.rsplit("/", 1)[-1]
 
 
 def destination(request: object) -> str:
@@ -160,9 +160,7 @@ class QuickSubmits:
         """Counts submits with outcome `code`, without their durations (no histogram)."""
         by_parent: dict[tuple[str, str], int] = {}
         for sub in subs:
-            req = sub.request
-            parent = req.topic if type(req) is PublishRequest else req.parent  # type: ignore[attr-defined]
-            key = (sub.task_class, parent)
+            key = (sub.task_class, sub.destination)
             by_parent[key] = by_parent.get(key, 0) + 1
         tally = self.tally
         for (task_class, parent), n in by_parent.items():
@@ -174,7 +172,7 @@ class QuickSubmits:
 
     def done(self, sub: Submission, code: str, elapsed: float) -> None:
         """Counts one submit with outcome `code` that took `elapsed` seconds."""
-        parent = destination(sub.request)
+        parent = sub.destination
         queue = self._queues.get(parent)
         if queue is None:
             queue = self._queues[parent] = queue_of(sub)

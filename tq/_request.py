@@ -104,8 +104,8 @@ class Template:
     """
 
     __slots__ = (
-        "_app_engine", "_base", "_envelope", "_name_prefix", "_parents", "_uri", "_url_head",
-        "cls", "key", "target",
+        "_app_engine", "_base", "_envelope", "_envelope_size", "_name_prefix", "_parent",
+        "_parents", "_uri", "_url_head", "cls", "key", "target",
     )  # fmt: skip
 
     def __init__(self, cls: TaskClass, target: Target) -> None:
@@ -113,7 +113,7 @@ class Template:
         self.target = target
         self.key = template_key(cls)
         self._app_engine = target.app_engine
-        parent = queue_path(cls.queue, target)
+        parent = self._parent = queue_path(cls.queue, target)
         self._name_prefix = parent + "/tasks/"
         self._parents: dict[str, str] = {}  # Task.queue -> its full name
         base = CreateTaskRequest(parent=parent)
@@ -144,6 +144,7 @@ class Template:
             h.url = self._uri  # else refused by build()
         self._base = base
         self._envelope = envelope
+        self._envelope_size = envelope.task.ByteSize()
 
     @property
     def envelope(self) -> Message:
@@ -172,16 +173,12 @@ class Template:
         extra_headers: dict[str, str] | None = None,
         now_parts: tuple[int, int] | None = None,
         check_size: bool = True,
-        parts: list[Any] | None = None,
     ) -> Message:
         """Like the module's `build`, for a task of this template's class.
 
         `now_parts`: `epoch_parts(now)` when the caller has them (seconds >= 0).
         `check_size=False` leaves the size check to the caller (`check_size`),
-        who serializes the request anyway. `parts`: a list to which a request
-        in the envelope (no custom payload, no extra headers) appends its
-        `HttpParts` fields after the template (a submitter writing rows then
-        need not read them back from the request); left empty otherwise.
+        who serializes the request anyway.
         """
         cls = self.cls
         eta = task.resolve_eta(now)
@@ -191,13 +188,11 @@ class Template:
             req.CopyFrom(self._envelope)
             t = req.task
             h = t.app_engine_http_request if self._app_engine else t.http_request
-            uri = self._uri
             if task.title:
-                uri = uri + "/" + _quote(task.title)
-                self._set_uri(h, uri)
+                self._set_uri(h, self._uri + "/" + _quote(task.title))
             elif not self._app_engine and not h.url:
-                self._set_uri(h, uri)  # too long: raises
-            body = h.body = _envelope.encode(cls.id, task.payload)
+                self._set_uri(h, self._uri)  # too long: raises
+            h.body = _envelope.encode(cls.id, task.payload)
         else:
             method, uri, body = _custom_request(cls, custom)
             req.CopyFrom(self._base)
@@ -217,17 +212,14 @@ class Template:
         headers = h.headers
         if eta is None:
             if now_parts is None:
-                eta_value = eta_header(now)
+                headers[EXPECTED_ETA_HEADER] = eta_header(now)
             else:
-                eta_value = f"{now_parts[0]}.{now_parts[1]:06d}"
-            eta_us = None
+                headers[EXPECTED_ETA_HEADER] = f"{now_parts[0]}.{now_parts[1]:06d}"
         else:
             ts = t.schedule_time
             ts.seconds, micros = epoch_parts(eta)
             ts.nanos = micros * 1000
-            eta_value = eta_header(eta)
-            eta_us = ts.seconds * 1_000_000 + micros
-        headers[EXPECTED_ETA_HEADER] = eta_value
+            headers[EXPECTED_ETA_HEADER] = eta_header(eta)
         if task.priority:
             headers[PRIORITY_HEADER] = str(task.priority)
         if task.tag:
@@ -236,9 +228,47 @@ class Template:
             _set_headers(headers, extra_headers)
         if check_size:
             self.check_size(req)
-        if parts is not None and custom is None and not extra_headers:
-            parts += (self, task_id, uri, body, eta_value, eta_us)
         return req  # type: ignore[no-any-return]
+
+    def parts(
+        self, task: Task, *, now: dt.datetime, task_id: str | None, now_parts: tuple[int, int]
+    ) -> tuple[Any, ...] | None:
+        """What `build(task, now=now, task_id=task_id, now_parts=now_parts)` would put in
+        the request, without building it; raises what `build` raises.
+
+        (this template, the queue's full name, task ID, URL, body,
+        X-Tq-Expected-Eta value, ETA in epoch microseconds or None); None for
+        a class with a `custom` hook, or a task that may be near Cloud Tasks'
+        size limit (build it: its size is checked exactly).
+        """
+        cls = self.cls
+        if cls.custom is not None:
+            return None
+        eta = task.resolve_eta(now)
+        uri = self._uri
+        if task.title:
+            uri = uri + "/" + _quote(task.title)
+        if not self._app_engine:
+            self._check_uri(uri)
+        body = _envelope.encode(cls.id, task.payload)
+        parent = self._parent if task.queue is None else self._parent_of(task.queue)
+        if eta is None:
+            eta_value = f"{now_parts[0]}.{now_parts[1]:06d}"
+            eta_us = None
+        else:
+            seconds, micros = epoch_parts(eta)
+            eta_value = eta_header(eta)
+            eta_us = seconds * 1_000_000 + micros
+        # An upper bound of the task's size: the envelope's exact size, then
+        # each string's length (the title's is already quoted, plain ASCII)
+        # and a generous allowance for the fields' tags and lengths.
+        bound = (
+            self._envelope_size + len(body) + len(uri) + len(parent) + len(task_id or "")
+            + len(task.tag) + 512
+        )  # fmt: skip
+        if bound > MAX_TASK_SIZE:
+            return None
+        return (self, parent, task_id, uri, body, eta_value, eta_us)
 
     def check_size(self, req: Message) -> None:
         """Raises PayloadTooLarge for a request whose task is over Cloud Tasks' limit.
@@ -266,12 +296,15 @@ class Template:
         if self._app_engine:
             h.relative_uri = uri
             return
+        self._check_uri(uri)
+        h.url = uri
+
+    def _check_uri(self, uri: str) -> None:
         if len(uri) > MAX_URI_LENGTH:
             raise ValidationError(
                 f"task of class {self.cls.id!r}: URL is {len(uri)} characters, over the "
                 f"{MAX_URI_LENGTH} limit; shorten the title"
             )
-        h.url = uri
 
 
 def template_key(cls: TaskClass) -> tuple[Any, ...]:

@@ -61,6 +61,12 @@ class Submission:
         req = self.request
         return req.topic if type(req) is PublishRequest else ""
 
+    @property
+    def destination(self) -> str:
+        """The full name of the queue a task goes to, or of the topic of a message."""
+        req = self.request
+        return str(req.topic if type(req) is PublishRequest else req.parent)  # type: ignore[attr-defined]
+
 
 _new = object.__new__
 _set_request, _set_task_class, _set_created, _set_payload, _set_reminder_id = (
@@ -92,39 +98,71 @@ def new_submission(
 
 
 class BuiltSubmission(Submission):
-    """A Submission `add_task` built from a request template, with what it was built from.
+    """A Submission `add_task` made from a request template, its request built when read.
 
-    `parts` (see `tq._request.Template.build`): the template, the task ID
-    (None: unnamed), the URL, the body, the X-Tq-Expected-Eta value and the
-    ETA in epoch microseconds (None: due now), then the task's priority and
-    tag. A submitter that stores requests as rows (the database queue) takes
-    them rather than reading them back from `request`, which holds the same.
+    `parts` (`tq._request.Template.parts`): the template, the queue's full
+    name, the task ID (None: unnamed), the URL, the body, the
+    X-Tq-Expected-Eta value and the ETA in epoch microseconds (None: due
+    now), then the task's priority and tag. A submitter that stores requests
+    as rows (the database queue, `takes_parts`) takes them and never reads
+    `request`; anything that reads it gets the request `Template.build`
+    makes of the same task, built then, once.
     """
 
-    __slots__ = ("parts",)
+    __slots__ = ("_now", "_now_parts", "_task", "parts")
 
     parts: tuple[Any, ...]
+    _task: Any
+    _now: dt.datetime
+    _now_parts: tuple[int, int]
+
+    @property
+    def request(self) -> Message:
+        try:
+            return _get_request(self)  # type: ignore[no-any-return]
+        except AttributeError:
+            pass
+        tpl, _, task_id = self.parts[:3]
+        req: Message = tpl.build(
+            self._task, now=self._now, task_id=task_id, now_parts=self._now_parts
+        )
+        _set_request(self, req)
+        return req
+
+    @property
+    def destination(self) -> str:
+        return str(self.parts[1])
+
+    @property
+    def topic(self) -> str:
+        return ""
 
 
-_set_parts = BuiltSubmission.__dict__["parts"].__set__
+_get_request = Submission.__dict__["request"].__get__
+_set_parts, _set_task, _set_now, _set_now_parts = (
+    BuiltSubmission.__dict__[f].__set__ for f in ("parts", "_task", "_now", "_now_parts")
+)
 
 
 def built_submission(
-    request: Message,
     task_class: str,
     created: dt.datetime,
     payload: Message | None,
     reminder_id: str | None,
     parts: tuple[Any, ...],
+    task: Any,
+    now_parts: tuple[int, int],
 ) -> BuiltSubmission:
-    """`new_submission` of a `BuiltSubmission`."""
+    """A `BuiltSubmission` of `task` added at `created`, whose request is built when read."""
     sub: BuiltSubmission = _new(BuiltSubmission)
-    _set_request(sub, request)
     _set_task_class(sub, task_class)
     _set_created(sub, created)
     _set_payload(sub, payload)
     _set_reminder_id(sub, reminder_id)
     _set_parts(sub, parts)
+    _set_task(sub, task)
+    _set_now(sub, created)
+    _set_now_parts(sub, now_parts)
     return sub
 
 

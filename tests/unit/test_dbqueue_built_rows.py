@@ -1,10 +1,12 @@
-"""A task row from what add_task built a request from equals the row read from the request.
+"""A task row from the parts add_task builds a request from equals the row read from it.
 
 The database queue writes the rows of `add_task`'s tasks from the parts
-their requests were built from (`tq.BuiltSubmission`); any other submission
-is read back from its request (`task_row`). Both must give the same row for
-every kind of task: title, ETA or delay, priority, tag, its own queue, a
-deduplicated or transactional name, OIDC, App Engine, a dispatch deadline.
+their requests are made of (`tq._submitter.BuiltSubmission`), whose request
+is built only when something reads it; any other submission is read back
+from its request (`task_row`). Both must give the same row for every kind
+of task (title, ETA or delay, priority, tag, its own queue, a deduplicated
+name, OIDC, App Engine, a dispatch deadline), and the request built when
+read must be the one add_task builds for any other submitter.
 """
 
 from __future__ import annotations
@@ -17,9 +19,11 @@ from typing import Any
 import pytest
 
 import tq
+from tests._dbqueue import clock_fixture  # noqa: F401
 from tests.testpb import payloads_pb2 as pb
 from tq._submitter import BuiltSubmission
 from tq.dbqueue._taskrow import built_row, task_row
+from tqtesting import FakeClock
 
 NOW_US = 1_800_000_000_123_456
 
@@ -88,7 +92,7 @@ def rows_both_ways(sub: tq.Submission) -> tuple[dict[str, Any], dict[str, Any]]:
         "priority_step_us": 2_000_000,
     }  # fmt: skip
     read = task_row(sub.request, sub.task_class, **kw)
-    built = built_row(sub.request, sub.task_class, sub.parts, {}, **kw)
+    built = built_row(sub.task_class, sub.parts, {}, **kw)
     read["headers"], built["headers"] = json.loads(read["headers"]), json.loads(built["headers"])
     return built, read
 
@@ -122,3 +126,27 @@ def test_a_submitter_that_does_not_take_parts_gets_plain_submissions() -> None:
     disp.add_task(*tasks()[:3])
     assert capture.got
     assert not any(isinstance(s, BuiltSubmission) for s in capture.got)
+
+
+def test_a_request_built_when_read_is_the_one_built_for_other_submitters(
+    clock: FakeClock,
+) -> None:
+    lazy, eager = Capture(), Capture()
+    eager.takes_parts = False  # type: ignore[misc]
+    for capture in (lazy, eager):
+        dispatcher(capture, push_as="sa@proj.iam.gserviceaccount.com").add_task(*tasks())
+    assert all(isinstance(s, BuiltSubmission) for s in lazy.got)
+    for a, b in zip(lazy.got, eager.got, strict=True):
+        assert a.destination == b.destination == b.request.parent  # type: ignore[attr-defined]
+        assert a.request == b.request
+        assert a.request is a.request  # built once
+
+
+def test_a_task_near_the_size_limit_has_its_request_built_and_its_size_checked() -> None:
+    capture = Capture()
+    disp = dispatcher(capture)
+    with pytest.raises(tq.PayloadTooLarge):
+        disp.add_task(tq.Task(payload=pb.Greet(name="x" * (1024 * 1024))))
+    disp.add_task(tq.Task(payload=pb.Greet(name="x" * (1024 * 1024 - 200))))
+    (sub,) = capture.got
+    assert not isinstance(sub, BuiltSubmission)

@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from tq import clock
 from tq._errors import SubmitError
 from tq._handles import check_task_name
-from tq._submitter import Submission
+from tq._submitter import BuiltSubmission, Submission
 from tq._topic import is_publish, message_name
 from tq.dbqueue import _db, _queuedb, _topics, _wakeup
 from tq.dbqueue._admin import delete_live_task
@@ -31,6 +31,13 @@ from tq.dbqueue._taskrow import (
     one_statement,
     task_row,
 )
+
+
+def _is_message(submission: Submission) -> bool:
+    """Whether a submission is a message to publish (a `BuiltSubmission` never is: its
+    request, which is built only when read, is a task's)."""
+    return type(submission) is not BuiltSubmission and is_publish(submission.request)
+
 
 TOMBSTONE_WINDOW = dt.timedelta(hours=1)
 """How long a finished task's name stays taken by default (Cloud Tasks: ~1 hour)."""
@@ -122,7 +129,8 @@ class DbQueueSubmitter:
         self._committed_key = (_COMMITTED, id(self))
 
     takes_parts = True
-    """Tasks from `add_task` come as `BuiltSubmission`s: rows from their parts."""
+    """Tasks from `add_task` come as `BuiltSubmission`s: rows from their parts, their
+    requests never built."""
 
     takes_topics = True
     """Messages of topic classes fan out to the topic's subscriptions (see `Subscription`)."""
@@ -133,7 +141,7 @@ class DbQueueSubmitter:
         Returns the task's full name (a message's: `<topic>/messages/<ID>`,
         its ID the same on every subscription).
         """
-        if is_publish(submission.request):
+        if _is_message(submission):
             message_id = self.random_bytes(16).hex()
             try:
                 with _db.write_txn(self.engine) as conn:
@@ -157,7 +165,7 @@ class DbQueueSubmitter:
         if not inserted:
             raise already_exists(row)
         _wakeup.notify(self.wakeup_key)
-        return f"{submission.request.parent}/tasks/{row['name']}"  # type: ignore[attr-defined]
+        return f"{submission.destination}/tasks/{row['name']}"
 
     async def submit_async(self, submission: Submission) -> str | None:
         """`submit` in a worker thread."""
@@ -197,7 +205,7 @@ class DbQueueSubmitter:
         messages: list[tuple[Submission, str]] = []
         row = self._row_maker()
         for i, sub in enumerate(submissions):
-            if is_publish(sub.request):
+            if _is_message(sub):
                 message_id = self.random_bytes(16).hex()
                 messages.append((sub, message_id))
                 results[i] = message_name(sub.topic, message_id)
@@ -225,7 +233,7 @@ class DbQueueSubmitter:
         except sa.exc.SQLAlchemyError as e:
             raise SubmitError(grpc.StatusCode.UNAVAILABLE, f"database queue: {e}") from e
         for i, row_, ok in zip(where, rows, went_in, strict=True):
-            parent = submissions[i].request.parent  # type: ignore[attr-defined]
+            parent = submissions[i].destination
             results[i] = f"{parent}/tasks/{row_['name']}" if ok else already_exists(row_)
         _wakeup.notify(self.wakeup_key)
         return results
@@ -257,7 +265,7 @@ class DbQueueSubmitter:
         message for a topic inserts a row per subscription; its first
         subscription's queue is returned ("" when it has none).
         """
-        if is_publish(submission.request):
+        if _is_message(submission):
             return self._insert_message(connection, submission)
         row = self._row(submission)
         queue: str = row["queue"]
@@ -277,7 +285,7 @@ class DbQueueSubmitter:
         rows: list[dict[str, Any]] = []
         row_of = self._row_maker()
         for sub in submissions:
-            if is_publish(sub.request):
+            if _is_message(sub):
                 queues.append(self._insert_message(connection, sub))
                 continue
             row = row_of(sub)
@@ -302,11 +310,7 @@ class DbQueueSubmitter:
         savepoint or an earlier transaction that was rolled back.
         """
         if sure:
-            parents = {
-                s.request.parent  # type: ignore[attr-defined]
-                for s in sure
-                if not is_publish(s.request)
-            }
+            parents = {s.destination for s in sure if not _is_message(s)}
             queues = {_queue_id(p) for p in parents}
             with self._lock:
                 self._known_queues.update(queues)
@@ -417,7 +421,6 @@ class DbQueueSubmitter:
             parts = getattr(submission, "parts", None)
             if parts is not None:
                 return built_row(
-                    submission.request,
                     submission.task_class,
                     parts,
                     known,

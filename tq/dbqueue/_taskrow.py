@@ -106,7 +106,6 @@ def task_row(
 
 
 def built_row(
-    req: Message,
     task_class: str,
     parts: tuple[Any, ...],
     known: dict[int, tuple[Any, tuple[Any, ...]]],
@@ -116,13 +115,13 @@ def built_row(
     generated_name: Callable[[], str],
     priority_step_us: int = 1_000_000,
 ) -> dict[str, Any]:
-    """`task_row` of a request built with `parts` (`tq.BuiltSubmission`), without reading
-    them back: the same values (the headers' JSON keys may come in another order).
+    """`task_row` of the request of a `BuiltSubmission` from its `parts`, without building
+    it: the same values (the headers' JSON keys may come in another order).
 
     The columns every task of a template shares come from `task_row` of the
     template's envelope, once per template (`known`, by the template's id).
     """
-    tpl, task_id, url, body, eta_value, eta_us, priority, tag = parts
+    tpl, parent, task_id, url, body, eta_value, eta_us, priority, tag = parts
     entry = known.get(id(tpl))
     if entry is None or entry[0] is not tpl:
         if len(known) >= 256:
@@ -144,7 +143,7 @@ def built_row(
     if tag:
         headers += ',"' + TAG_HEADER + '":' + _quote(tag)
     row = {
-        "queue": _queue_id(req.parent), "name": name,  # type: ignore[attr-defined]
+        "queue": _queue_id(parent), "name": name,
         "task_class": task_class, "url": url, "method": method, "headers": headers + "}",
         "body": body, "oidc_email": oidc_email, "oidc_audience": oidc_audience,
         "app_engine": app_engine, "dispatch_deadline_s": deadline, "eta_us": eta_us,
