@@ -1,10 +1,12 @@
 """The worker's one-statement lease on PostgreSQL (`tq.dbqueue._lease_pg`): the
-outcomes it records on the way, and the queue lock it waits for."""
+outcomes it records on the way, the queue lock it waits for, and outcomes kept
+while the database is away."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import psycopg
 import pytest
@@ -122,3 +124,27 @@ async def test_a_lease_waits_for_the_queue_lock_and_spends_what_the_holder_left(
     got = await leasing
     assert len(got) == 1
     assert got[0].name not in taken
+
+
+async def test_an_outcome_that_met_the_database_away_is_written_once_it_is_back(
+    engine: sa.Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests._dbqueue import RecordingApp
+
+    _queue(engine, 1, max_concurrent=0, rate_per_s=1000)
+    failed: list[int] = []
+    record = _lease_pg.Session.record
+
+    async def away(self: _lease_pg.Session, results: Any) -> int:
+        if len(failed) < 3:  # the server away for the first three writes
+            failed.append(1)
+            raise psycopg.OperationalError("the server is away")
+        return await record(self, results)
+
+    monkeypatch.setattr(_lease_pg.Session, "record", away)
+    app = RecordingApp()
+    async with dbqueue.Worker(engine, app=app, poll_interval=0.05) as w:
+        await w.start()
+        await wait_for(lambda: task_state(engine, "t0").state is State.DONE)
+    assert len(app.pushes) == 1  # kept, not dropped: the task did not run again
+    assert len(failed) == 3
