@@ -290,11 +290,9 @@ class SQLTransaction:
         self.written = 0
         # Tasks written straight into the transaction exist already: no happy
         # path, only a word to their submitters.
-        writes = _WritesItself()
-        direct = [p for p in done if writes(p.submitter)]
+        direct, done = _split_direct(done)
         if direct or unsure:
             _report_direct(direct, unsure)
-            done = [p for p in done if not writes(p.submitter)]
         # The happy path runs after the transaction ended: the helper runs it
         # ("collect"); for the others, `finish()` does, once the connection is
         # given back (a Session's after_transaction_end, a Core commit).
@@ -333,19 +331,24 @@ def _writes_itself(submitter: Submitter) -> bool:
     return callable(getattr(submitter, "write_in_transaction", None))
 
 
-class _WritesItself:
-    """`_writes_itself`, asked once per submitter over a batch of tasks."""
+def _split_direct(
+    pending: Sequence[PendingTask],
+) -> tuple[list[PendingTask], list[PendingTask]]:
+    """(tasks whose submitter writes them into the transaction itself, the reminders).
 
-    __slots__ = ("_known",)
-
-    def __init__(self) -> None:
-        self._known: dict[int, bool] = {}
-
-    def __call__(self, submitter: Submitter) -> bool:
-        known = self._known.get(id(submitter))
-        if known is None:
-            known = self._known[id(submitter)] = _writes_itself(submitter)
-        return known
+    The submitter is asked once per run of tasks with the same one (a batch
+    has one): this runs for every task of every transaction.
+    """
+    direct: list[PendingTask] = []
+    reminders: list[PendingTask] = []
+    last: object = None
+    writes = False
+    for p in pending:
+        submitter = p.submitter
+        if submitter is not last:
+            last, writes = submitter, _writes_itself(submitter)
+        (direct if writes else reminders).append(p)
+    return direct, reminders
 
 
 def _hears_of_commits(submitter: Submitter) -> bool:
@@ -358,13 +361,9 @@ def _hears_of_commits(submitter: Submitter) -> bool:
 def _write_all(conn: Connection, pending: Sequence[PendingTask]) -> None:
     """Writes tasks and reminders on `conn`: one call per submitter's batch, one for reminders."""
     direct: dict[int, list[PendingTask]] = {}
-    reminders = []
-    writes = _WritesItself()
-    for p in pending:
-        if writes(p.submitter):
-            direct.setdefault(id(p.submitter), []).append(p)
-        else:
-            reminders.append(p)
+    tasks, reminders = _split_direct(pending)
+    for p in tasks:
+        direct.setdefault(id(p.submitter), []).append(p)
     for batch in direct.values():
         submitter = batch[0].submitter
         insert_batch = getattr(submitter, "insert_batch_in_transaction", None)
