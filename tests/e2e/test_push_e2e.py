@@ -146,6 +146,8 @@ def test_execution_info_comes_from_the_push_headers(stack: Stack) -> None:
     stack.disp.add_task(tq.Task(payload=pb.Greet(name="info")))
     wait_until(lambda: len(stack.handlers.runs) == 1, "the greet handler")
     [run] = stack.handlers.runs
+    # The answer goes out just after the handler returns.
+    wait_until(lambda: bool(stack.recorder.answered()), "the answer")
     [seen] = stack.recorder.answered()
     assert run.info.task_class == "greet"
     assert run.info.queue == stack.queue.rsplit("/", 1)[-1]  # the short ID

@@ -194,6 +194,9 @@ class DjangoStore(SQLStore):
     def fetch_reminders(self, ids: Sequence[str]) -> list[Reminder]:
         return self.sql_store().fetch_reminders(ids)
 
+    def scan_reminders(self, low: str, high: str, limit: int) -> list[Reminder]:
+        return self.sql_store().scan_reminders(low, high, limit)
+
     def park_reminder(self, reminder_id: str, extra: bytes) -> None:
         self.sql_store().park_reminder(reminder_id, extra)
 
