@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from tq.dbqueue import _db
 from tq.dbqueue._queuedb import state_of
 from tq.dbqueue._queues import QueueConfig
-from tq.dbqueue._schema import State, from_us, queues, tasks
+from tq.dbqueue._schema import IS_LEASED, State, from_us, queues, tasks
 
 log = logging.getLogger("tq.dbqueue")
 
@@ -45,7 +45,7 @@ def reclaim_expired(
             tasks.c.id, tasks.c.queue, tasks.c.name, tasks.c.attempts,
             tasks.c.first_attempt_us, tasks.c.lease_owner, tasks.c.eta_us, tasks.c.rank_us,
         )
-        .where(tasks.c.state == _LEASED, tasks.c.lease_expires_us <= now_us)
+        .where(IS_LEASED, tasks.c.lease_expires_us <= now_us)  # the partial lease index
         .limit(limit)
     )  # fmt: skip
     if queue is not None:

@@ -21,7 +21,7 @@ from sqlalchemy.dialects import mysql
 
 from tq._errors import ConfigError
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 """The version of the tables below; `create_schema` records it.
 
 1: tasks, queues, recurring. 2: adds `tq_cron` (the cron schedules of task
@@ -30,7 +30,11 @@ classes). 3: adds `tq_subscriptions` (topics' subscriptions, see
 4: adds the columns `priority`, `rank_us`, `tag`, `progress`, `result`,
 `failure` to `tq_tasks` and `max_pending` to `tq_recurring`, and the indexes
 `ix_tq_tasks_priority` and `ix_tq_tasks_tag` (`create_schema` adds what is
-missing with ALTER TABLE / CREATE INDEX).
+missing with ALTER TABLE / CREATE INDEX). 5: the lease and finished indexes
+become partial where the database has partial indexes (PostgreSQL, SQLite):
+`ix_tq_tasks_leased` (leased rows only) and `ix_tq_tasks_finished_us`
+(finished rows only) replace `ix_tq_tasks_lease` and `ix_tq_tasks_finished`,
+which are dropped; MySQL / MariaDB keep full indexes, renamed.
 """
 
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
@@ -119,10 +123,24 @@ tasks = sa.Table(
     sa.Column("failure", _BYTES),  # what the last failed attempt said (size-limited)
     sa.UniqueConstraint("queue", "name", name="uq_tq_tasks_queue_name"),
     sa.Index("ix_tq_tasks_due", "queue", "state", "eta_us"),
-    sa.Index("ix_tq_tasks_lease", "state", "lease_expires_us"),
-    sa.Index("ix_tq_tasks_finished", "finished_us"),
-    # Partial where the database has them, so that tasks of priority 0 and
-    # without a tag (the common case) cost no index entry.
+    # Partial where the database has them, so that a task costs an entry only
+    # while it is leased (the reclaim of expired leases), finished (retention,
+    # history), of a priority other than 0, or tagged. A query meant for one
+    # must imply its predicate: for the lease index, say the state with
+    # IS_LEASED (a literal; a generic plan cannot prove `state = $1`).
+    sa.Index(
+        "ix_tq_tasks_leased",
+        "state",
+        "lease_expires_us",
+        sqlite_where=sa.text(f"state = '{State.LEASED.value}'"),
+        postgresql_where=sa.text(f"state = '{State.LEASED.value}'"),
+    ),
+    sa.Index(
+        "ix_tq_tasks_finished_us",
+        "finished_us",
+        sqlite_where=sa.text("finished_us IS NOT NULL"),
+        postgresql_where=sa.text("finished_us IS NOT NULL"),
+    ),
     sa.Index(
         "ix_tq_tasks_priority",
         "queue",
@@ -143,6 +161,18 @@ tasks = sa.Table(
     sqlite_autoincrement=True,  # never reuse an ID a stale lease may still name
     **_MYSQL,
 )
+
+IS_LEASED: sa.ColumnElement[bool] = tasks.c.state == sa.literal_column(
+    f"'{State.LEASED.value}'", sa.String()
+)
+"""`state = 'leased'` with the state as a literal, which implies the partial
+lease index's predicate (a bound parameter does not, in a generic plan)."""
+
+# Version 5's indexes that replaced older ones: {old name: new name}.
+_REPLACED_INDEXES = {
+    "ix_tq_tasks_lease": "ix_tq_tasks_leased",
+    "ix_tq_tasks_finished": "ix_tq_tasks_finished_us",
+}
 
 queues = sa.Table(
     "tq_queues",
@@ -240,8 +270,9 @@ def create_schema(engine: sa.Engine) -> None:
     """Creates the database queue's tables and indexes if missing; idempotent.
 
     Records SCHEMA_VERSION in `tq_dbqueue_meta`, upgrading an older
-    recorded version (every migration so far only adds tables, columns and
-    indexes, which this adds). Refuses (ConfigError) a database whose
+    recorded version (the migrations add tables, columns and indexes, and
+    replace the indexes version 5 replaced; each step tolerates another
+    process taking it at the same time). Refuses (ConfigError) a database whose
     recorded version is newer than this code knows.
     """
     found = schema_version(engine)
@@ -252,7 +283,9 @@ def create_schema(engine: sa.Engine) -> None:
         )
     metadata.create_all(engine, checkfirst=True)
     if found is not None and found < SCHEMA_VERSION:
+        _rename_replaced_indexes(engine)
         _add_missing_columns(engine)
+        _drop_replaced_indexes(engine)
     found = schema_version(engine)
     if found is None:
         try:
@@ -329,6 +362,10 @@ def schema_sql(dialect: str) -> str:
         out.append("\n".join(line.rstrip().replace("\t", "  ") for line in ddl.splitlines()) + ";")
         for i in sorted(t.indexes, key=lambda i: str(i.name)):
             out.append(str(CreateIndex(i, if_not_exists=True).compile(dialect=d)) + ";")
+        if t is tasks:
+            out.append("-- Replaced in version 5 (an older database drops them):")
+            on = " ON tq_tasks" if dialect == "mysql" else ""
+            out.extend(f"DROP INDEX IF EXISTS {old}{on};" for old in _REPLACED_INDEXES)
         out.append("")
     out.append(version.format(v=SCHEMA_VERSION))
     return "\n".join(out)
@@ -354,7 +391,54 @@ def _add_missing_columns(engine: sa.Engine) -> None:
                     raise
         for index in table.indexes:
             if index.name not in indexes:
-                index.create(engine, checkfirst=True)
+                try:
+                    index.create(engine, checkfirst=True)
+                except sa.exc.DBAPIError:  # another process created it first
+                    if index.name not in _index_names(engine, table.name):
+                        raise
+
+
+def _index_names(engine: sa.Engine, table: str) -> set[str]:
+    return {str(i["name"]) for i in sa.inspect(engine).get_indexes(table)}
+
+
+def _is_mysql(engine: sa.Engine) -> bool:
+    return engine.dialect.name in ("mysql", "mariadb")
+
+
+def _rename_replaced_indexes(engine: sa.Engine) -> None:
+    """MySQL / MariaDB (no partial indexes): renames the replaced indexes, which
+    have the columns of their replacements, rather than building those anew."""
+    if not _is_mysql(engine):
+        return
+    for old, new in _REPLACED_INDEXES.items():
+        have = _index_names(engine, tasks.name)
+        if old not in have or new in have:
+            continue
+        try:
+            with engine.begin() as conn:
+                conn.exec_driver_sql(f"ALTER TABLE {tasks.name} RENAME INDEX {old} TO {new}")
+        except sa.exc.DBAPIError:  # another process renamed it first
+            if new not in _index_names(engine, tasks.name):
+                raise
+
+
+def _drop_replaced_indexes(engine: sa.Engine) -> None:
+    """Drops the indexes that version 5's replaced (once their replacements exist)."""
+    for old, new in _REPLACED_INDEXES.items():
+        have = _index_names(engine, tasks.name)
+        if old not in have or new not in have:
+            continue
+        if _is_mysql(engine):
+            drop = f"ALTER TABLE {tasks.name} DROP INDEX {old}"
+        else:
+            drop = f"DROP INDEX IF EXISTS {old}"
+        try:
+            with engine.begin() as conn:
+                conn.exec_driver_sql(drop)
+        except sa.exc.DBAPIError:  # another process dropped it first
+            if old in _index_names(engine, tasks.name):
+                raise
 
 
 def schema_version(engine: sa.Engine) -> int | None:
