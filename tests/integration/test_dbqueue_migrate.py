@@ -145,7 +145,7 @@ def test_two_processes_migrating_version_4_at_once_both_succeed(engine: sa.Engin
         start.wait()
         try:
             dbqueue.create_schema(engine)
-        except BaseException as e:  # noqa: BLE001 - reported below
+        except BaseException as e:  # reported below
             errors.append(e)
 
     threads = [threading.Thread(target=migrate) for _ in range(2)]
