@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import dataclasses
 import datetime as dt
@@ -12,11 +13,13 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 import grpc
 
 import tq
+from sweeper import InProcSweeper, SweepStats
 from tests.testpb import payloads_pb2 as pb
 from tq._pb import reminder_pb2
 from tq._reminder import Reminder
 from tq._request import CreateTaskRequest
 from tq.txn import PendingTask, ReminderStore
+from tqtesting import FakeClock, MemoryStore
 
 
 class Cloud:
@@ -166,3 +169,46 @@ def clones(template: Reminder, keys: Iterable[int], fresh_until: dt.datetime) ->
         req.task.name = f"{queue}/tasks/{rid}"
         payload.create_task_request = req.SerializeToString()
         yield Reminder(rid, fresh_until, payload.SerializeToString())
+
+
+# A tiny in-process sweep over MemoryStore (tests/unit/test_sweeper*.py).
+
+SPACE = 1 << 12  # a tiny key space: IDs 0..4095
+
+
+def stale_backlog(
+    store: MemoryStore, clock: FakeClock, n: int, space: int = SPACE, seed: int = 7
+) -> tq.Dispatcher:
+    """`n` stale reminders in `store` with IDs below `space`; returns their dispatcher."""
+    disp = dispatcher(submitter=Cloud(), ids=unique_ids(n, space, seed))
+    names = [f"g{i}" for i in range(n)]
+    store.put_reminders(reminders_for(disp, store, names, deadline=clock.now()))
+    return disp
+
+
+def tiny_sweeper(store: MemoryStore, **kw: object) -> InProcSweeper:
+    """An InProcSweeper over `store` with small shards, scans and batches."""
+    opts: dict[str, object] = {
+        "stores": [store],
+        "key_space": SPACE,
+        "sweep_shards": 4,
+        "tasks_per_scan": 5,
+        "secondary_scan_shards": 4,
+        "max_depth": 10,
+        "submit_batch_size": 3,
+        "submit_concurrent_batches": 2,
+        "submit_concurrency": 4,
+    }
+    opts.update(kw)
+    return InProcSweeper(**opts)  # type: ignore[arg-type]
+
+
+def run_sweep(sweeper: InProcSweeper, cloud: Cloud, mode: str) -> SweepStats:
+    """One sweep through a dispatcher, `sweep()` or `sweep_async()` by `mode`; its stats."""
+    disp = dispatcher(submitter=cloud, sweeper=sweeper)
+    if mode == "sync":
+        disp.sweep()
+    else:
+        asyncio.run(disp.sweep_async())
+    assert sweeper.last_stats is not None
+    return sweeper.last_stats

@@ -10,50 +10,14 @@ import grpc
 import pytest
 
 import tq
-from sweeper import InProcSweeper, SweepStats
+from sweeper import InProcSweeper
 from sweeper._partition import Partition
 from tests import _sweeping as sw
+from tests._sweeping import SPACE, stale_backlog, tiny_sweeper
+from tests._sweeping import run_sweep as run
 from tq import _metrics
 from tq.txn import Lease, ReminderKey
 from tqtesting import FakeClock, MemoryStore
-
-SPACE = 1 << 12  # a tiny key space: IDs 0..4095
-
-
-def stale_backlog(
-    store: MemoryStore, clock: FakeClock, n: int, space: int = SPACE, seed: int = 7
-) -> tq.Dispatcher:
-    """`n` stale reminders in `store` with IDs below `space`; returns their dispatcher."""
-    disp = sw.dispatcher(submitter=sw.Cloud(), ids=sw.unique_ids(n, space, seed))
-    names = [f"g{i}" for i in range(n)]
-    store.put_reminders(sw.reminders_for(disp, store, names, deadline=clock.now()))
-    return disp
-
-
-def tiny_sweeper(store: MemoryStore, **kw: object) -> InProcSweeper:
-    opts: dict[str, object] = {
-        "stores": [store],
-        "key_space": SPACE,
-        "sweep_shards": 4,
-        "tasks_per_scan": 5,
-        "secondary_scan_shards": 4,
-        "max_depth": 10,
-        "submit_batch_size": 3,
-        "submit_concurrent_batches": 2,
-        "submit_concurrency": 4,
-    }
-    opts.update(kw)
-    return InProcSweeper(**opts)  # type: ignore[arg-type]
-
-
-def run(sweeper: InProcSweeper, cloud: sw.Cloud, mode: str) -> SweepStats:
-    disp = sw.dispatcher(submitter=cloud, sweeper=sweeper)
-    if mode == "sync":
-        disp.sweep()
-    else:
-        asyncio.run(disp.sweep_async())
-    assert sweeper.last_stats is not None
-    return sweeper.last_stats
 
 
 @pytest.mark.parametrize("mode", ["sync", "async"])

@@ -7,23 +7,21 @@ sweep's leases, follow-ups, timeouts and failures run without a database.
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import threading
 
 import pytest
 
 import tq
-from sweeper import InProcSweeper, SweepStats
 from sweeper._pages import pages_of
 from sweeper._partition import Partition
 from tests import _sweeping as sw
+from tests._sweeping import SPACE, stale_backlog, tiny_sweeper
+from tests._sweeping import run_sweep as run
 from tq import _metrics
 from tq._reminder import Reminder
 from tq.txn import Lease
 from tqtesting import FakeClock, MemoryStore
-
-SPACE = 1 << 12
 
 
 class PagedStore(MemoryStore):
@@ -47,39 +45,6 @@ class PagedStore(MemoryStore):
     def fetch_reminders(self, ids: object) -> list[Reminder]:
         self.fetches += 1
         return super().fetch_reminders(ids)  # type: ignore[arg-type]
-
-
-def stale_backlog(store: MemoryStore, clock: FakeClock, n: int, seed: int = 7) -> None:
-    disp = sw.dispatcher(submitter=sw.Cloud(), ids=sw.unique_ids(n, SPACE, seed))
-    store.put_reminders(
-        sw.reminders_for(disp, store, [f"g{i}" for i in range(n)], deadline=clock.now())
-    )
-
-
-def tiny_sweeper(store: MemoryStore, **kw: object) -> InProcSweeper:
-    opts: dict[str, object] = {
-        "stores": [store],
-        "key_space": SPACE,
-        "sweep_shards": 4,
-        "tasks_per_scan": 5,
-        "secondary_scan_shards": 4,
-        "max_depth": 10,
-        "submit_batch_size": 3,
-        "submit_concurrent_batches": 2,
-        "submit_concurrency": 4,
-    }
-    opts.update(kw)
-    return InProcSweeper(**opts)  # type: ignore[arg-type]
-
-
-def run(sweeper: InProcSweeper, cloud: sw.Cloud, mode: str) -> SweepStats:
-    disp = sw.dispatcher(submitter=cloud, sweeper=sweeper)
-    if mode == "sync":
-        disp.sweep()
-    else:
-        asyncio.run(disp.sweep_async())
-    assert sweeper.last_stats is not None
-    return sweeper.last_stats
 
 
 def test_only_stores_with_scan_reminders_are_read_in_pages() -> None:
