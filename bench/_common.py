@@ -17,7 +17,9 @@ import contextlib
 import dataclasses
 import os
 import platform
+import re
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -384,3 +386,19 @@ def fresh_database(admin_url: str, name: str) -> str:
 
 def run_async(coro: Awaitable[Any]) -> Any:
     return asyncio.run(coro)  # type: ignore[arg-type]
+
+
+def instructions(*args: str) -> int:
+    """Instructions (cachegrind's I refs) of `python -m <args>`, every thread's."""
+    cmd = [
+        "valgrind", "--tool=cachegrind", "--cache-sim=no", "--cachegrind-out-file=/dev/null",
+        sys.executable, "-m", *args,
+    ]  # fmt: skip
+    # One hash seed for every count: dict layouts (and so the instructions
+    # spent on them) vary with it from process to process.
+    env = {**os.environ, "PYTHONHASHSEED": "0"}
+    out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, check=True)
+    m = re.search(r"I\s+refs:\s+([\d,]+)", out.stderr)
+    if m is None:
+        raise RuntimeError(f"no instruction count in valgrind's output:\n{out.stderr[-2000:]}")
+    return int(m.group(1).replace(",", ""))

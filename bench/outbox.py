@@ -52,11 +52,8 @@ PostgreSQL: $TQ_BENCH_PG_URL, else a throwaway local cluster (fsync off).
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import statistics
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -411,18 +408,7 @@ def _count(variant: str, n: int) -> None:
 
 
 def _instructions(variant: str, n: int) -> int:
-    cmd = [
-        "valgrind", "--tool=cachegrind", "--cache-sim=no", "--cachegrind-out-file=/dev/null",
-        sys.executable, "-m", "bench.outbox", "--count", str(n), "--variant", variant,
-    ]  # fmt: skip
-    # One hash seed for every count: dict layouts (and so the instructions
-    # spent on them) vary with it from process to process.
-    env = {**os.environ, "PYTHONHASHSEED": "0"}
-    out = subprocess.run(cmd, cwd=c.ROOT, env=env, capture_output=True, text=True, check=True)
-    m = re.search(r"I\s+refs:\s+([\d,]+)", out.stderr)
-    if m is None:
-        raise RuntimeError(f"no instruction count in valgrind's output:\n{out.stderr[-2000:]}")
-    return int(m.group(1).replace(",", ""))
+    return c.instructions("bench.outbox", "--count", str(n), "--variant", variant)
 
 
 def count_instructions(table: c.Table, low: int = 200, high: int = 1200) -> None:
