@@ -229,12 +229,8 @@ class InProcSweeper:
                     workers,
                     stats,
                 )
-            except _pages.ReadFailed:
-                _scan_failed(item, stats)
-                return []
-            except Exception:
-                stats.add(scans=1)
-                _process_failed(item)
+            except Exception as e:
+                _paged_failed(item, stats, e)
                 return []
             return _follow_ups(item, parts, stats, stale)
         try:
@@ -307,12 +303,8 @@ class InProcSweeper:
                     limits,
                     stats,
                 )
-            except _pages.ReadFailed:
-                _scan_failed(item, stats)
-                return []
-            except Exception:
-                stats.add(scans=1)
-                _process_failed(item)
+            except Exception as e:
+                _paged_failed(item, stats, e)
                 return []
             return _follow_ups(item, parts, stats, stale)
         try:
@@ -334,6 +326,15 @@ def _follow_ups(item: _Scan, parts: list[Partition], stats: SweepStats, stale: i
     stats.add(scans=1, stale=stale, follow_ups=len(parts))
     stats.reached(item.level)
     return [_Scan(item.store, item.shard_index, item.shard_count, p, item.level + 1) for p in parts]
+
+
+def _paged_failed(item: _Scan, stats: SweepStats, e: Exception) -> None:
+    """A paged scan that failed: its page read (ReadFailed), or its submits or deletes."""
+    if isinstance(e, _pages.ReadFailed):
+        _scan_failed(item, stats)
+    else:
+        stats.add(scans=1)
+        _process_failed(item)
 
 
 def _scan_failed(item: _Scan, stats: SweepStats) -> None:

@@ -99,8 +99,10 @@ class PagedScan:
         lo, hi = Partition(low, self.part.high).query_bounds()
         return lo, hi, n
 
-    def took(self, page: Page, asked: int) -> None:
-        """Notes a page read."""
+    def took(self, page: Page, asked: int, stats: SweepStats) -> None:
+        """Notes a page read (its keys outside the lease counted in `stats`)."""
+        if page.not_leased:
+            stats.add(not_leased=page.not_leased)
         if page.size > asked:
             raise ValueError(
                 f"store {self.store.name!r} returned {page.size} reminders for a limit of {asked}"
@@ -111,6 +113,17 @@ class PagedScan:
             self.done = True
         if page.last is not None:
             self.last = int(page.last, 16)
+
+    def read_failed(self, e: Exception) -> None:
+        """Notes a page read that timed out (the scan ends there); raises ReadFailed else."""
+        if not is_timeout(e):
+            raise ReadFailed(str(e)) from e
+        self.timed_out = True
+
+    @property
+    def mine(self) -> list[Partition] | None:
+        """The ranges a page's reminders are submitted from: None for all it reads."""
+        return None if self.whole else self.held
 
     @property
     def whole(self) -> bool:
@@ -164,7 +177,7 @@ def sweep_pages(
         if not lease.ranges:
             return [], 0  # another sweeper holds the whole range, and plans its follow-ups
     scan.hold(lease)
-    held = None if scan.whole else scan.held
+    held = scan.mine
     c = clock.current()
     try:
         with observed(store.name, part, level, params.tasks_per_scan) as read:
@@ -175,15 +188,11 @@ def sweep_pages(
                         try:
                             page = read_page(store, reader, bounds, held, stats)
                         except Exception as e:
-                            if not is_timeout(e):
-                                raise ReadFailed(str(e)) from e
-                            scan.timed_out = True
+                            scan.read_failed(e)
                             break
                         finally:
                             scan.read_s += c.monotonic() - started
-                        scan.took(page, bounds[2])
-                        if page.not_leased:
-                            stats.add(not_leased=page.not_leased)
+                        scan.took(page, bounds[2], stats)
                         if page.stale_mine:
                             submit_page(store, page.stale_mine, submitter, workers, stats)
             finally:
@@ -222,7 +231,7 @@ async def sweep_pages_async(
         if not lease.ranges:
             return [], 0
     scan.hold(lease)
-    held = None if scan.whole else scan.held
+    held = scan.mine
     c = clock.current()
     try:
         with observed(store.name, part, level, params.tasks_per_scan) as read:
@@ -236,15 +245,11 @@ async def sweep_pages_async(
                                 params.timeout_s,
                             )
                         except Exception as e:
-                            if not is_timeout(e):
-                                raise ReadFailed(str(e)) from e
-                            scan.timed_out = True
+                            scan.read_failed(e)
                             break
                         finally:
                             scan.read_s += c.monotonic() - started
-                        scan.took(page, bounds[2])
-                        if page.not_leased:
-                            stats.add(not_leased=page.not_leased)
+                        scan.took(page, bounds[2], stats)
                         if page.stale_mine:
                             await submit_page_async(
                                 store, page.stale_mine, submitter, limits, stats

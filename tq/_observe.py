@@ -15,7 +15,6 @@ from opentelemetry import trace
 
 from tq import _metrics, _tracing, clock
 from tq._errors import SubmitError
-from tq._pb.publish_pb2 import PublishRequest
 from tq._submitter import Submission
 
 # Submits of a batch by (task_class, queue, code), added to tq_submits at once
@@ -26,13 +25,6 @@ Tally = dict[tuple[str, str, str], int]
 def queue_of(sub: Submission) -> str:
     """The short queue ID a submission goes to (the topic ID for a message to publish)."""
     return sub.destination.rsplit("/", 1)[-1]
-
-
-def destination(request: object) -> str:
-    """The full queue name of a CreateTaskRequest, or topic name of a PublishRequest."""
-    if type(request) is PublishRequest:
-        return request.topic
-    return str(request.parent)  # type: ignore[attr-defined]
 
 
 def log_fields(sub: Submission) -> dict[str, object]:

@@ -109,11 +109,10 @@ class BuiltSubmission(Submission):
     makes of the same task, built then, once.
     """
 
-    __slots__ = ("_now", "_now_parts", "_task", "parts")
+    __slots__ = ("_now_parts", "_task", "parts")
 
     parts: tuple[Any, ...]
     _task: Any
-    _now: dt.datetime
     _now_parts: tuple[int, int]
 
     @property
@@ -124,7 +123,7 @@ class BuiltSubmission(Submission):
             pass
         tpl, _, task_id = self.parts[:3]
         req: Message = tpl.build(
-            self._task, now=self._now, task_id=task_id, now_parts=self._now_parts
+            self._task, now=self.created, task_id=task_id, now_parts=self._now_parts
         )
         _set_request(self, req)
         return req
@@ -139,8 +138,8 @@ class BuiltSubmission(Submission):
 
 
 _get_request = Submission.__dict__["request"].__get__
-_set_parts, _set_task, _set_now, _set_now_parts = (
-    BuiltSubmission.__dict__[f].__set__ for f in ("parts", "_task", "_now", "_now_parts")
+_set_parts, _set_task, _set_now_parts = (
+    BuiltSubmission.__dict__[f].__set__ for f in ("parts", "_task", "_now_parts")
 )
 
 
@@ -161,7 +160,6 @@ def built_submission(
     _set_reminder_id(sub, reminder_id)
     _set_parts(sub, parts)
     _set_task(sub, task)
-    _set_now(sub, created)
     _set_now_parts(sub, now_parts)
     return sub
 
